@@ -1,0 +1,120 @@
+"""One typed settings object for every process of smap-bench.
+
+Values come from the environment (prefix ``SMAP_``) or a ``.env`` file in the working
+directory. Build it once at start-up with :func:`get_settings` and pass it down; library
+code takes a ``Settings`` argument and never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The checkout this package was installed from (editable install), used to find
+#: repository-relative defaults when commands run from another directory.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Settings for the local stack, the pipeline services and the tools."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SMAP_", env_file=".env", extra="ignore", protected_namespaces=()
+    )
+
+    environment: Literal["local", "production"] = "local"
+
+    # --- data and models -------------------------------------------------------------
+    data_dir: Path | None = Field(
+        default=None,
+        description="Dataset in the telemanom layout; unset: ./data/smap, then ../shared/smap",
+    )
+    model_repository: Path = Field(
+        default=PROJECT_ROOT / "triton-repository",
+        description="Triton model repository; ONNX models live under onnx/SMAP_<channel>/",
+    )
+
+    # --- fleet and windows -------------------------------------------------------------
+    satellites: int = Field(default=5, ge=1, le=100_000)
+    window_size: int = Field(default=30, ge=2)
+    stride: int = Field(default=10, ge=1)
+
+    # --- local stack -------------------------------------------------------------------
+    run_dir: Path = Field(
+        default=PROJECT_ROOT / ".run",
+        description="Supervisor config, logs, pid files and service data of the local stack",
+    )
+    host: str = "127.0.0.1"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/smap_bench"
+    victoria_url: str = "http://127.0.0.1:8428"
+    victoria_latency_offset: str = Field(
+        default="1s", description="-search.latencyOffset: how long new samples stay hidden"
+    )
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    api_port: int = 8080
+    panel_port: int = 5006
+    nginx_port: int = 8088
+    supervisor_port: int = 9001
+
+    # --- Kafka topics ------------------------------------------------------------------
+    topic_raw: str = "satellite-telemetry-raw"
+    topic_raw_partitions: int = Field(default=5, ge=1)
+    topic_results: str = "inference-results"
+    topic_dead_letter: str = "telemetry-dead-letter"
+    topic_subsystem_template: str = "telemetry.{subsystem}.{satellite_id}"
+
+    @field_validator("data_dir", "model_repository", "run_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production_defaults(self) -> Settings:
+        if self.environment == "production" and "guest:guest@" in self.rabbitmq_url:
+            raise ValueError(
+                "SMAP_RABBITMQ_URL uses guest/guest; production needs its own credentials"
+            )
+        if self.stride > self.window_size:
+            raise ValueError(
+                f"stride ({self.stride}) larger than window_size ({self.window_size}) "
+                "would skip records"
+            )
+        return self
+
+    # --- derived addresses ------------------------------------------------------------
+    @property
+    def kafka_host_port(self) -> tuple[str, int]:
+        first = self.kafka_bootstrap.split(",")[0]
+        host, _, port = first.rpartition(":")
+        return host or self.host, int(port)
+
+    @property
+    def triton_http_url(self) -> str:
+        return f"{self.host}:{self.triton_http_port}"
+
+    @property
+    def triton_grpc_url(self) -> str:
+        return f"{self.host}:{self.triton_grpc_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.host}:{self.nginx_port}/"
+
+    def subsystem_topic(self, subsystem: str, satellite_id: str) -> str:
+        return self.topic_subsystem_template.format(
+            subsystem=subsystem, satellite_id=satellite_id
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built once from the environment."""
+    return Settings()

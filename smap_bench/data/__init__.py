@@ -1,0 +1,1 @@
+"""SMAP data access (placeholder)."""
