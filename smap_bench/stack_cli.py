@@ -1,0 +1,130 @@
+"""`smap-bench up | down | status`: the local stack from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from smap_bench import stack
+from smap_bench.config import Settings, get_settings
+
+console = Console(width=None if sys.stdout.isatty() else 150)
+JsonPath = Annotated[
+    Path | None, typer.Option("--json", help="Also write the result as JSON here ('-': stdout)")
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=1)
+
+
+def _write_json(path: Path | None, payload: dict) -> None:
+    if path is None:
+        return
+    text = json.dumps(payload, indent=2)
+    if str(path) == "-":
+        print(text)
+    else:
+        path.write_text(text + "\n")
+
+
+def _status_table(statuses: list[stack.ServiceStatus]) -> Table:
+    table = Table(title="smap-bench local stack", title_justify="left")
+    table.add_column("service")
+    table.add_column("url")
+    table.add_column("health")
+    table.add_column("run by")
+    table.add_column("detail", overflow="fold")
+    for s in statuses:
+        run_by = {True: "smap-bench", False: "already running", None: "-"}[s.managed]
+        health = "[green]healthy[/]" if s.healthy else "[red]down[/]"
+        table.add_row(s.name, s.url, health, run_by, s.detail)
+    return table
+
+
+def bring_up(settings: Settings) -> list[stack.ServiceStatus]:
+    """Start what is missing, wait until healthy, provision; the statuses at the end."""
+    supervisor = stack.Supervisor(settings)
+    decisions = stack.plan(settings, supervisor.programs())
+    stack.prepare_run_dir(settings)
+    models = stack.build_triton_models(settings)
+    programs = {d.service.name: d.service.program(settings) for d in decisions if d.managed}
+    (settings.run_dir / "supervisord.conf").write_text(stack.supervisord_conf(settings, programs))
+    for d in decisions:
+        if not d.managed:
+            console.print(f"  [cyan]{d.service.name}[/] already listens on {d.service.port}: re-used")
+    supervisor.start()
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+    ) as progress:
+        for d in decisions:
+            task = progress.add_task(f"waiting for {d.service.name}", total=None)
+            for _ in stack.wait_healthy(settings, d.service):
+                progress.update(task)
+            progress.update(task, description=f"[green]{d.service.name} healthy", total=1, completed=1)
+    console.print(f"  Triton serves {len(models)} model(s) from {settings.model_repository}")
+    for note in stack.provision(settings):
+        console.print(f"  {note}")
+    return stack.status(settings)
+
+
+def register(app: typer.Typer) -> None:
+    """Mount the stack commands on the main CLI."""
+
+    @app.command()
+    def up(
+        satellites: Annotated[
+            int | None, typer.Option(help="Satellites in the fleet (default: SMAP_SATELLITES)")
+        ] = None,
+        json_path: JsonPath = None,
+    ) -> None:
+        """Start every service of the local stack (re-using any already running) and report."""
+        settings = get_settings()
+        if satellites is not None:
+            settings = settings.model_copy(update={"satellites": satellites})
+        try:
+            statuses = bring_up(settings)
+        except stack.StackError as exc:
+            raise _fail(str(exc)) from None
+        console.print(_status_table(statuses))
+        _write_json(json_path, _status_payload(statuses))
+        if not all(s.healthy for s in statuses):
+            raise _fail("some services are not healthy (see the table)")
+        console.print(f"Dashboard: [bold]{settings.dashboard_url}[/]   (stop: make down)")
+
+    @app.command()
+    def down() -> None:
+        """Stop what `smap-bench up` started, and only that."""
+        settings = get_settings()
+        if stack.Supervisor(settings).shutdown():
+            console.print("stopped the services smap-bench started")
+        else:
+            console.print("nothing to stop: smap-bench's supervisor is not running")
+
+    @app.command()
+    def status(json_path: JsonPath = None) -> None:
+        """Every service, its URL, and whether it is healthy (exit 1 if any is not)."""
+        settings = get_settings()
+        statuses = stack.status(settings)
+        if json_path is None or str(json_path) != "-":
+            console.print(_status_table(statuses))
+        _write_json(json_path, _status_payload(statuses))
+        if not all(s.healthy for s in statuses):
+            raise typer.Exit(code=1)
+
+
+def _status_payload(statuses: list[stack.ServiceStatus]) -> dict:
+    return {
+        "services": {
+            s.name: {"healthy": s.healthy, "url": s.url, "managed": s.managed, "detail": s.detail}
+            for s in statuses
+        }
+    }
