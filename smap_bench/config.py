@@ -109,9 +109,7 @@ class Settings(BaseSettings):
         return f"http://{self.host}:{self.nginx_port}/"
 
     def subsystem_topic(self, subsystem: str, satellite_id: str) -> str:
-        return self.topic_subsystem_template.format(
-            subsystem=subsystem, satellite_id=satellite_id
-        )
+        return self.topic_subsystem_template.format(subsystem=subsystem, satellite_id=satellite_id)
 
 
 @lru_cache(maxsize=1)

@@ -62,7 +62,7 @@ def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
             version = path.stem
             if version in done:
                 continue
-            conn.execute(path.read_text())  # type: ignore[call-overload]
+            conn.execute(path.read_text().encode())
             conn.execute(
                 "INSERT INTO schema_migrations (version) VALUES (%s) ON CONFLICT DO NOTHING",
                 (version,),

@@ -22,7 +22,9 @@ class TopicSpec:
     partitions: int = 1
 
 
-def topic_specs(settings: Settings, satellite_ids: Iterable[str], subsystems: Iterable[str]):
+def topic_specs(
+    settings: Settings, satellite_ids: Iterable[str], subsystems: Iterable[str]
+) -> list[TopicSpec]:
     """Every topic the pipeline uses, for the given satellites and subsystems."""
     specs = [
         TopicSpec(settings.topic_raw, settings.topic_raw_partitions),
@@ -53,7 +55,10 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout_s: flo
     if not missing:
         return 0
     futures = admin.create_topics(
-        [NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1) for spec in missing],
+        [
+            NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1)
+            for spec in missing
+        ],
         operation_timeout=timeout_s,
         request_timeout=timeout_s,
     )

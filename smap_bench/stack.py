@@ -465,9 +465,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
     return result
 
 
-def wait_healthy(
-    settings: Settings, service: Service, poll_s: float = 0.25
-) -> Iterator[float]:
+def wait_healthy(settings: Settings, service: Service, poll_s: float = 0.25) -> Iterator[float]:
     """Poll a service's health check until it passes; yields elapsed seconds while waiting."""
     start = time.monotonic()
     last = ""

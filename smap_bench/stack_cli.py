@@ -60,7 +60,9 @@ def bring_up(settings: Settings) -> list[stack.ServiceStatus]:
     (settings.run_dir / "supervisord.conf").write_text(stack.supervisord_conf(settings, programs))
     for d in decisions:
         if not d.managed:
-            console.print(f"  [cyan]{d.service.name}[/] already listens on {d.service.port}: re-used")
+            console.print(
+                f"  [cyan]{d.service.name}[/] already listens on {d.service.port}: re-used"
+            )
     supervisor.start()
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
@@ -69,7 +71,9 @@ def bring_up(settings: Settings) -> list[stack.ServiceStatus]:
             task = progress.add_task(f"waiting for {d.service.name}", total=None)
             for _ in stack.wait_healthy(settings, d.service):
                 progress.update(task)
-            progress.update(task, description=f"[green]{d.service.name} healthy", total=1, completed=1)
+            progress.update(
+                task, description=f"[green]{d.service.name} healthy", total=1, completed=1
+            )
     console.print(f"  Triton serves {len(models)} model(s) from {settings.model_repository}")
     for note in stack.provision(settings):
         console.print(f"  {note}")

@@ -58,9 +58,7 @@ def test_kafka_round_trip_with_consumer_group_and_commit(live_stack: Settings) -
                 found = message
         assert found is not None, "the produced message never reached the consumer group"
         consumer.commit(message=found, asynchronous=False)
-        committed = consumer.committed(
-            [TopicPartition(topic, found.partition())], timeout=10
-        )
+        committed = consumer.committed([TopicPartition(topic, found.partition())], timeout=10)
         assert committed[0].offset == found.offset() + 1
     finally:
         consumer.close()
@@ -137,3 +135,35 @@ def test_triton_ready_over_http_and_grpc(live_stack: Settings) -> None:
 def test_nginx_answers(live_stack: Settings) -> None:
     response = httpx.get(f"http://{live_stack.host}:{live_stack.nginx_port}/healthz", timeout=5)
     assert response.status_code == 200 and response.text.strip() == "ok"
+
+
+def test_migrations_build_an_empty_database_and_rerun_harmlessly(live_stack: Settings) -> None:
+    from psycopg.conninfo import make_conninfo
+
+    from smap_bench import db
+
+    name = f"smap_bench_probe_{uuid.uuid4().hex[:8]}"
+    dsn = make_conninfo(live_stack.postgres_dsn, dbname=name)
+    assert db.ensure_database(dsn) is True
+    try:
+        first = db.migrate(dsn)
+        assert first == [p.stem for p in db.migration_files()]
+        assert db.migrate(dsn) == []
+        with psycopg.connect(dsn) as conn:
+            tables = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema='public'"
+                )
+            }
+        assert {
+            "satellites",
+            "subsystems",
+            "channel_assignment",
+            "models",
+            "anomaly_events",
+            "alarm_history",
+        } <= tables
+    finally:
+        with psycopg.connect(db.admin_dsn(live_stack.postgres_dsn), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}"')
