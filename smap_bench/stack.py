@@ -122,7 +122,9 @@ def triton_program(settings: Settings) -> Program:
 
     model_dir = settings.run_dir / "triton-models"
     argv, env = triton_local.tritonserver_command(settings, model_dir)
-    return Program(argv, env=env, stopwaitsecs=35, startsecs=2)
+    # supervisord passes its own environment on; only the stub's additions are needed.
+    needed = {key: env[key] for key in ("LD_LIBRARY_PATH", "PYTHONPATH") if key in env}
+    return Program(argv, env=needed, stopwaitsecs=35, startsecs=2)
 
 
 def postgres_program(settings: Settings) -> Program:
@@ -271,7 +273,7 @@ def supervisord_conf(settings: Settings, programs: dict[str, Program]) -> str:
         f"serverurl=unix://{run}/supervisor.sock",
     ]
     for name, program in programs.items():
-        env = ",".join(f'{key}="{value}"' for key, value in program.env.items())
+        env = ",".join(f'{key}="{_quote_env(value)}"' for key, value in program.env.items())
         lines += [
             "",
             f"[program:{name}]",
@@ -294,6 +296,10 @@ def supervisord_conf(settings: Settings, programs: dict[str, Program]) -> str:
         if program.user:
             lines.append(f"user={program.user}")
     return "\n".join(lines) + "\n"
+
+
+def _quote_env(value: str) -> str:
+    return value.replace("%", "%%").replace('"', '\\"')
 
 
 def _quote(part: str) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -64,20 +67,33 @@ def test_kafka_round_trip_with_consumer_group_and_commit(live_stack: Settings) -
         consumer.close()
 
 
-def test_celery_task_through_rabbitmq(live_stack: Settings) -> None:
-    from celery import Celery
-    from celery.contrib.testing.worker import start_worker
+def test_celery_task_through_rabbitmq(live_stack: Settings, monkeypatch) -> None:
+    """A task sent over RabbitMQ, run by a real worker process, its result returned."""
+    queue = f"probe-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("SMAP_PROBE_QUEUE", queue)
+    from tests.integration import celery_probe
 
-    app = Celery("smap_bench_probe", broker=live_stack.rabbitmq_url, backend="rpc://")
-    app.conf.task_default_queue = f"probe-{uuid.uuid4().hex[:8]}"
-    app.conf.task_acks_late = True
-
-    @app.task(name="probe.add")
-    def add(a: int, b: int) -> int:
-        return a + b
-
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
-        assert add.delay(20, 22).get(timeout=30) == 42
+    celery_probe.app.conf.task_default_queue = queue
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.integration.celery_probe",
+            "worker",
+            "--pool=solo",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel=WARNING",
+        ],
+        env={**os.environ, "SMAP_PROBE_QUEUE": queue},
+    )
+    try:
+        assert celery_probe.add.delay(20, 22).get(timeout=60) == 42
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
 
 
 def test_victoria_metrics_write_then_read(live_stack: Settings) -> None:
