@@ -1,0 +1,229 @@
+"""What every pipeline stage shares: counters, the dead-letter topic, the Kafka loop, shutdown.
+
+A stage is a named step (``router``, ``scheduler``, ``writer`` ...). Its name is its
+Kafka consumer group, its logger, and the ``stage`` label on its self-metrics:
+
+- ``smap_stage_received_total``, ``smap_stage_produced_total``,
+  ``smap_stage_rejected_total{reason}``, ``smap_stage_retried_total``: what it took in,
+  put out, refused (to the dead-letter topic) and retried, so that "sent = scored,
+  lost = 0" is checked by arithmetic;
+- ``smap_stage_latency_seconds``: time from the record's production to this stage.
+
+Each stage serves them on its own port (``metrics_port``); the local VictoriaMetrics
+scrapes them (see :func:`smap_bench.stack.promscrape_config`).
+
+:func:`run_kafka_stage` is the at-least-once loop: poll a batch, hand it to the stage's
+pure-ish ``handle`` function, wait until everything it produced is acknowledged by the
+broker, and only then commit the batch's offsets. A message that cannot be handled goes
+to the dead-letter topic with its reason; the stage keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from smap_bench.config import Settings
+from smap_bench.kafka import consumer_config, producer_config
+
+log = logging.getLogger(__name__)
+
+#: Self-metrics ports of the pipeline's stages (workers take consecutive ports from 9110).
+STAGE_METRICS_PORTS = {
+    "simulator": 9101,
+    "router": 9102,
+    "scheduler": 9103,
+    "writer": 9104,
+    "events": 9105,
+    "api": 9106,
+    "worker": 9110,
+}
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class StageMetrics:
+    """The received / produced / rejected / retried counters of one stage."""
+
+    def __init__(self, stage: str, registry: CollectorRegistry | None = None) -> None:
+        self.stage = stage
+        self.registry = registry or CollectorRegistry()
+        labels = ["stage"]
+        self._received = Counter(
+            "smap_stage_received", "Messages taken in", labels, registry=self.registry
+        ).labels(stage)
+        self._produced = Counter(
+            "smap_stage_produced", "Messages put out", labels, registry=self.registry
+        ).labels(stage)
+        self._rejected = Counter(
+            "smap_stage_rejected",
+            "Messages refused (sent to the dead-letter topic)",
+            ["stage", "reason"],
+            registry=self.registry,
+        )
+        self._retried = Counter(
+            "smap_stage_retried", "Operations retried", labels, registry=self.registry
+        ).labels(stage)
+        self._latency = Histogram(
+            "smap_stage_latency_seconds",
+            "Seconds from a record's production to this stage",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        ).labels(stage)
+        self.counts: dict[str, int] = {"received": 0, "produced": 0, "rejected": 0, "retried": 0}
+
+    def received(self, n: int = 1) -> None:
+        self._received.inc(n)
+        self.counts["received"] += n
+
+    def produced(self, n: int = 1) -> None:
+        self._produced.inc(n)
+        self.counts["produced"] += n
+
+    def rejected(self, reason: str, n: int = 1) -> None:
+        self._rejected.labels(self.stage, reason_label(reason)).inc(n)
+        self.counts["rejected"] += n
+
+    def retried(self, n: int = 1) -> None:
+        self._retried.inc(n)
+        self.counts["retried"] += n
+
+    def latency(self, seconds: float) -> None:
+        self._latency.observe(max(seconds, 0.0))
+
+    def serve(self, host: str, port: int) -> None:
+        """Expose the counters for scraping (Prometheus text format)."""
+        start_http_server(port, addr=host, registry=self.registry)
+
+
+def reason_label(reason: str) -> str:
+    """A bounded label value for a rejection reason: its kind, not its details."""
+    head = reason.split(":", 1)[0].strip().lower()
+    return "".join(c if c.isalnum() else "_" for c in head)[:40] or "unknown"
+
+
+@dataclass
+class DeadLetter:
+    """Sends refused messages to the dead-letter topic, with the reason in a header."""
+
+    producer: Producer
+    topic: str
+    stage: str
+    metrics: StageMetrics
+
+    def send(self, value: bytes | None, reason: str, source: Message | None = None) -> None:
+        headers = [("reason", reason.encode()), ("stage", self.stage.encode())]
+        key = None
+        if source is not None:
+            key = source.key()
+            headers += [
+                ("source_topic", str(source.topic()).encode()),
+                ("source_partition", str(source.partition()).encode()),
+                ("source_offset", str(source.offset()).encode()),
+            ]
+        self.producer.produce(self.topic, value=value or b"", key=key, headers=headers)
+        self.metrics.rejected(reason)
+        log.warning("%s: dead-lettered: %s", self.stage, reason)
+
+
+@dataclass
+class StopFlag:
+    """Set on SIGTERM/SIGINT so a loop finishes its batch and exits cleanly."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+
+    def install(self) -> StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.event.set())
+        return self
+
+    @property
+    def stopped(self) -> bool:
+        return self.event.is_set()
+
+    def set(self) -> None:
+        self.event.set()
+
+
+BatchHandler = Callable[[Sequence[Message]], None]
+
+
+def run_kafka_stage(
+    settings: Settings,
+    stage: str,
+    topics: Sequence[str],
+    handle: BatchHandler,
+    producer: Producer,
+    stop: StopFlag,
+    *,
+    batch_size: int = 500,
+    poll_timeout_s: float = 0.1,
+    on_tick: Callable[[], None] | None = None,
+    commit_offsets: Callable[[], list[TopicPartition]] | None = None,
+    consumer_overrides: dict[str, Any] | None = None,
+) -> None:
+    """Consume ``topics`` as group ``stage`` until stopped, at least once.
+
+    ``handle`` gets each batch of good messages and produces its outputs on ``producer``
+    (dead letters included). Offsets are committed only after the producer has flushed,
+    so a crash between the two re-delivers the batch rather than losing it. ``on_tick``
+    runs after every poll, batch or not (timers, periodic flushes).
+
+    A stage that holds consumed records in memory beyond the batch (the scheduler's
+    window buffers) passes ``commit_offsets``: it returns, per partition, the offset of
+    the oldest record still needed, and only that much is committed, so a restart
+    re-reads what the lost memory held.
+    """
+    consumer = Consumer(consumer_config(settings, stage, **(consumer_overrides or {})))
+    consumer.subscribe(list(topics))  # a name starting with ^ is a regex subscription
+    log.info("%s: consuming %s", stage, ", ".join(topics))
+    try:
+        while not stop.stopped:
+            batch = consumer.consume(batch_size, timeout=poll_timeout_s)
+            good = []
+            for message in batch:
+                error = message.error()
+                if error is None:
+                    good.append(message)
+                elif error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("%s: consumer error: %s", stage, error)
+            if good:
+                handle(good)
+            if on_tick is not None:
+                on_tick()
+            if batch:
+                remaining = producer.flush(30)
+                if remaining:
+                    raise RuntimeError(f"{stage}: {remaining} messages not delivered in 30 s")
+                if commit_offsets is None:
+                    consumer.commit(asynchronous=False)
+                else:
+                    offsets = commit_offsets()
+                    if offsets:
+                        consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                producer.poll(0)
+    finally:
+        producer.flush(30)
+        consumer.close()
+        log.info("%s: stopped", stage)
+
+
+def make_producer(settings: Settings, stage: str, **overrides: Any) -> Producer:
+    return Producer(producer_config(settings, stage, **overrides))
+
+
+def stamp(stages: dict[str, float] | None, stage: str) -> dict[str, float]:
+    """The message's stage timestamps with this stage's wall-clock time added."""
+    out = dict(stages or {})
+    out[stage] = time.time()
+    return out
