@@ -121,7 +121,10 @@ class DeadLetter:
     metrics: StageMetrics
 
     def send(self, value: bytes | None, reason: str, source: Message | None = None) -> None:
-        headers = [("reason", reason.encode()), ("stage", self.stage.encode())]
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("reason", reason.encode()),
+            ("stage", self.stage.encode()),
+        ]
         key = None
         if source is not None:
             key = source.key()
