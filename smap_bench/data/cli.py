@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from smap_bench.config import get_settings
-from smap_bench.data.fetch import DEFAULT_DEST, FetchError, fetch_dataset
+from smap_bench.data.fetch import DATA_URL, DEFAULT_DEST, LABELS_URL, FetchError, fetch_dataset
 from smap_bench.data.loader import DataError, is_dataset, resolve_data_dir
 from smap_bench.data.stats import dataset_summary
 
@@ -56,13 +56,17 @@ def fetch(
     force: Annotated[bool, typer.Option(help="Download even if a dataset is there.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds without data before giving up.")] = 30.0,
     attempts: Annotated[int, typer.Option(min=1, help="Tries per file.")] = 4,
+    data_url: Annotated[str, typer.Option(help="Archive URL (or a mirror of it).")] = DATA_URL,
+    labels_url: Annotated[str, typer.Option(help="Labels csv URL.")] = LABELS_URL,
 ) -> None:
     """Download the public SMAP/MSL archive and its labels (needs network access)."""
     if is_dataset(dest) and not force:
         typer.echo(f"{dest} already holds a dataset; --force downloads it again")
         return
     try:
-        path = fetch_dataset(dest, timeout=timeout, attempts=attempts)
+        path = fetch_dataset(
+            dest, data_url=data_url, labels_url=labels_url, timeout=timeout, attempts=attempts
+        )
         summary = dataset_summary(resolve_data_dir(path))
     except (FetchError, DataError) as error:
         raise _fail(str(error)) from None
