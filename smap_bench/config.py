@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     nginx_port: int = 8088
     supervisor_port: int = 9001
 
+    # --- inference -------------------------------------------------------------------
+    inference_backend: Literal["triton-grpc", "triton-http", "onnx"] = "triton-grpc"
+    triton_host: str | None = Field(default=None, description="Triton for clients; unset: host")
+    triton_timeout_s: float = Field(default=10.0, gt=0)
+    onnx_device: Literal["cpu", "cuda"] = "cpu"
+    onnx_intra_op_threads: int = Field(default=1, ge=0, description="0: one per core")
+
     # --- Kafka topics ------------------------------------------------------------------
     topic_raw: str = "satellite-telemetry-raw"
     topic_raw_partitions: int = Field(default=5, ge=1)
@@ -98,11 +105,11 @@ class Settings(BaseSettings):
 
     @property
     def triton_http_url(self) -> str:
-        return f"{self.host}:{self.triton_http_port}"
+        return f"{self.triton_host or self.host}:{self.triton_http_port}"
 
     @property
     def triton_grpc_url(self) -> str:
-        return f"{self.host}:{self.triton_grpc_port}"
+        return f"{self.triton_host or self.host}:{self.triton_grpc_port}"
 
     @property
     def dashboard_url(self) -> str:
