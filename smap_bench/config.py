@@ -7,6 +7,7 @@ code takes a ``Settings`` argument and never reads the environment itself.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -62,7 +63,12 @@ class Settings(BaseSettings):
     api_port: int = 8080
     panel_port: int = 5006
     nginx_port: int = 8088
-    supervisor_port: int = 9001
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="Inference worker processes"
+    )
+    replay_speed: float = Field(
+        default=1.0, gt=0, description="Replay speed of `make up`'s simulator"
+    )
 
     # --- inference -------------------------------------------------------------------
     inference_backend: Literal["triton-grpc", "triton-http", "onnx"] = "triton-grpc"

@@ -30,7 +30,7 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _http_ok(url: str, expect: str | None = None) -> None:
+def check_http(url: str, expect: str | None = None) -> None:
     try:
         response = httpx.get(url, timeout=TIMEOUT_S)
     except httpx.HTTPError as exc:
@@ -84,16 +84,16 @@ def check_postgres(settings: Settings) -> None:
 
 
 def check_victoria(settings: Settings) -> None:
-    _http_ok(f"{settings.victoria_url}/health", expect="OK")
+    check_http(f"{settings.victoria_url}/health", expect="OK")
 
 
 def check_triton(settings: Settings) -> None:
     """Triton's readiness endpoint (strict: every loaded model ready)."""
-    _http_ok(f"http://{settings.triton_http_url}/v2/health/ready")
+    check_http(f"http://{settings.triton_http_url}/v2/health/ready")
 
 
 def check_nginx(settings: Settings) -> None:
-    _http_ok(f"http://{settings.host}:{settings.nginx_port}/healthz", expect="ok")
+    check_http(f"http://{settings.host}:{settings.nginx_port}/healthz", expect="ok")
 
 
 HealthCheck = Callable[[Settings], None]

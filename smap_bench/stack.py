@@ -108,6 +108,9 @@ def victoria_program(settings: Settings) -> Program:
             f"-search.latencyOffset={settings.victoria_latency_offset}",
             "-retentionPeriod=30d",
             "-loggerLevel=WARN",
+            f"-promscrape.config={settings.run_dir / 'promscrape.yml'}",
+            "-promscrape.config.strictParse=false",
+            "-dedup.minScrapeInterval=1ms",
         ]
     )
 
@@ -123,7 +126,7 @@ def triton_program(settings: Settings) -> Program:
     model_dir = settings.run_dir / "triton-models"
     argv, env = triton_local.tritonserver_command(settings, model_dir)
     # supervisord passes its own environment on; only the stub's additions are needed.
-    needed = {key: env[key] for key in ("LD_LIBRARY_PATH", "PYTHONPATH") if key in env}
+    needed: dict[str, str] = {k: env[k] for k in ("LD_LIBRARY_PATH", "PYTHONPATH") if k in env}
     return Program(argv, env=needed, stopwaitsecs=35, startsecs=2)
 
 
@@ -158,8 +161,14 @@ def _port_of(url: str, default: int) -> int:
     return int(host_port.rsplit(":", 1)[1]) if ":" in host_port else default
 
 
-def services(settings: Settings) -> list[Service]:
-    """The stack's services, in start order."""
+def services(settings: Settings, pipeline: bool = True, replay: bool = False) -> list[Service]:
+    """The stack's services in start order: infrastructure, then (optionally) the pipeline."""
+    infra = infrastructure_services(settings)
+    return infra + (pipeline_services(settings, replay) if pipeline else [])
+
+
+def infrastructure_services(settings: Settings) -> list[Service]:
+    """The real services the pipeline runs on."""
     h = settings.host
     return [
         Service(
@@ -207,6 +216,112 @@ def services(settings: Settings) -> list[Service]:
             nginx_program,
         ),
     ]
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _python_module(module: str, *args: str) -> Callable[[Settings], Program]:
+    def program(settings: Settings) -> Program:
+        return Program([sys.executable, "-m", module, *args], stopwaitsecs=20)
+
+    return program
+
+
+def worker_program(index: int) -> Callable[[Settings], Program]:
+    def program(settings: Settings) -> Program:
+        return Program(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "pipeline.worker",
+                "worker",
+                "--pool=solo",
+                "--without-mingle",
+                "--without-gossip",
+                "--loglevel=INFO",
+                f"--hostname=worker{index}@%h",
+            ],
+            env={"SMAP_WORKER_INDEX": str(index)},
+            stopwaitsecs=30,
+        )
+
+    return program
+
+
+def _metrics_check(name: str, port: int) -> health.HealthCheck:
+    def check(settings: Settings) -> None:
+        health.check_http(f"http://{settings.host}:{port}/metrics", expect="smap_stage_received")
+
+    check.__name__ = f"check_{name}"
+    return check
+
+
+def pipeline_services(settings: Settings, replay: bool) -> list[Service]:
+    """The pipeline's own processes: stages, workers (one per core), and optionally a replay."""
+    from smap_bench.stage import STAGE_METRICS_PORTS as PORTS
+
+    h = settings.host
+    found: list[Service] = []
+    for name in ("router", "scheduler", "writer", "events"):
+        port = PORTS[name]
+        found.append(
+            Service(
+                name,
+                f"http://{h}:{port}/metrics",
+                port,
+                _metrics_check(name, port),
+                _python_module(f"pipeline.{name}"),
+            )
+        )
+    for index in range(settings.workers):
+        port = PORTS["worker"] + index
+        found.append(
+            Service(
+                f"worker{index}",
+                f"http://{h}:{port}/metrics",
+                port,
+                _metrics_check(f"worker{index}", port),
+                worker_program(index),
+            )
+        )
+    if replay:
+        port = PORTS["simulator"]
+        found.append(
+            Service(
+                "simulator",
+                f"http://{h}:{port}/metrics",
+                port,
+                _metrics_check("simulator", port),
+                _python_module(
+                    "pipeline.simulator",
+                    f"--satellites={settings.satellites}",
+                    f"--speed={settings.replay_speed}",
+                ),
+            )
+        )
+    return found
+
+
+def promscrape_config(settings: Settings, targets: Iterable[Service]) -> str:
+    """VictoriaMetrics' scrape config: every stage's self-metrics and Triton's."""
+    lines = ["scrape_configs:"]
+    for service in targets:
+        lines += [
+            f"  - job_name: {service.name}",
+            "    scrape_interval: 5s",
+            "    static_configs:",
+            f"      - targets: ['{settings.host}:{service.port}']",
+        ]
+    lines += [
+        "  - job_name: triton",
+        "    scrape_interval: 5s",
+        "    static_configs:",
+        f"      - targets: ['{settings.host}:{settings.triton_metrics_port}']",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- config text
@@ -400,7 +515,9 @@ class Decision:
     managed: bool
 
 
-def plan(settings: Settings, managed_now: Iterable[str]) -> list[Decision]:
+def plan(
+    settings: Settings, managed_now: Iterable[str], pipeline: bool = True, replay: bool = False
+) -> list[Decision]:
     """Decide for each service: keep/start it under our supervisord, or re-use what runs.
 
     A service our supervisord already runs stays ours. Otherwise, a healthy service on its
@@ -408,7 +525,7 @@ def plan(settings: Settings, managed_now: Iterable[str]) -> list[Decision]:
     """
     ours = set(managed_now)
     decisions = []
-    for service in services(settings):
+    for service in services(settings, pipeline, replay):
         if service.name in ours:
             decisions.append(Decision(service, managed=True))
             continue
@@ -427,13 +544,17 @@ def plan(settings: Settings, managed_now: Iterable[str]) -> list[Decision]:
     return decisions
 
 
-def prepare_run_dir(settings: Settings) -> None:
+def prepare_run_dir(settings: Settings, decisions: Iterable[Decision] = ()) -> None:
+    """Write the generated configs (nginx, scrape targets) under the run directory."""
     run = settings.run_dir
     for sub in ("logs", "data/victoria-metrics", "nginx/tmp", "triton-models"):
         (run / sub).mkdir(parents=True, exist_ok=True)
     # nginx workers run as an unprivileged user and write their temp files here.
     (run / "nginx" / "tmp").chmod(0o777)
     (run / "nginx" / "nginx.conf").write_text(nginx_conf(settings))
+    infra = {s.name for s in infrastructure_services(settings)}
+    stages = [d.service for d in decisions if d.service.name not in infra]
+    (run / "promscrape.yml").write_text(promscrape_config(settings, stages))
 
 
 def build_triton_models(settings: Settings) -> list[str]:
@@ -454,10 +575,15 @@ class ServiceStatus:
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
-    """Every service with its URL, health and whether this project's supervisord runs it."""
+    """Every service with its URL, health and whether this project's supervisord runs it.
+
+    The infrastructure always; pipeline processes when this project's supervisord runs them.
+    """
     ours = Supervisor(settings).programs()
+    known = services(settings, pipeline=True, replay=True)
+    infra = {s.name for s in infrastructure_services(settings)}
     result = []
-    for service in services(settings):
+    for service in (s for s in known if s.name in infra or s.name in ours):
         try:
             service.check(settings)
             healthy, detail = True, ""

@@ -50,33 +50,52 @@ def _status_table(statuses: list[stack.ServiceStatus]) -> Table:
     return table
 
 
-def bring_up(settings: Settings) -> list[stack.ServiceStatus]:
-    """Start what is missing, wait until healthy, provision; the statuses at the end."""
+def bring_up(
+    settings: Settings, pipeline: bool = True, replay: bool = False
+) -> list[stack.ServiceStatus]:
+    """Start what is missing, wait until healthy, provision; the statuses at the end.
+
+    Two phases: the infrastructure first (then the schema and topics it must hold), the
+    pipeline processes second, so that no stage starts before its topics exist. Programs
+    already running are left running.
+    """
     supervisor = stack.Supervisor(settings)
-    decisions = stack.plan(settings, supervisor.programs())
-    stack.prepare_run_dir(settings)
+    running = supervisor.programs()
+    decisions = stack.plan(settings, running, pipeline, replay)
+    stack.prepare_run_dir(settings, decisions)
     models = stack.build_triton_models(settings)
-    programs = {d.service.name: d.service.program(settings) for d in decisions if d.managed}
-    (settings.run_dir / "supervisord.conf").write_text(stack.supervisord_conf(settings, programs))
+    infra = {s.name for s in stack.infrastructure_services(settings)}
     for d in decisions:
         if not d.managed:
-            console.print(
-                f"  [cyan]{d.service.name}[/] already listens on {d.service.port}: re-used"
-            )
-    supervisor.start()
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
-    ) as progress:
-        for d in decisions:
-            task = progress.add_task(f"waiting for {d.service.name}", total=None)
-            for _ in stack.wait_healthy(settings, d.service):
-                progress.update(task)
-            progress.update(
-                task, description=f"[green]{d.service.name} healthy", total=1, completed=1
-            )
+            name, port = d.service.name, d.service.port
+            console.print(f"  [cyan]{name}[/] already listens on {port}: re-used")
+
+    def start(phase: list[stack.Decision]) -> None:
+        programs = {
+            d.service.name: d.service.program(settings)
+            for d in decisions
+            if d.managed and (d in phase or d.service.name in running)
+        }
+        conf = stack.supervisord_conf(settings, programs)
+        (settings.run_dir / "supervisord.conf").write_text(conf)
+        supervisor.start()
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+        ) as progress:
+            for d in phase:
+                task = progress.add_task(f"waiting for {d.service.name}", total=None)
+                for _ in stack.wait_healthy(settings, d.service):
+                    progress.update(task)
+                done = f"[green]{d.service.name} healthy"
+                progress.update(task, description=done, total=1, completed=1)
+
+    start([d for d in decisions if d.service.name in infra])
     console.print(f"  Triton serves {len(models)} model(s) from {settings.model_repository}")
     for note in stack.provision(settings):
         console.print(f"  {note}")
+    later = [d for d in decisions if d.service.name not in infra]
+    if later:
+        start(later)
     return stack.status(settings)
 
 
@@ -88,14 +107,25 @@ def register(app: typer.Typer) -> None:
         satellites: Annotated[
             int | None, typer.Option(help="Satellites in the fleet (default: SMAP_SATELLITES)")
         ] = None,
+        speed: Annotated[
+            float | None, typer.Option(help="Replay speed (default: SMAP_REPLAY_SPEED, 1 Hz)")
+        ] = None,
+        replay: Annotated[
+            bool, typer.Option(help="Also start a replay of the fleet's telemetry")
+        ] = True,
+        pipeline: Annotated[
+            bool, typer.Option(help="Start the pipeline processes, not only the services")
+        ] = True,
         json_path: JsonPath = None,
     ) -> None:
         """Start every service of the local stack (re-using any already running) and report."""
         settings = get_settings()
         if satellites is not None:
             settings = settings.model_copy(update={"satellites": satellites})
+        if speed is not None:
+            settings = settings.model_copy(update={"replay_speed": speed})
         try:
-            statuses = bring_up(settings)
+            statuses = bring_up(settings, pipeline=pipeline, replay=replay and pipeline)
         except stack.StackError as exc:
             raise _fail(str(exc)) from None
         console.print(_status_table(statuses))
