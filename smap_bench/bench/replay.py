@@ -115,7 +115,7 @@ def record_flags_from_live(
 
 def score_streams(
     live: Mapping[str, Mapping[int, bool]],
-    labels: Mapping[str, Sequence[object]],
+    labels: Mapping[str, Sequence[evaluation.RangeLike]],
     lengths: Mapping[str, int],
     window: int = 30,
     stride: int = 10,
