@@ -55,7 +55,7 @@ PIPELINE_MODULES = {
 
 #: SMAP_* variables the compose file sets for settings fields being added to Settings for
 #: remote hosts (the compose network); drop a name here once Settings has its field.
-AWAITING_SETTINGS = {"SMAP_TRITON_HOST", "SMAP_BIND_HOST", "SMAP_API_URL", "SMAP_API_TOKEN"}
+AWAITING_SETTINGS = {"SMAP_BIND_HOST", "SMAP_API_URL", "SMAP_API_TOKEN"}
 
 #: Bind-mount sources that only exist once the project has run (`smap-bench train`
 #: writes the model repository; the dataset directory comes from .env).
