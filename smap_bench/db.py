@@ -93,3 +93,53 @@ def sync_fleet(dsn: str, assignment: Iterable[tuple[str, str, str, str]]) -> int
             rows,
         )
     return len(rows)
+
+
+def sync_models(dsn: str, onnx_repository: Path) -> int:
+    """Register every model of the ONNX repository (its metadata.json) in ``models``.
+
+    Upserts on (model_name, version), so a retrained model replaces its row; returns how
+    many models were written.
+    """
+    import hashlib
+    import json
+
+    rows = []
+    for meta_path in sorted(onnx_repository.glob("SMAP_*/metadata.json")):
+        model_dir = meta_path.parent
+        metadata = json.loads(meta_path.read_text())
+        versions = sorted(
+            (int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+            reverse=True,
+        )
+        if not versions:
+            log.warning("%s has metadata.json but no version folder; not registered", model_dir)
+            continue
+        onnx = model_dir / str(versions[0]) / "model.onnx"
+        digest = hashlib.sha256(onnx.read_bytes()).hexdigest() if onnx.exists() else ""
+        channel = str(metadata.get("channel") or model_dir.name.removeprefix("SMAP_"))
+        rows.append(
+            (
+                model_dir.name,
+                versions[0],
+                channel,
+                float(metadata["threshold"]),
+                digest,
+                json.dumps(metadata),
+            )
+        )
+    if not rows:
+        return 0
+    with psycopg.connect(dsn, connect_timeout=5) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO models (model_name, version, channel, threshold, onnx_sha256, metadata)"
+            " VALUES (%s, %s, %s, %s, %s, %s::jsonb)"
+            " ON CONFLICT (model_name, version) DO UPDATE"
+            " SET threshold = EXCLUDED.threshold, onnx_sha256 = EXCLUDED.onnx_sha256,"
+            "     metadata = EXCLUDED.metadata, channel = EXCLUDED.channel,"
+            "     registered_at = now()"
+            " WHERE models.onnx_sha256 IS DISTINCT FROM EXCLUDED.onnx_sha256"
+            "    OR models.metadata IS DISTINCT FROM EXCLUDED.metadata",
+            rows,
+        )
+    return len(rows)

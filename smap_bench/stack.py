@@ -648,4 +648,6 @@ def provision(settings: Settings) -> list[str]:
     specs = topic_specs(settings, satellites, subsystems)
     made = ensure_topics(settings, specs)
     notes.append(f"Kafka: {len(specs)} topics, {made} created now")
+    registered = db.sync_models(settings.postgres_dsn, settings.model_repository / "onnx")
+    notes.append(f"model registry: {registered} model(s) from {settings.model_repository}")
     return notes
