@@ -110,3 +110,16 @@ def dataset_summary(source: DataSource) -> dict[str, Any]:
         "missing_channels": missing,
         "channel_names": sort_channels(labels),
     }
+
+
+def anomalies_per_subsystem(frame: pd.DataFrame) -> pd.DataFrame:
+    """Labeled ranges per subsystem and kind (rows in subsystem order), with totals."""
+    order = [*(s.value for s in SUBSYSTEMS), NO_SUBSYSTEM]
+    table = (
+        frame.groupby(["subsystem", "kind"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(index=order, columns=list(ANOMALY_KINDS), fill_value=0)
+    )
+    table["total"] = table.sum(axis=1)
+    return table

@@ -6,6 +6,7 @@ from smap_bench.catalog import SMAP_CHANNELS
 from smap_bench.data.loader import LabeledRange
 from smap_bench.data.stats import (
     NO_SUBSYSTEM,
+    anomalies_per_subsystem,
     anomaly_frame,
     anomaly_statistics,
     channels_per_subsystem,
@@ -40,3 +41,16 @@ def test_anomaly_statistics_on_hand_made_labels() -> None:
 def test_anomaly_statistics_with_a_kind_absent() -> None:
     stats = anomaly_statistics(anomaly_frame({"A-1": (LabeledRange(1, 2, "point"),)}))
     assert stats.loc["contextual", "count"] == 0
+
+
+def test_anomalies_per_subsystem() -> None:
+    labels = {
+        "E-1": (LabeledRange(0, 9, "point"), LabeledRange(20, 29, "contextual")),
+        "E-2": (LabeledRange(0, 9, "point"),),
+        "R-1": (LabeledRange(3, 4, "contextual"),),
+    }
+    table = anomalies_per_subsystem(anomaly_frame(labels))
+    assert list(table.index) == ["ACS", "Data", "EPS", "FSW", "PS", "SS", "TCS", NO_SUBSYSTEM]
+    assert table.loc["EPS"].tolist() == [2, 1, 3]
+    assert table.loc[NO_SUBSYSTEM].tolist() == [0, 1, 1]
+    assert table.loc["ACS", "total"] == 0
