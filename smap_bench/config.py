@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         description="Supervisor config, logs, pid files and service data of the local stack",
     )
     host: str = "127.0.0.1"
+    bind_host: str = Field(
+        default="127.0.0.1",
+        description="Address the project's own servers listen on (0.0.0.0 in containers)",
+    )
     kafka_bootstrap: str = "127.0.0.1:9092"
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/smap_bench"
@@ -61,6 +65,9 @@ class Settings(BaseSettings):
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
     api_port: int = 8080
+    api_url: str | None = Field(
+        default=None, description="Where the dashboard reaches the API; unset: host:api_port"
+    )
     panel_port: int = 5006
     nginx_port: int = 8088
     workers: int = Field(

@@ -628,13 +628,24 @@ def _tail(path: Path, lines: int) -> str:
 # --------------------------------------------------------------------------- provisioning
 
 
+def create_topics(settings: Settings) -> str:
+    """Create every topic of the configured fleet that is missing; one line saying so."""
+    from smap_bench import catalog
+    from smap_bench.kafka import ensure_topics, topic_specs
+
+    satellites = catalog.satellite_ids(settings.satellites)
+    subsystems = [s.value for s in catalog.Subsystem]
+    specs = topic_specs(settings, satellites, subsystems)
+    made = ensure_topics(settings, specs)
+    return f"Kafka: {len(specs)} topics, {made} created now"
+
+
 def provision(settings: Settings) -> list[str]:
     """Create what the pipeline expects to find: database schema, fleet rows, Kafka topics.
 
     Idempotent; returns one line per step saying what it did.
     """
-    from smap_bench import catalog, db
-    from smap_bench.kafka import ensure_topics, topic_specs
+    from smap_bench import db
 
     notes = []
     created = db.ensure_database(settings.postgres_dsn)
@@ -643,11 +654,7 @@ def provision(settings: Settings) -> list[str]:
         f"PostgreSQL: database {'created' if created else 'present'}, "
         f"migrations applied: {', '.join(applied) or 'none (up to date)'}"
     )
-    satellites = catalog.satellite_ids(settings.satellites)
-    subsystems = [s.value for s in catalog.Subsystem]
-    specs = topic_specs(settings, satellites, subsystems)
-    made = ensure_topics(settings, specs)
-    notes.append(f"Kafka: {len(specs)} topics, {made} created now")
+    notes.append(create_topics(settings))
     registered = db.sync_models(settings.postgres_dsn, settings.model_repository / "onnx")
     notes.append(f"model registry: {registered} model(s) from {settings.model_repository}")
     return notes

@@ -101,6 +101,23 @@ def bring_up(
 
 def register(app: typer.Typer) -> None:
     """Mount the stack commands on the main CLI."""
+    topics_app = typer.Typer(help="Kafka topics of the pipeline.", no_args_is_help=True)
+    app.add_typer(topics_app, name="topics")
+
+    @topics_app.command("create")
+    def topics_create(
+        satellites: Annotated[
+            int | None, typer.Option(help="Satellites in the fleet (default: SMAP_SATELLITES)")
+        ] = None,
+    ) -> None:
+        """Create every topic the pipeline uses that does not exist yet (safe to re-run)."""
+        settings = get_settings()
+        if satellites is not None:
+            settings = settings.model_copy(update={"satellites": satellites})
+        try:
+            console.print(stack.create_topics(settings))
+        except Exception as exc:
+            raise _fail(f"could not create topics at {settings.kafka_bootstrap}: {exc}") from None
 
     @app.command()
     def up(
