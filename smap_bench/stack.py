@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from supervisor.xmlrpc import SupervisorTransport
 
@@ -156,9 +157,7 @@ def rabbitmq_program(settings: Settings) -> Program:
 
 
 def _port_of(url: str, default: int) -> int:
-    tail = url.rsplit("@", 1)[-1].split("/", 1)[0]
-    host_port = tail.removeprefix("http:").lstrip("/")
-    return int(host_port.rsplit(":", 1)[1]) if ":" in host_port else default
+    return urlsplit(url).port or default
 
 
 def services(settings: Settings, pipeline: bool = True, replay: bool = False) -> list[Service]:
