@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The checkout this package was installed from (editable install), used to find
@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     api_port: int = 8080
     api_url: str | None = Field(
         default=None, description="Where the dashboard reaches the API; unset: host:api_port"
+    )
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token for mutating API routes; unset: they answer 503"
     )
     panel_port: int = 5006
     nginx_port: int = 8088
