@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     topic_results: str = "inference-results"
     topic_dead_letter: str = "telemetry-dead-letter"
     topic_subsystem_template: str = "telemetry.{subsystem}.{satellite_id}"
+    topic_control: str = "simulator-control"  # simulator commands (smap_bench.simulation)
+    topic_status: str = "simulator-status"  # simulator state, every second (latest wins)
 
     @field_validator("data_dir", "model_repository", "run_dir", mode="after")
     @classmethod

@@ -30,6 +30,8 @@ def topic_specs(
         TopicSpec(settings.topic_raw, settings.topic_raw_partitions),
         TopicSpec(settings.topic_results, settings.topic_raw_partitions),
         TopicSpec(settings.topic_dead_letter, 1),
+        TopicSpec(settings.topic_control, 1),
+        TopicSpec(settings.topic_status, 1),
     ]
     subsystem_list = list(subsystems)
     specs += [
