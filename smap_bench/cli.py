@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from smap_bench.data.cli import data_app
+from smap_bench.model.cli import evaluate, train
 from smap_bench.stack_cli import register as register_stack
 
 app = typer.Typer(
@@ -19,6 +20,8 @@ app = typer.Typer(
 )
 register_stack(app)
 app.add_typer(data_app, name="data")
+app.command()(train)
+app.command()(evaluate)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,231 @@
+"""`smap-bench train` and `smap-bench evaluate`: per-channel TranAD models and their scores."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from smap_bench.config import Settings, get_settings
+
+if TYPE_CHECKING:  # torch is imported only when a command runs, not by `smap-bench --help`
+    from smap_bench.model import runner
+    from smap_bench.model.train import TrainConfig
+
+DEFAULT_EPOCHS = 5
+DEFAULT_WINDOW = 30
+
+console = Console()
+log = logging.getLogger(__name__)
+
+ChannelsOpt = Annotated[str, typer.Option(help="'all' or a comma list such as A-1,P-2")]
+EpochsOpt = Annotated[int, typer.Option(min=1, help="Training epochs per channel")]
+WindowOpt = Annotated[int, typer.Option(min=2, help="Window length of the model (records)")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here")]
+
+
+def _config(epochs: int, window: int, seed: int) -> TrainConfig:
+    from smap_bench.model.train import TrainConfig
+
+    return replace(TrainConfig(), epochs=epochs, window=window, seed=seed)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def train_channels(
+    settings: Settings,
+    channels: str,
+    config: TrainConfig,
+    repository: Path,
+    force: bool = False,
+) -> tuple[dict[str, runner.ChannelOutcome], list[str]]:
+    """Train the selected channels into ``repository`` with progress bars."""
+    from smap_bench.model import runner
+
+    source = runner.data_source(settings.data_dir)
+    selected, missing = runner.select_channels(source, channels)
+    for channel in missing:
+        console.print(f"[yellow]warning:[/] channel {channel} has no data in {source.describe()}")
+    outcomes: dict[str, runner.ChannelOutcome] = {}
+    with _progress() as progress:
+        overall = progress.add_task(f"seed {config.seed}: channels", total=len(selected))
+        per_channel = progress.add_task("epochs", total=config.epochs)
+        for channel in selected:
+            progress.update(per_channel, description=f"{channel} epochs", completed=0)
+
+            def on_epoch(_channel: str, epoch: int, _loss: float) -> None:
+                progress.update(per_channel, completed=epoch)
+
+            outcome = runner.train_one(source, channel, repository, config, force, on_epoch)
+            progress.update(per_channel, completed=config.epochs)
+            outcomes[channel] = outcome
+            progress.advance(overall)
+    return outcomes, missing
+
+
+def train(
+    channels: ChannelsOpt = "all",
+    seed: Annotated[int, typer.Option(help="Training seed (torch, numpy)")] = 0,
+    epochs: EpochsOpt = DEFAULT_EPOCHS,
+    window: WindowOpt = DEFAULT_WINDOW,
+    force: Annotated[bool, typer.Option(help="Retrain channels that are up to date")] = False,
+    json_path: JsonOpt = None,
+) -> None:
+    """Train one TranAD model per channel into the model repository (resumable)."""
+    settings = get_settings()
+    started = time.perf_counter()
+    config = _config(epochs, window, seed)
+    outcomes, missing = train_channels(settings, channels, config, settings.model_repository, force)
+    total = time.perf_counter() - started
+    trained = sum(not o.skipped for o in outcomes.values())
+    console.print(
+        f"{trained} trained, {len(outcomes) - trained} up to date, {len(missing)} missing; "
+        f"{total:.1f} s; repository {settings.model_repository}"
+    )
+    if json_path is not None:
+        payload = {
+            "channels": {
+                c: {
+                    "epochs": o.epochs,
+                    "seconds": o.seconds,
+                    "threshold": o.threshold,
+                    "skipped": o.skipped,
+                }
+                for c, o in outcomes.items()
+            },
+            "missing_channels": missing,
+            "seconds_total": round(total, 3),
+            "repository": str(settings.model_repository),
+        }
+        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def seed_repository(settings: Settings, seed: int, committed_seed: int = 0) -> Path:
+    """Repository of a training seed: the configured one for the committed seed, else a
+    cache under ``run_dir`` (so extra seeds never overwrite the served models)."""
+    if seed == committed_seed:
+        return settings.model_repository
+    return settings.run_dir / "model-seeds" / f"seed-{seed}"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _table(summary: dict[str, Any], per_channel: list[dict[str, Any]]) -> Table:
+    table = Table(title="Event-wise detection per channel (mean over seeds)")
+    for name in ("channel", "TP", "FP", "FN", "F1", "latency median"):
+        table.add_column(name, justify="right" if name != "channel" else "left")
+    for row in per_channel:
+        table.add_row(
+            row["channel"],
+            _fmt(row["tp"]),
+            _fmt(row["fp"]),
+            _fmt(row["fn"]),
+            _fmt(row["f1"]),
+            _fmt(row["latency_median"]),
+        )
+    event = summary["event"]
+    table.caption = (
+        f"event P {event['precision']['mean']:.3f} R {event['recall']['mean']:.3f} "
+        f"F1 {event['f1']['mean']:.3f} ± {event['f1']['std'] or 0:.3f}; "
+        f"point-adjusted F1 {summary['point_adjusted']['f1']['mean']:.3f} "
+        f"(random flags {summary['random_baseline']['point_adjusted_f1']['mean']:.3f}); "
+        f"false alarms / 10k {summary['false_alarms_per_10k']['mean']:.2f}"
+    )
+    return table
+
+
+def _mean_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-channel rows averaged over seeds (counts as means)."""
+    by_channel: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        for row in run["per_channel"]:
+            by_channel.setdefault(row["channel"], []).append(row)
+    rows = []
+    for channel, items in by_channel.items():
+        mean_row: dict[str, Any] = {"channel": channel}
+        for key in ("tp", "fp", "fn", "f1", "latency_median"):
+            values = [i[key] for i in items if i[key] is not None]
+            mean_row[key] = float(sum(values) / len(values)) if values else None
+        rows.append(mean_row)
+    return rows
+
+
+def evaluate(
+    channels: ChannelsOpt = "all",
+    seeds: Annotated[int, typer.Option(min=1, help="Training seeds 0..N-1")] = 3,
+    epochs: EpochsOpt = DEFAULT_EPOCHS,
+    window: WindowOpt = DEFAULT_WINDOW,
+    json_path: JsonOpt = None,
+) -> None:
+    """Train (or reuse) models for each seed and score the test splits as the live pipeline
+    does: windows of 30 every 10 records, event-wise metrics pooled over channels."""
+    from smap_bench import evaluation
+    from smap_bench.model import runner
+
+    settings = get_settings()
+    source = runner.data_source(settings.data_dir)
+    runs = []
+    missing: list[str] = []
+    for seed in range(seeds):
+        repository = seed_repository(settings, seed)
+        config = _config(epochs, window, seed)
+        _, missing = train_channels(settings, channels, config, repository)
+        selected, _ = runner.select_channels(source, channels)
+        pooled, absent = runner.evaluate_repository(
+            source, selected, repository, settings.window_size, settings.stride
+        )
+        pooled["seed"] = seed
+        pooled["repository"] = str(repository)
+        runs.append(pooled)
+        missing = sorted(set(missing) | set(absent))
+        event = pooled["event"]
+        console.print(
+            f"seed {seed}: P {event['precision']:.3f} R {event['recall']:.3f} "
+            f"F1 {event['f1']:.3f} (TP {event['tp']} FP {event['fp']} FN {event['fn']})"
+        )
+    summary = evaluation.mean_std_over_seeds(runs)
+    per_channel = _mean_rows(runs)
+    console.print(_table(summary, per_channel))
+    if json_path is not None:
+        headline = {
+            key: runs[0][key] if len(runs) == 1 else summary.get(key)
+            for key in (
+                "event",
+                "point_adjusted",
+                "random_baseline",
+                "false_alarms_per_10k",
+                "detection_latency",
+            )
+        }
+        payload = {
+            **headline,
+            "summary_over_seeds": summary,
+            "channels": runs[0]["channels"],
+            "seeds": seeds,
+            "missing_channels": missing,
+            "window": window,
+            "stride": settings.stride,
+            "per_channel": per_channel,
+            "runs": runs,
+        }
+        json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -1,0 +1,141 @@
+"""Train many channels into a repository, and evaluate a repository on the test splits.
+
+Thin I/O around :mod:`train`, :mod:`export`, :mod:`repository` and :mod:`offline`; the
+CLI and the notebook call these.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from smap_bench import evaluation
+from smap_bench.data.loader import DataSource, list_channels, load_channel, resolve_data_dir
+from smap_bench.model.export import export_onnx_bytes
+from smap_bench.model.offline import onnx_session, split_flags
+from smap_bench.model.repository import onnx_path, read_metadata, write_model
+from smap_bench.model.train import TrainConfig, array_sha256, train_channel
+
+log = logging.getLogger(__name__)
+
+#: Called after each epoch: (channel, epoch, loss).
+EpochHook = Callable[[str, int, float], None]
+
+
+@dataclass(frozen=True)
+class ChannelOutcome:
+    """What training did for one channel (``skipped``: up to date already)."""
+
+    channel: str
+    epochs: int
+    seconds: float
+    threshold: float
+    skipped: bool
+
+
+def data_source(data_dir: Path | None) -> DataSource:
+    """The dataset to train and evaluate on (the setting, else the usual places)."""
+    return resolve_data_dir(data_dir)
+
+
+def select_channels(source: DataSource, wanted: str) -> tuple[list[str], list[str]]:
+    """Channels to work on from ``all`` or a comma list, and the named ones not present."""
+    if source.path is None:
+        from smap_bench.data.synthetic import SYNTHETIC_CHANNELS
+
+        present = list(SYNTHETIC_CHANNELS)
+    else:
+        present = list_channels(source.path)
+    if wanted.strip().lower() == "all":
+        return present, []
+    named = [c.strip() for c in wanted.split(",") if c.strip()]
+    return [c for c in named if c in present], [c for c in named if c not in present]
+
+
+def is_up_to_date(repository: Path, channel: str, settings_hash: str) -> bool:
+    """Whether the repository already holds this channel trained with these settings."""
+    try:
+        meta = read_metadata(repository, channel)
+    except FileNotFoundError:
+        return False
+    return meta.get("settings_hash") == settings_hash and onnx_path(repository, channel).is_file()
+
+
+def train_one(
+    source: DataSource,
+    channel: str,
+    repository: Path,
+    config: TrainConfig,
+    force: bool = False,
+    on_epoch: EpochHook | None = None,
+) -> ChannelOutcome:
+    """Train, threshold, export and write one channel, unless it is up to date."""
+    data = load_channel(channel, source.path)
+    settings_hash = config.settings_hash(array_sha256(data.train.astype("float32")))
+    if not force and is_up_to_date(repository, channel, settings_hash):
+        meta = read_metadata(repository, channel)
+        return ChannelOutcome(
+            channel,
+            int(meta["epochs"]),
+            float(meta["training_seconds"]),
+            float(meta["threshold"]),
+            skipped=True,
+        )
+    hook = None if on_epoch is None else (lambda e, loss: on_epoch(channel, e, loss))
+    trained = train_channel(channel, data.train, config, hook)
+    started = time.perf_counter()
+    onnx_bytes = export_onnx_bytes(trained.scoring_model)
+    trained.metadata["export_seconds"] = round(time.perf_counter() - started, 3)
+    trained.metadata["data_source"] = source.describe()
+    write_model(repository, channel, onnx_bytes, trained.metadata)
+    return ChannelOutcome(
+        channel,
+        config.epochs,
+        float(trained.metadata["training_seconds"]),
+        trained.threshold,
+        skipped=False,
+    )
+
+
+def evaluate_repository(
+    source: DataSource,
+    channels: Sequence[str],
+    repository: Path,
+    window: int = 30,
+    stride: int = 10,
+) -> tuple[dict[str, Any], list[str]]:
+    """Score each channel's test split through its ONNX model; pooled report and the
+    channels skipped for lack of data or model."""
+    results = []
+    missing = []
+    for channel in channels:
+        try:
+            data = load_channel(channel, source.path)
+            meta = read_metadata(repository, channel)
+        except (FileNotFoundError, ValueError) as exc:
+            log.warning("channel %s skipped: %s", channel, exc)
+            missing.append(channel)
+            continue
+        session = onnx_session(onnx_path(repository, channel))
+        flags, _ = split_flags(session, data.test, float(meta["threshold"]), window, stride)
+        results.append(
+            evaluation.evaluate_channel(
+                channel,
+                flags,
+                data.anomalies,
+                len(data.test),
+                extra={"threshold": float(meta["threshold"]), "seed": meta.get("seed")},
+            )
+        )
+    if not results:
+        raise ValueError(f"no channel could be evaluated from {repository}")
+    return evaluation.pool(results), missing
+
+
+def seed_config(config: TrainConfig, seed: int) -> TrainConfig:
+    """The same settings with another seed."""
+    return replace(config, seed=seed)

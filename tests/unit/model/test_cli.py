@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from smap_bench.config import get_settings
+from smap_bench.model import cli
+from smap_bench.model.repository import list_models, read_metadata
+from smap_bench.model.train import TrainConfig
+from tests.unit.model.conftest import TINY
+
+
+@pytest.fixture
+def app(tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+    monkeypatch.setenv("SMAP_DATA_DIR", str(tiny_dataset))
+    monkeypatch.setenv("SMAP_MODEL_REPOSITORY", str(tmp_path / "repo"))
+    monkeypatch.setenv("SMAP_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(
+        cli,
+        "_config",
+        lambda e, w, s: TrainConfig(
+            **{
+                **{k: getattr(TINY, k) for k in ("train_stride", "network", "threshold")},
+                "epochs": e,
+                "window": w,
+                "seed": s,
+            }
+        ),
+    )
+    get_settings.cache_clear()
+    app = typer.Typer()
+    app.command()(cli.train)
+    app.command()(cli.evaluate)
+    yield app
+    get_settings.cache_clear()
+
+
+def test_train_writes_models_and_resumes(app: typer.Typer, tmp_path: Path) -> None:
+    out = tmp_path / "train.json"
+    args = ["train", "--channels", "A-1,E-1,Z-9", "--epochs", "1", "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert set(report["channels"]) == {"A-1", "E-1"}
+    assert report["missing_channels"] == ["Z-9"]
+    assert report["channels"]["A-1"]["epochs"] == 1
+    assert report["channels"]["A-1"]["threshold"] > 0
+    repo = tmp_path / "repo"
+    assert list_models(repo) == ["A-1", "E-1"]
+    assert read_metadata(repo, "A-1")["threshold"] == report["channels"]["A-1"]["threshold"]
+
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert all(c["skipped"] for c in json.loads(out.read_text())["channels"].values())
+
+
+def test_evaluate_reports_the_pooled_fields(app: typer.Typer, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--channels", "A-1,E-1", "--seeds", "2", "--epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    for key in (
+        "event",
+        "point_adjusted",
+        "random_baseline",
+        "false_alarms_per_10k",
+        "detection_latency",
+        "channels",
+        "seeds",
+        "per_channel",
+    ):
+        assert key in report
+    assert report["seeds"] == 2 and report["channels"] == 2
+    assert {r["channel"] for r in report["per_channel"]} == {"A-1", "E-1"}
+    assert report["event"]["f1"]["n"] == 2
+    # the second seed trains into its own cache, never over the served repository
+    assert list_models(tmp_path / "run" / "model-seeds" / "seed-1") == ["A-1", "E-1"]
