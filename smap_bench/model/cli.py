@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -124,13 +125,29 @@ def seed_repository(settings: Settings, seed: int, committed_seed: int = 0) -> P
     return settings.run_dir / "model-seeds" / f"seed-{seed}"
 
 
+def _means(node: Any) -> Any:
+    """Replace each ``{mean, std, n}`` leaf of a seed summary by its mean."""
+    if isinstance(node, dict) and "mean" in node and "n" in node:
+        return node["mean"]
+    return {k: _means(v) for k, v in node.items()} if isinstance(node, dict) else node
+
+
+def _stds(node: Any) -> Any:
+    """Replace each ``{mean, std, n}`` leaf of a seed summary by its std."""
+    if isinstance(node, dict) and "mean" in node and "n" in node:
+        return node["std"]
+    return {k: _stds(v) for k, v in node.items()} if isinstance(node, dict) else node
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _table(summary: dict[str, Any], per_channel: list[dict[str, Any]]) -> Table:
+def evaluation_table(report: dict[str, Any]) -> Table:
+    """Rich table of an :func:`evaluate_seeds` report: per channel, pooled in the caption."""
+    per_channel = report["per_channel"]
     table = Table(title="Event-wise detection per channel (mean over seeds)")
     for name in ("channel", "TP", "FP", "FN", "F1", "latency median"):
         table.add_column(name, justify="right" if name != "channel" else "left")
@@ -143,13 +160,14 @@ def _table(summary: dict[str, Any], per_channel: list[dict[str, Any]]) -> Table:
             _fmt(row["f1"]),
             _fmt(row["latency_median"]),
         )
-    event = summary["event"]
+    event = report["event"]
+    f1_std = report["std_over_seeds"]["event"]["f1"] or 0.0
     table.caption = (
-        f"event P {event['precision']['mean']:.3f} R {event['recall']['mean']:.3f} "
-        f"F1 {event['f1']['mean']:.3f} ± {event['f1']['std'] or 0:.3f}; "
-        f"point-adjusted F1 {summary['point_adjusted']['f1']['mean']:.3f} "
-        f"(random flags {summary['random_baseline']['point_adjusted_f1']['mean']:.3f}); "
-        f"false alarms / 10k {summary['false_alarms_per_10k']['mean']:.2f}"
+        f"{report['seeds']} seed(s), {report['channels']} channels: event P "
+        f"{event['precision']:.3f} R {event['recall']:.3f} F1 {event['f1']:.3f} ± {f1_std:.3f}; "
+        f"point-adjusted F1 {report['point_adjusted']['f1']:.3f} "
+        f"(random flags {report['random_baseline']['point_adjusted_f1']:.3f}); "
+        f"false alarms / 10k {report['false_alarms_per_10k']:.2f}"
     )
     return table
 
@@ -170,6 +188,67 @@ def _mean_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def evaluate_seeds(
+    settings: Settings,
+    channels: str,
+    seeds: int,
+    epochs: int = DEFAULT_EPOCHS,
+    window: int = DEFAULT_WINDOW,
+    repository_for: Callable[[Settings, int], Path] | None = None,
+) -> dict[str, Any]:
+    """Train (or reuse) each seed's models and score the test splits as the live pipeline
+    does; returns the ``evaluate`` JSON (headline as mean/std over seeds, per-channel rows,
+    and every seed's full pooled report under ``runs``)."""
+    from smap_bench import evaluation
+    from smap_bench.model import runner
+
+    repository_for = repository_for or seed_repository
+    source = runner.data_source(settings.data_dir)
+    runs = []
+    missing: set[str] = set()
+    for seed in range(seeds):
+        repository = repository_for(settings, seed)
+        config = _config(epochs, window, seed)
+        _, not_found = train_channels(settings, channels, config, repository)
+        selected, _ = runner.select_channels(source, channels)
+        pooled, absent = runner.evaluate_repository(
+            source, selected, repository, settings.window_size, settings.stride
+        )
+        pooled["seed"] = seed
+        pooled["repository"] = str(repository)
+        runs.append(pooled)
+        missing |= set(not_found) | set(absent)
+        event = pooled["event"]
+        console.print(
+            f"seed {seed}: P {event['precision']:.3f} R {event['recall']:.3f} "
+            f"F1 {event['f1']:.3f} (TP {event['tp']} FP {event['fp']} FN {event['fn']})"
+        )
+    summary = evaluation.mean_std_over_seeds(runs)
+    return {
+        **{
+            key: _means(summary[key])
+            for key in (
+                "event",
+                "point_adjusted",
+                "random_baseline",
+                "false_alarms_per_10k",
+                "detection_latency",
+            )
+        },
+        "std_over_seeds": {
+            key: _stds(summary[key])
+            for key in ("event", "point_adjusted", "false_alarms_per_10k", "detection_latency")
+        },
+        "channels": runs[0]["channels"],
+        "seeds": seeds,
+        "missing_channels": sorted(missing),
+        "window": window,
+        "stride": settings.stride,
+        "per_channel": _mean_rows(runs),
+        "runs": runs,
+    }
+
+
 def evaluate(
     channels: ChannelsOpt = "all",
     seeds: Annotated[int, typer.Option(min=1, help="Training seeds 0..N-1")] = 3,
@@ -179,53 +258,9 @@ def evaluate(
 ) -> None:
     """Train (or reuse) models for each seed and score the test splits as the live pipeline
     does: windows of 30 every 10 records, event-wise metrics pooled over channels."""
-    from smap_bench import evaluation
-    from smap_bench.model import runner
-
-    settings = get_settings()
-    source = runner.data_source(settings.data_dir)
-    runs = []
-    missing: list[str] = []
-    for seed in range(seeds):
-        repository = seed_repository(settings, seed)
-        config = _config(epochs, window, seed)
-        _, missing = train_channels(settings, channels, config, repository)
-        selected, _ = runner.select_channels(source, channels)
-        pooled, absent = runner.evaluate_repository(
-            source, selected, repository, settings.window_size, settings.stride
-        )
-        pooled["seed"] = seed
-        pooled["repository"] = str(repository)
-        runs.append(pooled)
-        missing = sorted(set(missing) | set(absent))
-        event = pooled["event"]
-        console.print(
-            f"seed {seed}: P {event['precision']:.3f} R {event['recall']:.3f} "
-            f"F1 {event['f1']:.3f} (TP {event['tp']} FP {event['fp']} FN {event['fn']})"
-        )
-    summary = evaluation.mean_std_over_seeds(runs)
-    per_channel = _mean_rows(runs)
-    console.print(_table(summary, per_channel))
+    report = evaluate_seeds(get_settings(), channels, seeds, epochs, window)
+    console.print(evaluation_table(report))
+    if report["missing_channels"]:
+        console.print(f"[yellow]missing channels:[/] {', '.join(report['missing_channels'])}")
     if json_path is not None:
-        headline = {
-            key: runs[0][key] if len(runs) == 1 else summary.get(key)
-            for key in (
-                "event",
-                "point_adjusted",
-                "random_baseline",
-                "false_alarms_per_10k",
-                "detection_latency",
-            )
-        }
-        payload = {
-            **headline,
-            "summary_over_seeds": summary,
-            "channels": runs[0]["channels"],
-            "seeds": seeds,
-            "missing_channels": missing,
-            "window": window,
-            "stride": settings.stride,
-            "per_channel": per_channel,
-            "runs": runs,
-        }
-        json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -13,8 +13,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from smap_bench import evaluation
-from smap_bench.data.loader import DataSource, list_channels, load_channel, resolve_data_dir
+from smap_bench.data.loader import (
+    ChannelData,
+    DataSource,
+    list_channels,
+    load_channel,
+    resolve_data_dir,
+)
 from smap_bench.model.export import export_onnx_bytes
 from smap_bench.model.offline import onnx_session, split_flags
 from smap_bench.model.repository import onnx_path, read_metadata, write_model
@@ -139,3 +147,25 @@ def evaluate_repository(
 def seed_config(config: TrainConfig, seed: int) -> TrainConfig:
     """The same settings with another seed."""
     return replace(config, seed=seed)
+
+
+@dataclass(frozen=True)
+class ChannelScores:
+    """One channel's test split as the pipeline judges it (for plots)."""
+
+    data: ChannelData
+    statistic: np.ndarray  #: per record: its judging window's mean score (NaN: none)
+    flags: np.ndarray  #: per record: anomalous or not
+    threshold: float
+
+
+def channel_scores(
+    source: DataSource, channel: str, repository: Path, window: int = 30, stride: int = 10
+) -> ChannelScores:
+    """Score one channel's test split through its ONNX model."""
+    data = load_channel(channel, source.path)
+    meta = read_metadata(repository, channel)
+    session = onnx_session(onnx_path(repository, channel))
+    threshold = float(meta["threshold"])
+    flags, statistic = split_flags(session, data.test, threshold, window, stride)
+    return ChannelScores(data, statistic, flags, threshold)

@@ -77,6 +77,8 @@ def test_evaluate_reports_the_pooled_fields(app: typer.Typer, tmp_path: Path) ->
         assert key in report
     assert report["seeds"] == 2 and report["channels"] == 2
     assert {r["channel"] for r in report["per_channel"]} == {"A-1", "E-1"}
-    assert report["event"]["f1"]["n"] == 2
+    assert 0.0 <= report["event"]["f1"] <= 1.0
+    assert report["std_over_seeds"]["event"]["f1"] is not None
+    assert len(report["runs"]) == 2
     # the second seed trains into its own cache, never over the served repository
     assert list_models(tmp_path / "run" / "model-seeds" / "seed-1") == ["A-1", "E-1"]
