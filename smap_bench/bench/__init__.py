@@ -1,0 +1,1 @@
+"""Benchmarks: inference paths, live-pipeline load and replay-as-test."""
