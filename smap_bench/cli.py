@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from smap_bench.bench.cli import register as register_bench
 from smap_bench.data.cli import data_app
 from smap_bench.model.cli import evaluate, train
 from smap_bench.stack_cli import register as register_stack
@@ -22,6 +23,7 @@ register_stack(app)
 app.add_typer(data_app, name="data")
 app.command()(train)
 app.command()(evaluate)
+register_bench(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()
