@@ -1,0 +1,1 @@
+"""Long-running services of the pipeline; each module runs as ``python -m pipeline.<name>``."""

@@ -1,0 +1,207 @@
+"""Inference scheduler: subsystem topics in, ``run_inference_task`` messages out.
+
+Consumes every ``telemetry.{subsystem}.{satellite_id}`` topic (a regex subscription, so
+new satellites are picked up within seconds), forms windows per (satellite, subsystem)
+with :class:`smap_bench.scheduling.WindowScheduler`, and sends them to the Celery workers
+over RabbitMQ, several windows per message. Kafka offsets are committed after the
+messages are confirmed by RabbitMQ, and only up to the oldest record a future window
+still needs, so a restart loses no window and re-forms none that was sent.
+
+Run::
+
+    python -m pipeline.scheduler                      # all subsystem topics, group "scheduler"
+    python -m pipeline.scheduler --max-windows 32 --poll-ms 25
+
+Micro-batching: one Kafka poll collects records for up to ``--poll-ms`` milliseconds (or
+``--batch-size`` records); its windows go out in messages of up to ``--max-windows``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from confluent_kafka import Message, TopicPartition
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from smap_bench.config import Settings, get_settings
+from smap_bench.inference.repository import find_onnx_models
+from smap_bench.scheduling import (
+    DEFAULT_QUEUE,
+    STAGE,
+    TASK_NAME,
+    Position,
+    WindowScheduler,
+    batch_tasks,
+    encode_tasks,
+)
+from smap_bench.schema import InferenceTask
+from smap_bench.scoring import elapsed_since
+from smap_bench.stage import (
+    STAGE_METRICS_PORTS,
+    DeadLetter,
+    StageMetrics,
+    StopFlag,
+    make_producer,
+    run_kafka_stage,
+)
+
+log = logging.getLogger(f"smap_bench.{STAGE}")
+
+DEFAULT_TOPICS = r"^telemetry\..*"
+#: How long a send to RabbitMQ is retried before the scheduler gives up (and restarts).
+DISPATCH_RETRY_S = 60.0
+
+
+class ModelIndex:
+    """Which models the repository holds, re-read at most every ``refresh_s`` seconds.
+
+    An empty or missing repository checks nothing (the worker then refuses unknown
+    models), so a scheduler deployed without the repository still runs.
+    """
+
+    def __init__(self, settings: Settings, refresh_s: float = 30.0) -> None:
+        self.root = settings.model_repository
+        self.refresh_s = refresh_s
+        self._names: set[str] = set()
+        self._read_at = -float("inf")
+
+    def __call__(self, name: str) -> bool:
+        now = time.monotonic()
+        age = now - self._read_at
+        if age > self.refresh_s or (name not in self._names and age > 1.0):
+            self._names = set(find_onnx_models(self.root))
+            self._read_at = now
+        return not self._names or name in self._names
+
+
+def make_dispatch(queue: str, metrics: StageMetrics) -> Callable[[list[InferenceTask]], None]:
+    """A function that sends one Celery message of windows, retrying while RabbitMQ is away."""
+    from pipeline.worker import app
+
+    def dispatch(tasks: list[InferenceTask]) -> None:
+        payload = encode_tasks(tasks)
+        for attempt in Retrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential(multiplier=0.2, max=5.0),
+            stop=stop_after_delay(DISPATCH_RETRY_S),
+            reraise=True,
+        ):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    metrics.retried()
+                app.send_task(TASK_NAME, args=[payload], queue=queue)
+
+    return dispatch
+
+
+def run(
+    settings: Settings,
+    *,
+    topics: Sequence[str] = (DEFAULT_TOPICS,),
+    group: str = STAGE,
+    queue: str = DEFAULT_QUEUE,
+    max_windows: int = 32,
+    poll_ms: float = 25.0,
+    batch_size: int = 5000,
+    metrics_port: int | None = None,
+) -> WindowScheduler:
+    """Run the scheduler until SIGTERM/SIGINT; returns its state (counts) at the end."""
+    metrics = StageMetrics(STAGE)
+    port = metrics_port if metrics_port is not None else STAGE_METRICS_PORTS[STAGE]
+    metrics.serve(settings.host, port)
+    stop = StopFlag().install()
+    producer = make_producer(settings, STAGE)
+    dead_letter = DeadLetter(producer, settings.topic_dead_letter, STAGE, metrics)
+    core = WindowScheduler(settings.window_size, settings.stride, known_models=ModelIndex(settings))
+    dispatch = make_dispatch(queue, metrics)
+
+    def handle(batch: Sequence[Message]) -> None:
+        tasks = []
+        for message in batch:
+            position = Position(
+                str(message.topic()), int(message.partition() or 0), int(message.offset() or 0)
+            )
+            outcome = core.accept(message.value(), position)
+            if outcome.redelivered:
+                continue
+            metrics.received()
+            if outcome.rejected is not None:
+                dead_letter.send(message.value(), outcome.rejected, message)
+            elif outcome.task is not None:
+                tasks.append(outcome.task)
+        for chunk in batch_tasks(tasks, max_windows):
+            dispatch(chunk)
+            metrics.produced(len(chunk))
+        for task in tasks:
+            seconds = elapsed_since(task.stages)
+            if seconds is not None:
+                metrics.latency(seconds)
+
+    def commit_offsets() -> list[TopicPartition]:
+        return [TopicPartition(t, p, o) for (t, p), o in core.commit_positions().items()]
+
+    log.info(
+        "%s: group %s, queue %s, windows %d/%d, up to %d windows per task, metrics on %d",
+        STAGE,
+        group,
+        queue,
+        settings.window_size,
+        settings.stride,
+        max_windows,
+        port,
+    )
+    run_kafka_stage(
+        settings,
+        STAGE,
+        list(topics),
+        handle,
+        producer,
+        stop,
+        batch_size=batch_size,
+        poll_timeout_s=poll_ms / 1000.0,
+        commit_offsets=commit_offsets,
+        consumer_overrides={
+            "group.id": group,
+            # a new satellite's topics match the regex within seconds, not minutes
+            "topic.metadata.refresh.interval.ms": 3000,
+        },
+    )
+    counts = core.counts
+    log.info(
+        "%s: received %d records, sent %d windows, rejected %d",
+        STAGE,
+        counts.received,
+        counts.windows,
+        counts.rejected,
+    )
+    return core
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.scheduler", description=__doc__)
+    parser.add_argument("--topics", nargs="+", default=[DEFAULT_TOPICS], help="topics or ^regex")
+    parser.add_argument("--group", default=STAGE, help="Kafka consumer group")
+    parser.add_argument("--queue", default=DEFAULT_QUEUE, help="RabbitMQ queue of the tasks")
+    parser.add_argument("--max-windows", type=int, default=32, help="windows per Celery message")
+    parser.add_argument("--poll-ms", type=float, default=25.0, help="micro-batch collection time")
+    parser.add_argument("--batch-size", type=int, default=5000, help="records per poll at most")
+    parser.add_argument("--metrics-port", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run(
+        get_settings(),
+        topics=args.topics,
+        group=args.group,
+        queue=args.queue,
+        max_windows=args.max_windows,
+        poll_ms=args.poll_ms,
+        batch_size=args.batch_size,
+        metrics_port=args.metrics_port,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""Sliding-window scheduling: subsystem records in, inference tasks out, safe offsets back.
+
+The scheduler stage (``pipeline/scheduler.py``) is a thin Kafka/Celery shell around
+:class:`WindowScheduler`, which holds all the logic and no I/O:
+
+- **Streams.** One :class:`~smap_bench.windows.WindowBuffer` per (satellite, subsystem),
+  fed with validated :class:`~smap_bench.schema.SubsystemRecord` messages. Bad records
+  (schema errors, duplicates, out-of-order indices, wrong shapes, a channel without a
+  model) come back as a reason for the dead-letter topic and are not buffered.
+- **Tasks.** Every window the buffer emits becomes an :class:`~smap_bench.schema.InferenceTask`
+  whose ``job_id`` is :func:`~smap_bench.schema.deterministic_job_id` of (satellite,
+  subsystem, loop, first record index) and whose model is the newest record's channel's.
+  Its ``stages`` are the newest record's, stamped ``scheduler``: a window's latency is
+  measured from the production of the record that completed it.
+- **Offsets.** Kafka offsets may only be committed up to the oldest record that a future
+  window still needs, or a restart would lose the records held in memory. For each stream
+  the scheduler keeps the (loop, record_index, offset) of the records from the start of
+  the next window on; :meth:`WindowScheduler.commit_positions` gives, per partition, the
+  offset of the oldest such record (or, when nothing is held, the offset after the last
+  record consumed). A restarted scheduler re-reads from there, its buffers refill, and it
+  forms the same windows with the same job ids, the first of which is the first window not
+  yet dispatched. The caller commits only after the tasks of everything consumed so far
+  were dispatched (``run_kafka_stage`` does it in that order).
+- **Redeliveries.** Within one run, a message at an offset already consumed (Kafka
+  re-delivers from the committed offset after a rebalance) is skipped, and a job id
+  dispatched recently is never dispatched again. An offset below the last committed one
+  cannot be a re-delivery: the partition's log restarted (topic re-created, broker lost
+  its data), so the partition's buffers are dropped and its records taken as new. Across
+  runs a re-sent window is recognised downstream by its job id.
+- **Micro-batches.** :func:`batch_tasks` packs the windows of one poll into Celery
+  messages of up to ``max_windows`` windows, grouped by model, so the worker makes one
+  backend call per model and the per-message overhead is paid once per batch.
+
+Assumption: one stream's records come from one Kafka partition (the router publishes
+each stream to its own topic, keyed by satellite), and one scheduler instance consumes
+them (a second instance in the same group would split the topics between them, which is
+fine, but this class does not drop buffers of revoked partitions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from pydantic import TypeAdapter, ValidationError
+
+from smap_bench.catalog import CatalogError, Subsystem, model_name
+from smap_bench.schema import (
+    InferenceTask,
+    SubsystemRecord,
+    decode,
+    describe,
+    deterministic_job_id,
+)
+from smap_bench.stage import stamp
+from smap_bench.windows import Window, WindowBuffer
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "STAGE",
+    "TASK_NAME",
+    "Outcome",
+    "Position",
+    "SchedulerCounts",
+    "WindowScheduler",
+    "batch_tasks",
+    "encode_tasks",
+    "next_grid_start",
+]
+
+#: Stage name: Kafka consumer group, logger, metric label.
+STAGE = "scheduler"
+#: The Celery task the scheduler sends and the worker runs (the seed's name).
+TASK_NAME = "run_inference_task"
+#: The RabbitMQ queue the tasks go to unless told otherwise.
+DEFAULT_QUEUE = "inference"
+
+StreamKey = tuple[str, Subsystem]
+PartitionKey = tuple[str, int]
+
+_TASK_LIST: TypeAdapter[list[InferenceTask]] = TypeAdapter(list[InferenceTask])
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a message was read: Kafka topic, partition and offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def partition_key(self) -> PartitionKey:
+        return (self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one message did: the task it completed, the reason it was refused, or nothing.
+
+    ``redelivered`` marks a message at an offset this scheduler had already consumed; it
+    is ignored (neither counted as received nor dead-lettered).
+    """
+
+    task: InferenceTask | None = None
+    rejected: str | None = None
+    redelivered: bool = False
+    duplicate_window: bool = False
+
+
+@dataclass
+class SchedulerCounts:
+    """Running totals, for logs and tests (the shell also exports them as metrics)."""
+
+    received: int = 0
+    windows: int = 0
+    rejected: int = 0
+    redelivered: int = 0
+    duplicate_windows: int = 0
+
+
+def next_grid_start(record_index: int, stride: int, origin: int = 0) -> int:
+    """The first window start on the stride grid from ``origin`` at or after ``record_index``."""
+    return origin + math.ceil((record_index - origin) / stride) * stride
+
+
+@dataclass(slots=True)
+class _Held:
+    loop: int
+    record_index: int
+    offset: int
+
+
+@dataclass(slots=True)
+class _Stream:
+    buffer: WindowBuffer
+    partition: PartitionKey
+    #: Records from the next window's first on, oldest first (what a restart must re-read).
+    held: deque[_Held] = field(default_factory=deque)
+    run_start: int = 0
+    last_start: int | None = None  # start of the last window emitted in the current run
+
+
+class WindowScheduler:
+    """Turns subsystem records into inference tasks and tracks the offsets safe to commit.
+
+    ``known_models`` (optional) says whether a model exists; records whose channel's model
+    does not are refused. ``recent_job_ids`` bounds the memory of dispatched job ids.
+    """
+
+    def __init__(
+        self,
+        window_size: int = 30,
+        stride: int = 10,
+        *,
+        n_features: int = 25,
+        origin: int = 0,
+        known_models: Callable[[str], bool] | None = None,
+        recent_job_ids: int = 200_000,
+    ) -> None:
+        WindowBuffer(window_size, stride, n_features, origin)  # checks the geometry
+        self.window_size = window_size
+        self.stride = stride
+        self.n_features = n_features
+        self.origin = origin
+        self.known_models = known_models
+        self.counts = SchedulerCounts()
+        self._streams: dict[StreamKey, _Stream] = {}
+        self._next_offset: dict[PartitionKey, int] = {}
+        #: Lowest offset Kafka may re-deliver (the first consumed, then the last committed).
+        self._floor: dict[PartitionKey, int] = {}
+        self._partition_streams: dict[PartitionKey, set[StreamKey]] = {}
+        self._dirty: set[PartitionKey] = set()
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent_limit = recent_job_ids
+        self._model_names: dict[str, str] = {}
+
+    # --- input ------------------------------------------------------------------------
+    def accept(self, value: bytes | str | None, position: Position) -> Outcome:
+        """Handle one message of a subsystem topic; return its task, or why it was refused."""
+        key = position.partition_key
+        next_offset = self._next_offset.get(key)
+        if next_offset is None:
+            self._floor[key] = position.offset
+        elif position.offset < next_offset:
+            if position.offset >= self._floor[key]:
+                self.counts.redelivered += 1
+                return Outcome(redelivered=True)
+            self._forget_partition(key)  # below anything Kafka could re-deliver: log reset
+            self._floor[key] = position.offset
+        self._next_offset[key] = position.offset + 1
+        self._dirty.add(key)
+        self.counts.received += 1
+
+        try:
+            if value is None:
+                raise ValueError("empty message (no value)")
+            record = decode(SubsystemRecord, value)
+            model = self._model_of(record)
+        except (ValidationError, ValueError) as error:
+            return self._reject(describe(error))
+
+        stream = self._stream(record, key)
+        pushed = stream.buffer.push(
+            record.loop, record.record_index, record.features, record.timestamp
+        )
+        if pushed.rejected is not None:
+            return self._reject(f"{pushed.rejected.value}: {_where(record)}")
+        if pushed.new_loop or pushed.gap:
+            stream.run_start = record.record_index
+            stream.last_start = None
+            stream.held.clear()
+        stream.held.append(_Held(record.loop, record.record_index, position.offset))
+
+        task = None
+        duplicate = False
+        if pushed.windows:
+            window = pushed.windows[0]
+            stream.last_start = window.first_record_index
+            task = self._task(record, window, model)
+            if task.job_id in self._recent:
+                self.counts.duplicate_windows += 1
+                task, duplicate = None, True
+            else:
+                self._remember(task.job_id)
+                self.counts.windows += 1
+        self._trim(stream)
+        return Outcome(task=task, duplicate_window=duplicate)
+
+    # --- offsets ----------------------------------------------------------------------
+    def commit_positions(self) -> dict[PartitionKey, int]:
+        """Offset to commit for each partition that changed since the last call.
+
+        The offset of the oldest record a future window of the partition's streams still
+        needs, else the offset after the last record consumed.
+        """
+        out: dict[PartitionKey, int] = {}
+        for key in self._dirty:
+            offset = self._next_offset[key]
+            for stream_key in self._partition_streams.get(key, ()):
+                held = self._streams[stream_key].held
+                if held and held[0].offset < offset:
+                    offset = held[0].offset
+            out[key] = offset
+            self._floor[key] = offset
+        self._dirty.clear()
+        return out
+
+    @property
+    def streams(self) -> int:
+        """How many (satellite, subsystem) streams are buffered."""
+        return len(self._streams)
+
+    def held_records(self, satellite_id: str, subsystem: Subsystem | str) -> list[int]:
+        """Record indices a restart would re-read for one stream (for tests and logs)."""
+        key = (
+            satellite_id,
+            Subsystem.parse(subsystem) if isinstance(subsystem, str) else subsystem,
+        )
+        stream = self._streams.get(key)
+        return [] if stream is None else [h.record_index for h in stream.held]
+
+    # --- internals --------------------------------------------------------------------
+    def _reject(self, reason: str) -> Outcome:
+        self.counts.rejected += 1
+        return Outcome(rejected=reason)
+
+    def _forget_partition(self, key: PartitionKey) -> None:
+        """Drop every buffer fed by a partition whose log restarted (topic re-created)."""
+        for stream_key in self._partition_streams.pop(key, set()):
+            del self._streams[stream_key]
+        self._next_offset.pop(key, None)
+
+    def _model_of(self, record: SubsystemRecord) -> str:
+        channel = record.channel
+        if not channel:
+            raise ValueError(f"no channel on the record of {_where(record)}")
+        name = self._model_names.get(channel)
+        if name is None:
+            try:
+                name = model_name(channel)
+            except CatalogError as error:
+                raise ValueError(f"{error} ({_where(record)})") from None
+            if len(self._model_names) < 10_000:
+                self._model_names[channel] = name
+        if self.known_models is not None and not self.known_models(name):
+            raise ValueError(
+                f"unknown model {name} for channel {record.channel} ({_where(record)})"
+            )
+        return name
+
+    def _stream(self, record: SubsystemRecord, key: PartitionKey) -> _Stream:
+        stream_key = (record.satellite_id, record.subsystem)
+        stream = self._streams.get(stream_key)
+        if stream is None:
+            buffer = WindowBuffer(self.window_size, self.stride, self.n_features, self.origin)
+            stream = _Stream(buffer=buffer, partition=key)
+            self._streams[stream_key] = stream
+            self._partition_streams.setdefault(key, set()).add(stream_key)
+        elif stream.partition != key:  # the stream moved (topic re-created): follow it
+            self._partition_streams[stream.partition].discard(stream_key)
+            self._dirty.add(stream.partition)
+            stream.partition = key
+            self._partition_streams.setdefault(key, set()).add(stream_key)
+        return stream
+
+    def _trim(self, stream: _Stream) -> None:
+        """Drop held records that no future window of the stream can contain."""
+        if stream.last_start is None:
+            first_needed = next_grid_start(stream.run_start, self.stride, self.origin)
+        else:
+            first_needed = stream.last_start + self.stride
+        held = stream.held
+        while held and held[0].record_index < first_needed:
+            held.popleft()
+
+    def _task(self, record: SubsystemRecord, window: Window, model: str) -> InferenceTask:
+        # Built from validated records and a finite float32 window: no second validation
+        # (the worker validates what it receives).
+        return InferenceTask.model_construct(
+            job_id=deterministic_job_id(
+                record.satellite_id, record.subsystem, window.loop, window.first_record_index
+            ),
+            satellite_id=record.satellite_id,
+            subsystem=record.subsystem,
+            model_name=model,
+            input_data=window.data.tolist(),
+            window_start=window.timestamps[0],
+            window_end=window.timestamps[-1],
+            loop=window.loop,
+            record_index_start=window.first_record_index,
+            channel=record.channel,
+            stages=stamp(record.stages, STAGE),
+        )
+
+    def _remember(self, job_id: str) -> None:
+        self._recent[job_id] = None
+        if len(self._recent) > self._recent_limit:
+            self._recent.popitem(last=False)
+
+
+def _where(record: SubsystemRecord) -> str:
+    return (
+        f"{record.satellite_id}/{record.subsystem.value} "
+        f"loop {record.loop} record_index {record.record_index}"
+    )
+
+
+def encode_tasks(tasks: Sequence[InferenceTask]) -> str:
+    """The Celery payload of a micro-batch: a JSON array of inference tasks, as one string.
+
+    Passing one string rather than a list of dicts lets pydantic's serializer and parser
+    do the work instead of the Python JSON module on hundreds of floats per window.
+    """
+    return _TASK_LIST.dump_json(list(tasks)).decode()
+
+
+def batch_tasks(tasks: Iterable[InferenceTask], max_windows: int) -> list[list[InferenceTask]]:
+    """Pack tasks into Celery messages of at most ``max_windows`` windows each.
+
+    Windows of one model go together (the worker makes one backend call per model and
+    message); within a model the arrival order is kept.
+    """
+    if max_windows < 1:
+        raise ValueError(f"max_windows must be at least 1, got {max_windows}")
+    by_model: dict[str, list[InferenceTask]] = {}
+    for task in tasks:
+        by_model.setdefault(task.model_name, []).append(task)
+    ordered: Sequence[InferenceTask] = [t for group in by_model.values() for t in group]
+    return [list(ordered[i : i + max_windows]) for i in range(0, len(ordered), max_windows)]

@@ -1,0 +1,382 @@
+"""Scoring windows: inference tasks in, one inference result per window out.
+
+The worker (``pipeline/worker.py``) is a thin Celery shell around :func:`score_tasks`; it
+decides window anomalies by the rule the offline evaluation applies
+(:mod:`smap_bench.model.offline`), so live and offline detections agree by construction.
+
+**The anomaly rule.** A window is anomalous when its window statistic exceeds the model's
+threshold: :func:`smap_bench.model.threshold.window_is_anomalous`, whose statistic
+(:func:`~smap_bench.model.threshold.window_statistic`, the mean of the window's
+per-record scores) is the one the threshold was fitted on from training windows;
+comparing any other number with that threshold would change its false-alarm rate. A
+flagged window marks the records it is responsible for
+(:func:`smap_bench.windows.responsible_range`, turned into record flags by
+:func:`smap_bench.windows.record_flags_from_windows`).
+
+**Feature errors.** Each result carries ``feature_errors``: the mean squared difference
+between input and reconstruction per feature (raw units, as the model's reconstruction
+is), over the records the window is responsible for, so the events builder can name the
+features that contributed most without overlapping windows counting a record twice.
+
+**Failures.** A window that can never be scored (invalid task, unknown model, no
+threshold, a window the model refuses) is *rejected* with a reason for the dead-letter
+topic; a window whose model is only unavailable for now (server down, model loading) is
+*deferred* for the worker to retry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import TypeAdapter, ValidationError
+
+from smap_bench.inference.base import (
+    BackendUnavailableError,
+    InferenceBackend,
+    InferenceError,
+    InvalidWindowError,
+    ModelNotReadyError,
+)
+from smap_bench.inference.repository import onnx_models_dir, read_metadata
+from smap_bench.model.threshold import window_is_anomalous as threshold_rule
+from smap_bench.schema import InferenceResult, InferenceTask, describe
+from smap_bench.stage import stamp
+from smap_bench.windows import responsible_range
+
+__all__ = [
+    "SERVICE",
+    "STAGE",
+    "BatchOutcome",
+    "MetadataThresholds",
+    "Rejected",
+    "batch_feature_errors",
+    "feature_errors",
+    "load_threshold",
+    "parse_tasks",
+    "responsible_rows",
+    "score_tasks",
+    "threshold_from_metadata",
+    "window_is_anomalous",
+    "windows_anomalous",
+    "worker_index",
+]
+
+#: Stage name (logger, metric label, ``stages`` key) and the seed's ``service`` field.
+STAGE = "worker"
+SERVICE = "inference-worker"
+
+#: Decimals kept of reconstructed values: float32 holds about 7 significant digits, and
+#: shorter numbers halve the size of a result message.
+RECONSTRUCTION_DECIMALS = 6
+
+_TASK_LIST: TypeAdapter[list[InferenceTask]] = TypeAdapter(list[InferenceTask])
+
+#: Errors that say "not now" rather than "never": the task is retried later.
+TRANSIENT_ERRORS: tuple[type[InferenceError], ...] = (BackendUnavailableError, ModelNotReadyError)
+
+
+# --------------------------------------------------------------------------------------
+# The decision rule (shared with the offline evaluation)
+# --------------------------------------------------------------------------------------
+
+
+def windows_anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Anomaly flag of each window ``[B]`` from per-record scores ``[B, window]``.
+
+    The rule is :func:`smap_bench.model.threshold.window_is_anomalous` (window statistic
+    above the threshold), which the offline evaluation also applies: one rule, one place.
+    """
+    return np.asarray(threshold_rule(np.asarray(scores, dtype=np.float64), threshold), dtype=bool)
+
+
+def window_is_anomalous(scores: Sequence[float] | np.ndarray, threshold: float) -> bool:
+    """Whether one window, given its per-record scores ``[window]``, is anomalous."""
+    values = np.asarray(scores, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"window_is_anomalous: scores have shape {values.shape}, need (window,)")
+    return bool(windows_anomalous(values[None, :], threshold)[0])
+
+
+def responsible_rows(record_index_start: int | None, window: int, stride: int) -> slice:
+    """Rows of a window that it is responsible for (see :mod:`smap_bench.windows`).
+
+    A window without a record index, or off the stride grid (not formed by the
+    scheduler), is taken as responsible for all its rows.
+    """
+    if record_index_start is None or record_index_start % stride or stride > window:
+        return slice(0, window)
+    lo, hi = responsible_range(record_index_start, window, stride)
+    return slice(lo - record_index_start, hi - record_index_start)
+
+
+def feature_errors(window: np.ndarray, reconstruction: np.ndarray, rows: slice) -> np.ndarray:
+    """Mean squared reconstruction error per feature ``[features]`` over ``rows``."""
+    diff = np.asarray(window, dtype=np.float64)[rows] - np.asarray(reconstruction)[rows]
+    return (diff * diff).mean(axis=0)
+
+
+def batch_feature_errors(
+    windows: np.ndarray, reconstruction: np.ndarray, rows: Sequence[slice]
+) -> np.ndarray:
+    """:func:`feature_errors` of a batch ``[B, window, features]``, one row slice per window."""
+    mask = np.zeros(windows.shape[:2], dtype=np.float64)
+    for i, selected in enumerate(rows):
+        mask[i, selected] = 1.0
+    diff = np.asarray(windows, dtype=np.float64) - np.asarray(reconstruction, dtype=np.float64)
+    weighted = np.einsum("bw,bwf->bf", mask, diff * diff)
+    return weighted / mask.sum(axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------------------
+# Thresholds from the model repository
+# --------------------------------------------------------------------------------------
+
+
+def threshold_from_metadata(model_name: str, metadata: dict[str, Any]) -> float:
+    """The threshold in a model's metadata.json: ``"threshold": x`` or ``{"value": x}``."""
+    value = metadata.get("threshold")
+    if isinstance(value, dict):
+        value = value.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise ValueError(f"{model_name}: metadata.json has no finite threshold (got {value!r})")
+    return float(value)
+
+
+def load_threshold(repository: Path, model_name: str) -> float:
+    """The threshold of ``model_name`` from ``<repository>/onnx/<model>/metadata.json``."""
+    model_dir = onnx_models_dir(repository) / model_name
+    if not (model_dir / "metadata.json").is_file():
+        raise ValueError(f"{model_name}: no metadata.json in {model_dir}")
+    return threshold_from_metadata(model_name, read_metadata(model_dir))
+
+
+class MetadataThresholds:
+    """Thresholds read from the repository, cached per model until its metadata changes.
+
+    One ``stat`` per model and call: a retrained model's new threshold is used without
+    restarting the worker.
+    """
+
+    def __init__(self, repository: Path) -> None:
+        self.repository = Path(repository)
+        self._cache: dict[str, tuple[int, float]] = {}
+
+    def __call__(self, model_name: str) -> float:
+        path = onnx_models_dir(self.repository) / model_name / "metadata.json"
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            raise ValueError(f"{model_name}: no metadata.json at {path}") from None
+        cached = self._cache.get(model_name)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        value = load_threshold(self.repository, model_name)
+        self._cache[model_name] = (mtime, value)
+        return value
+
+
+# --------------------------------------------------------------------------------------
+# Scoring a batch of tasks
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A task (or payload item) that cannot be scored, with the dead-letter reason."""
+
+    item: Any  #: the task, or the raw payload item that did not validate
+    reason: str
+    job_id: str | None = None
+
+    def payload(self) -> bytes:
+        """The rejected item as JSON bytes for the dead-letter topic."""
+        if isinstance(self.item, InferenceTask):
+            return self.item.model_dump_json().encode()
+        if isinstance(self.item, bytes):
+            return self.item
+        try:
+            return json.dumps(self.item, default=str).encode()
+        except (TypeError, ValueError):
+            return repr(self.item).encode()
+
+
+@dataclass
+class BatchOutcome:
+    """What became of a batch: results, rejected windows, windows to retry later."""
+
+    results: list[InferenceResult] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    deferred: list[InferenceTask] = field(default_factory=list)
+    deferred_reason: str | None = None
+
+
+def parse_tasks(payload: Any) -> tuple[list[InferenceTask], list[Rejected]]:
+    """Validate a Celery payload into tasks, and the items that are not valid tasks.
+
+    Accepted forms: a JSON string of a task array (what the scheduler sends, see
+    :func:`smap_bench.scheduling.encode_tasks`), a list of task dicts, or one task dict
+    (the seed's form).
+    """
+    if isinstance(payload, str | bytes):
+        try:
+            return _TASK_LIST.validate_json(payload), []
+        except ValidationError:
+            pass  # find the bad items one by one below
+        try:
+            payload = json.loads(payload)
+        except ValueError as error:
+            return [], [Rejected(payload, f"payload is not JSON: {describe(error)}")]
+    items = [payload] if isinstance(payload, dict) else payload
+    if not isinstance(items, list):
+        reason = f"payload is a {type(payload).__name__}, expected a list of inference tasks"
+        return [], [Rejected(payload, reason)]
+    tasks: list[InferenceTask] = []
+    rejected: list[Rejected] = []
+    for item in items:
+        try:
+            tasks.append(InferenceTask.model_validate(item))
+        except ValidationError as error:
+            job_id = item.get("job_id") if isinstance(item, dict) else None
+            rejected.append(
+                Rejected(item, describe(error), job_id if isinstance(job_id, str) else None)
+            )
+    return tasks, rejected
+
+
+def score_tasks(
+    tasks: Sequence[InferenceTask],
+    backend: InferenceBackend,
+    thresholds: Callable[[str], float],
+    *,
+    stride: int,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> BatchOutcome:
+    """Score validated tasks: one backend call per model, one result per window."""
+    outcome = BatchOutcome()
+    by_model: dict[str, list[InferenceTask]] = {}
+    for task in tasks:
+        by_model.setdefault(task.model_name, []).append(task)
+    for model, group in by_model.items():
+        try:
+            threshold = thresholds(model)
+        except (ValueError, OSError) as error:
+            outcome.rejected += [Rejected(t, describe(error), t.job_id) for t in group]
+            continue
+        same_shape = [t for t in group if t.window_size == group[0].window_size]
+        for t in group:
+            if t.window_size != group[0].window_size:
+                reason = (
+                    f"{model}: window has {t.window_size} rows, the others of the batch "
+                    f"{group[0].window_size}"
+                )
+                outcome.rejected.append(Rejected(t, reason, t.job_id))
+        _score_group(model, same_shape, threshold, backend, stride, now, outcome)
+    return outcome
+
+
+def _score_group(
+    model: str,
+    group: list[InferenceTask],
+    threshold: float,
+    backend: InferenceBackend,
+    stride: int,
+    now: Callable[[], datetime],
+    outcome: BatchOutcome,
+) -> None:
+    windows = np.stack([t.input_array() for t in group])
+    try:
+        output = backend.infer(model, windows)
+    except TRANSIENT_ERRORS as error:
+        outcome.deferred += group
+        outcome.deferred_reason = describe(error)
+        return
+    except InvalidWindowError as error:
+        if len(group) > 1:  # find the window(s) at fault, score the others
+            for task in group:
+                _score_group(model, [task], threshold, backend, stride, now, outcome)
+            return
+        outcome.rejected.append(Rejected(group[0], describe(error), group[0].job_id))
+        return
+    except InferenceError as error:  # unknown model, or a model answering off contract
+        outcome.rejected += [Rejected(t, describe(error), t.job_id) for t in group]
+        return
+    scores = np.asarray(output.score, dtype=np.float64)
+    reconstruction = np.asarray(output.reconstruction, dtype=np.float64)
+    finite = np.isfinite(scores).all(axis=1) & np.isfinite(reconstruction).all(axis=(1, 2))
+    flags = windows_anomalous(np.where(finite[:, None], scores, 0.0), threshold)
+    rounded = np.round(reconstruction, RECONSTRUCTION_DECIMALS)
+    means, maxima = scores.mean(axis=1), scores.max(axis=1)
+    rows = [responsible_rows(t.record_index_start, t.window_size, stride) for t in group]
+    errors = batch_feature_errors(windows, reconstruction, rows)
+    created = now()
+    for i, task in enumerate(group):
+        if not finite[i]:
+            reason = f"{model}: model returned NaN or infinity for this window"
+            outcome.rejected.append(Rejected(task, reason, task.job_id))
+            continue
+        # Every value was checked above (finite numbers, shapes from the model contract),
+        # so the result is built without a second validation pass.
+        outcome.results.append(
+            InferenceResult.model_construct(
+                satellite_id=task.satellite_id,
+                subsystem=task.subsystem,
+                model_name=task.model_name,
+                window_size=task.window_size,
+                window_start_time=task.window_start,
+                window_end_time=task.window_end,
+                mean_anomaly_score=float(means[i]),
+                max_anomaly_score=float(maxima[i]),
+                is_anomaly=bool(flags[i]),
+                anomaly_scores=scores[i].tolist(),
+                reconstructions=rounded[i].tolist(),
+                inference_time_ms=float(output.elapsed_ms),
+                timestamp=created,
+                service=SERVICE,
+                status="success",
+                job_id=task.job_id,
+                threshold=threshold,
+                loop=task.loop,
+                record_index_start=task.record_index_start,
+                channel=task.channel,
+                stages=stamp(task.stages, STAGE),
+                feature_errors=errors[i].tolist(),
+            )
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Deployment helper
+# --------------------------------------------------------------------------------------
+
+_NODE_NUMBER = re.compile(r"(\d+)$")
+
+
+def worker_index(node_name: str | None, override: str | None = None) -> int:
+    """0-based index of a worker process, for its metrics port (base port + index).
+
+    ``override`` (the ``SMAP_WORKER_INDEX`` environment variable) wins; else the number at
+    the end of the node name's first part (``worker1@host`` -> 0, ``worker2@host`` -> 1);
+    else 0.
+    """
+    if override not in (None, ""):
+        index = int(str(override))
+        if index < 0:
+            raise ValueError(f"worker index must be >= 0, got {index}")
+        return index
+    match = _NODE_NUMBER.search((node_name or "").split("@", 1)[0])
+    return max(int(match.group(1)) - 1, 0) if match else 0
+
+
+def elapsed_since(stages: dict[str, float] | None, stage: str = "simulator") -> float | None:
+    """Seconds since ``stage`` stamped a message (None when it did not)."""
+    if not stages or stage not in stages:
+        return None
+    return time.time() - stages[stage]
