@@ -194,6 +194,10 @@ def run(live_stack: Settings, tmp_path: Path) -> Iterator[Run]:
         yield this
     finally:
         this.stop_all()
+        from pipeline.worker import app
+
+        with app.connection_for_write() as connection:  # the test's queue, empty by now
+            connection.default_channel.queue_delete(this.queue)
 
 
 def test_windows_are_scored_once_across_a_scheduler_restart(run: Run) -> None:
