@@ -29,7 +29,13 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from smap_bench.config import PROJECT_ROOT, Settings
-from smap_bench.kafka import TopicSpec, consumer_config, ensure_topics, producer_config
+from smap_bench.kafka import (
+    TopicSpec,
+    admin_client,
+    consumer_config,
+    ensure_topics,
+    producer_config,
+)
 from smap_bench.schema import InferenceResult, deterministic_job_id
 from smap_bench.scoring import windows_anomalous
 from smap_bench.windows import window_starts
@@ -198,6 +204,11 @@ def run(live_stack: Settings, tmp_path: Path) -> Iterator[Run]:
 
         with app.connection_for_write() as connection:  # the test's queue, empty by now
             connection.default_channel.queue_delete(this.queue)
+        # a leftover telemetry.* topic would feed the stack's own scheduler later
+        topics = [this.topic, this.results_topic, this.dead_topic]
+        admin = admin_client(live_stack)  # kept alive until the futures are done
+        for future in admin.delete_topics(topics, operation_timeout=30).values():
+            future.result(timeout=30)
 
 
 def test_windows_are_scored_once_across_a_scheduler_restart(run: Run) -> None:
