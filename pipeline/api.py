@@ -1,0 +1,54 @@
+"""Operations API service: the FastAPI app of :mod:`smap_bench.api` under uvicorn.
+
+Listens on ``settings.bind_host:settings.api_port`` (127.0.0.1:8080 locally); nginx
+passes ``/api/...`` on unchanged, so routes, the OpenAPI document (``/api/openapi.json``)
+and the docs (``/api/docs``) all live under ``/api``. ``--root-path`` is for a proxy that
+strips a prefix in front of ``/api``.
+
+Run::
+
+    python -m pipeline.api
+    python -m pipeline.api --port 8081
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+import uvicorn
+
+from smap_bench.api.main import create_app
+from smap_bench.config import get_settings
+
+log = logging.getLogger("smap_bench.api")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="python -m pipeline.api", description=__doc__)
+    parser.add_argument("--host", default=settings.bind_host)
+    parser.add_argument("--port", type=int, default=settings.api_port)
+    parser.add_argument("--root-path", default="", help="prefix a proxy strips before /api")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    if settings.api_token is None:
+        log.warning("SMAP_API_TOKEN is not set: mutating routes answer 503")
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        root_path=args.root_path,
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        log_level=args.log_level,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

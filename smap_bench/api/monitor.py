@@ -1,0 +1,213 @@
+"""Pipeline health for the operations API: lag, queue depth, Triton models, stage rates.
+
+Each reader asks one service one cheap question with a short timeout and returns plain
+rows, with the reason in ``detail`` when it could not answer: a health page must report
+a service that is down, never fail because of it. The arithmetic (lag from offsets,
+rows from query results) is in pure functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from smap_bench.config import Settings
+from smap_bench.metrics import Series, VictoriaMetrics
+
+TIMEOUT_S = 2.0
+
+#: Consumer groups reported by default: the pipeline's Kafka stages (a stage's name is its
+#: consumer group).
+DEFAULT_GROUPS: tuple[str, ...] = ("router", "scheduler", "writer", "events")
+
+#: The window over which rates and latency quantiles are computed.
+RATE_WINDOW = "1m"
+
+#: Stage whose intake is the pipeline's ingestion rate (raw telemetry messages).
+INGESTION_STAGE = "router"
+
+TopicPartitionKey = tuple[str, int]
+
+
+def default_queues() -> tuple[str, ...]:
+    """The RabbitMQ queues reported by default: the inference tasks' queue."""
+    from smap_bench.scheduling import DEFAULT_QUEUE
+
+    return (DEFAULT_QUEUE,)
+
+
+# --------------------------------------------------------------------------- Kafka lag
+
+
+def group_lag(
+    committed: Mapping[TopicPartitionKey, int], latest: Mapping[TopicPartitionKey, int]
+) -> int | None:
+    """Messages a group has still to read: end offset minus committed offset, summed over
+    the partitions it has committed on. ``None`` if an end offset is missing."""
+    total = 0
+    for key, offset in committed.items():
+        if offset < 0:
+            continue
+        end = latest.get(key)
+        if end is None or end < 0:
+            return None
+        total += max(end - offset, 0)
+    return total
+
+
+def consumer_lag(
+    settings: Settings, groups: Sequence[str], admin: Any = None
+) -> list[dict[str, Any]]:
+    """Lag of each consumer group (committed offsets against end offsets)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    admin = admin or AdminClient(
+        {"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 2000, "log_level": 0}
+    )
+    rows = []
+    for group in groups:
+        try:
+            futures = admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group)], request_timeout=TIMEOUT_S
+            )
+            result = futures[group].result(timeout=TIMEOUT_S + 1)
+            committed = {
+                (tp.topic, tp.partition): tp.offset
+                for tp in result.topic_partitions or []
+                if tp.error is None
+            }
+            latest: dict[TopicPartitionKey, int] = {}
+            if committed:
+                wanted = {TopicPartition(t, p): OffsetSpec.latest() for t, p in committed}
+                for tp, future in admin.list_offsets(wanted, request_timeout=TIMEOUT_S).items():
+                    latest[(tp.topic, tp.partition)] = future.result(timeout=TIMEOUT_S + 1).offset
+            lag = group_lag(committed, latest) if committed else None
+            detail = "" if committed else "no committed offsets (group unknown or idle)"
+            rows.append(
+                {"group": group, "lag": lag, "partitions": len(committed), "detail": detail}
+            )
+        except Exception as exc:
+            rows.append({"group": group, "lag": None, "partitions": 0, "detail": f"Kafka: {exc}"})
+    return rows
+
+
+# --------------------------------------------------------------------------- RabbitMQ
+
+
+def queue_depths(settings: Settings, queues: Sequence[str]) -> list[dict[str, Any]]:
+    """Messages ready and consumers of each queue (a passive declare: nothing is created)."""
+    from kombu import Connection
+
+    rows = []
+    try:
+        with Connection(settings.rabbitmq_url, connect_timeout=TIMEOUT_S) as connection:
+            connection.ensure_connection(max_retries=1)
+            for queue in queues:
+                channel = connection.channel()
+                try:
+                    declared = channel.queue_declare(queue=queue, passive=True)
+                    rows.append(
+                        {
+                            "queue": queue,
+                            "messages": int(declared.message_count),
+                            "consumers": int(declared.consumer_count),
+                            "detail": "",
+                        }
+                    )
+                except Exception as exc:
+                    # A missing queue closes the channel (404 NOT_FOUND); the next gets a new one.
+                    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    rows.append(
+                        {"queue": queue, "messages": None, "consumers": None, "detail": reason}
+                    )
+                finally:
+                    with contextlib.suppress(Exception):
+                        channel.close()
+    except Exception as exc:
+        reason = f"RabbitMQ: {exc}"
+        done = {row["queue"] for row in rows}
+        rows += [
+            {"queue": q, "messages": None, "consumers": None, "detail": reason}
+            for q in queues
+            if q not in done
+        ]
+    return rows
+
+
+# --------------------------------------------------------------------------- Triton
+
+
+def triton_models(settings: Settings) -> dict[str, Any]:
+    """Server readiness and each model's state from Triton's repository index."""
+    base = f"http://{settings.triton_http_url}"
+    try:
+        ready = httpx.get(f"{base}/v2/health/ready", timeout=TIMEOUT_S).status_code == 200
+        index = httpx.post(f"{base}/v2/repository/index", json={}, timeout=TIMEOUT_S)
+        index.raise_for_status()
+        models = [
+            {
+                "name": str(item.get("name")),
+                "version": str(item["version"]) if item.get("version") is not None else None,
+                "state": item.get("state"),
+                "reason": item.get("reason") or None,
+            }
+            for item in index.json()
+        ]
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"ready": False, "models": [], "detail": f"Triton at {base}: {exc}"}
+    return {"ready": ready, "models": models, "detail": ""}
+
+
+# --------------------------------------------------------------------------- stage metrics
+
+
+def stage_queries(window: str = RATE_WINDOW) -> dict[str, str]:
+    """The instant queries behind :func:`stage_stats`, one value per ``stage`` label."""
+    rate = "sum by (stage) (rate({name}[{window}]))"
+    quantile = (
+        "histogram_quantile({q}, sum by (stage, le) "
+        "(rate(smap_stage_latency_seconds_bucket[{window}])))"
+    )
+    return {
+        "received_per_s": rate.format(name="smap_stage_received_total", window=window),
+        "produced_per_s": rate.format(name="smap_stage_produced_total", window=window),
+        "rejected_per_s": rate.format(name="smap_stage_rejected_total", window=window),
+        "latency_p50_s": quantile.format(q=0.5, window=window),
+        "latency_p99_s": quantile.format(q=0.99, window=window),
+    }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def stage_rows(results: Mapping[str, Iterable[Series]]) -> list[dict[str, Any]]:
+    """One row per stage from each query's result (missing values are None)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for field, series_list in results.items():
+        for series in series_list:
+            stage = series.labels.get("stage")
+            if not stage or not series.samples:
+                continue
+            row = rows.setdefault(stage, {"stage": stage} | dict.fromkeys(results))
+            row[field] = _finite(series.samples[-1][1])
+    return [rows[name] for name in sorted(rows)]
+
+
+def stage_stats(victoria: VictoriaMetrics) -> list[dict[str, Any]]:
+    """Each stage's received / produced / rejected rates and latency p50 / p99."""
+    return stage_rows({field: victoria.query(q) for field, q in stage_queries().items()})
+
+
+def ingestion_rate(stages: Sequence[Mapping[str, Any]]) -> float | None:
+    """Raw telemetry messages per second taken in by the pipeline (the router's intake)."""
+    for row in stages:
+        if row["stage"] == INGESTION_STAGE:
+            value = row.get("received_per_s")
+            return float(value) if value is not None else None
+    return None

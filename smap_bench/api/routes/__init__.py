@@ -1,0 +1,1 @@
+"""One router per resource; :mod:`smap_bench.api.main` includes them under ``/api``."""

@@ -1,0 +1,57 @@
+"""Pipeline health arithmetic: consumer lag from offsets, stage rows from query results."""
+
+from __future__ import annotations
+
+import math
+
+from smap_bench.api.monitor import group_lag, ingestion_rate, stage_queries, stage_rows
+from smap_bench.metrics import Series
+
+
+def test_lag_is_end_minus_committed_summed_over_partitions() -> None:
+    committed = {("raw", 0): 10, ("raw", 1): 5, ("results", 0): 7}
+    latest = {("raw", 0): 15, ("raw", 1): 5, ("results", 0): 9}
+    assert group_lag(committed, latest) == 5 + 0 + 2
+
+
+def test_a_commit_past_the_end_counts_zero_not_negative() -> None:
+    assert group_lag({("t", 0): 12}, {("t", 0): 10}) == 0
+
+
+def test_partitions_without_a_commit_are_left_out() -> None:
+    assert group_lag({("t", 0): -1001, ("t", 1): 3}, {("t", 1): 4}) == 1
+
+
+def test_a_missing_end_offset_makes_the_lag_unknown() -> None:
+    assert group_lag({("t", 0): 3}, {}) is None
+    assert group_lag({("t", 0): 3}, {("t", 0): -1}) is None
+
+
+def test_no_commits_is_zero_lag() -> None:
+    assert group_lag({}, {("t", 0): 100}) == 0
+
+
+def test_stage_rows_join_the_queries_by_stage_and_drop_nan() -> None:
+    results = {
+        "received_per_s": [
+            Series({"stage": "router"}, [(1.0, 5.0), (2.0, 7.5)]),
+            Series({"stage": "writer"}, [(2.0, 3.0)]),
+        ],
+        "latency_p99_s": [Series({"stage": "router"}, [(2.0, math.nan)])],
+        "produced_per_s": [Series({}, [(2.0, 1.0)]), Series({"stage": "writer"}, [])],
+    }
+    rows = stage_rows(results)
+    assert rows == [
+        {"stage": "router", "received_per_s": 7.5, "latency_p99_s": None, "produced_per_s": None},
+        {"stage": "writer", "received_per_s": 3.0, "latency_p99_s": None, "produced_per_s": None},
+    ]
+    assert ingestion_rate(rows) == 7.5
+    assert ingestion_rate(rows[1:]) is None
+
+
+def test_stage_queries_use_the_stage_self_metrics() -> None:
+    queries = stage_queries("5m")
+    assert queries["received_per_s"] == "sum by (stage) (rate(smap_stage_received_total[5m]))"
+    assert "histogram_quantile(0.99," in queries["latency_p99_s"]
+    assert "smap_stage_latency_seconds_bucket[5m]" in queries["latency_p50_s"]
+    assert "by (stage, le)" in queries["latency_p50_s"]

@@ -1,0 +1,96 @@
+"""The API latency probe: its schedule and statistics, and one short run on loopback."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from smap_bench.bench.api import (
+    Sample,
+    bench_api,
+    check_loopback,
+    percentile,
+    schedule,
+    summarize,
+)
+
+
+def test_schedule_is_evenly_spaced_at_the_rate() -> None:
+    assert schedule(4, 1) == [0.0, 0.25, 0.5, 0.75]
+    assert len(schedule(50, 20)) == 1000
+    with pytest.raises(ValueError, match="rps"):
+        schedule(0, 1)
+    with pytest.raises(ValueError, match="duration_s"):
+        schedule(1, float("inf"))
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([], 50) is None
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([4.0, 1.0, 3.0, 2.0], 100) == 4.0
+    assert percentile(list(map(float, range(101))), 99) == 99.0
+
+
+def test_summary_separates_errors_and_counts_late_sends() -> None:
+    samples = [
+        Sample("/a", 0.010, 200, 0.0),
+        Sample("/a", 0.030, 200, 0.05),
+        Sample("/b", 0.020, 200, 0.0),
+        Sample("/b", 5.0, 0, 0.0),
+        Sample("/b", 0.001, 503, 0.0),
+    ]
+    summary = summarize(samples, rps=5, elapsed_s=1.0)
+    assert (summary["p50"], summary["max"]) == (20.0, 30.0)
+    assert (summary["requests"], summary["errors"], summary["late"]) == (5, 2, 1)
+    assert summary["paths"]["/a"] == {"requests": 2, "p50": 20.0, "p99": 29.8}
+    assert summary["achieved_rps"] == 5.0
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.1:8080", "http://example.com", "http://[::2]/"])
+def test_only_loopback_is_probed(url: str) -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        check_loopback(url)
+
+
+def test_loopback_forms_are_accepted() -> None:
+    for url in (
+        "http://127.0.0.1:8080",
+        "http://localhost:1",
+        "http://[::1]:8080",
+        "http://127.1.2.3",
+    ):
+        check_loopback(url)
+
+
+class _Ok(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b'{"status":"ok"}' if self.path != "/missing" else b"{}"
+        self.send_response(200 if self.path != "/missing" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_short_run_sends_every_scheduled_request(server: str) -> None:
+    result = bench_api(server, rps=40, duration_s=0.5, paths=["/ok", "/missing"])
+    assert result["requests"] == 20
+    assert result["errors"] == 10
+    assert result["paths"]["/ok"]["requests"] == 10
+    assert 0 < result["p50"] <= result["p99"] <= result["max"] < 1000
