@@ -238,10 +238,11 @@ def worker_program(index: int) -> Callable[[Settings], Program]:
                 "pipeline.worker",
                 "worker",
                 "--pool=solo",
+                "--concurrency=1",
                 "--without-mingle",
                 "--without-gossip",
                 "--loglevel=INFO",
-                f"--hostname=worker{index}@%h",
+                f"--hostname=worker{index + 1}@%h",
             ],
             env={"SMAP_WORKER_INDEX": str(index)},
             stopwaitsecs=30,
@@ -277,12 +278,13 @@ def pipeline_services(settings: Settings, replay: bool) -> list[Service]:
         )
     for index in range(settings.workers):
         port = PORTS["worker"] + index
+        name = f"worker{index + 1}"
         found.append(
             Service(
-                f"worker{index}",
+                name,
                 f"http://{h}:{port}/metrics",
                 port,
-                _metrics_check(f"worker{index}", port),
+                _metrics_check(name, port),
                 worker_program(index),
             )
         )
@@ -627,6 +629,25 @@ def _tail(path: Path, lines: int) -> str:
 # --------------------------------------------------------------------------- provisioning
 
 
+def sync_fleet(settings: Settings) -> str:
+    """Record the configured fleet and its channel assignment in PostgreSQL."""
+    from smap_bench import catalog, db
+    from smap_bench.data import list_channels, resolve_data_dir
+    from smap_bench.data.synthetic import SYNTHETIC_CHANNELS
+    from smap_bench.simulation import plan_channels
+
+    source = resolve_data_dir(settings.data_dir)
+    channels = list_channels(source.path) if source.path else list(SYNTHETIC_CHANNELS)
+    plan = plan_channels(settings.satellites, channels)
+    rows = [
+        (satellite, subsystem.value, channel, catalog.model_name(channel))
+        for satellite, slots in plan.items()
+        for subsystem, channel in slots.items()
+    ]
+    db.sync_fleet(settings.postgres_dsn, rows)
+    return f"fleet: {len(plan)} satellites, channels from {source.describe()}"
+
+
 def create_topics(settings: Settings) -> str:
     """Create every topic of the configured fleet that is missing; one line saying so."""
     from smap_bench import catalog
@@ -654,6 +675,7 @@ def provision(settings: Settings) -> list[str]:
         f"migrations applied: {', '.join(applied) or 'none (up to date)'}"
     )
     notes.append(create_topics(settings))
+    notes.append(sync_fleet(settings))
     registered = db.sync_models(settings.postgres_dsn, settings.model_repository / "onnx")
     notes.append(f"model registry: {registered} model(s) from {settings.model_repository}")
     return notes
