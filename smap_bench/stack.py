@@ -251,6 +251,20 @@ def worker_program(index: int) -> Callable[[Settings], Program]:
     return program
 
 
+def api_program(settings: Settings) -> Program:
+    from smap_bench.api.auth import ensure_api_token
+
+    return Program(
+        [sys.executable, "-m", "pipeline.api"],
+        env={"SMAP_API_TOKEN": ensure_api_token(settings)},
+        stopwaitsecs=10,
+    )
+
+
+def check_api(settings: Settings) -> None:
+    health.check_http(f"http://{settings.host}:{settings.api_port}/api/health/live")
+
+
 def _metrics_check(name: str, port: int) -> health.HealthCheck:
     def check(settings: Settings) -> None:
         health.check_http(f"http://{settings.host}:{port}/metrics", expect="smap_stage_received")
@@ -288,6 +302,15 @@ def pipeline_services(settings: Settings, replay: bool) -> list[Service]:
                 worker_program(index),
             )
         )
+    found.append(
+        Service(
+            "api",
+            f"http://{h}:{settings.nginx_port}/api/docs",
+            settings.api_port,
+            check_api,
+            api_program,
+        )
+    )
     if replay:
         port = PORTS["simulator"]
         found.append(

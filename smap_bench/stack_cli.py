@@ -76,8 +76,9 @@ def bring_up(
             for d in decisions
             if d.managed and (d in phase or d.service.name in running)
         }
-        conf = stack.supervisord_conf(settings, programs)
-        (settings.run_dir / "supervisord.conf").write_text(conf)
+        conf_path = settings.run_dir / "supervisord.conf"
+        conf_path.touch(mode=0o600)  # it holds the API token
+        conf_path.write_text(stack.supervisord_conf(settings, programs))
         supervisor.start()
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
@@ -149,7 +150,13 @@ def register(app: typer.Typer) -> None:
         _write_json(json_path, _status_payload(statuses))
         if not all(s.healthy for s in statuses):
             raise _fail("some services are not healthy (see the table)")
+        from smap_bench.api.auth import token_path
+
         console.print(f"Dashboard: [bold]{settings.dashboard_url}[/]   (stop: make down)")
+        console.print(
+            f"API: {settings.dashboard_url}api/docs   token for mutating routes: "
+            f"{token_path(settings)}"
+        )
 
     @app.command()
     def down() -> None:

@@ -48,7 +48,8 @@ def test_a_free_port_is_started_by_us_and_our_programs_stay_ours(settings: Setti
 def test_pipeline_has_one_worker_per_configured_process(settings: Settings) -> None:
     names = [s.name for s in stack.services(settings, pipeline=True, replay=True)]
     assert names[-1] == "simulator"
-    assert [n for n in names if n.startswith("worker")] == ["worker0", "worker1"]
+    assert [n for n in names if n.startswith("worker")] == ["worker1", "worker2"]
+    assert "api" in names
     assert len(set(names)) == len(names)
     infra_only = [s.name for s in stack.services(settings, pipeline=False)]
     assert infra_only == ["postgres", "rabbitmq", "kafka", "victoria-metrics", "triton", "nginx"]
