@@ -102,6 +102,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def db_data(_: Request, exc: psycopg.DataError) -> JSONResponse:
         return _message(status.HTTP_422_UNPROCESSABLE_CONTENT, f"invalid value: {_first_line(exc)}")
 
+    @app.exception_handler(psycopg.IntegrityError)
+    async def db_conflict(_: Request, exc: psycopg.IntegrityError) -> JSONResponse:
+        return _message(status.HTTP_409_CONFLICT, f"conflicts with stored data: {_first_line(exc)}")
+
     @app.exception_handler(httpx.HTTPStatusError)
     async def victoria_refused(_: Request, exc: httpx.HTTPStatusError) -> JSONResponse:
         body = exc.response.text.strip().splitlines()

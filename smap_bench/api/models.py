@@ -7,7 +7,7 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from smap_bench.alarms import AlarmAction, AlarmState
 from smap_bench.api.queries import SATELLITE_ID_PATTERN, SeriesKind
@@ -58,8 +58,18 @@ class SatelliteBase(BaseModel):
 class SatelliteUpdate(Strict):
     """Fields an operator may change on a satellite; those left out stay as they are."""
 
-    display_name: Annotated[Text, Field(min_length=1, max_length=100)] | None = None
-    active: bool | None = None
+    display_name: Annotated[Text, Field(min_length=1, max_length=100)] | None = Field(
+        default=None, description="null clears the name"
+    )
+    active: bool | None = Field(default=None, description="true or false (not null)")
+
+    @field_validator("active")
+    @classmethod
+    def _active_not_null(cls, value: bool | None) -> bool:
+        # Runs only for a value given explicitly: an explicit null is refused.
+        if value is None:
+            raise ValueError("active must be true or false")
+        return value
 
 
 class AssignmentPublic(BaseModel):

@@ -112,7 +112,12 @@ def series_selector(
 
 def as_utc(value: datetime) -> datetime:
     """An aware UTC datetime; a naive one is taken to be UTC already."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise QueryError(f"time {value.isoformat()} is out of range in UTC") from None
 
 
 @dataclass(frozen=True)

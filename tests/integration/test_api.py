@@ -269,6 +269,8 @@ def test_fleet_satellites_assignments_and_updates(api: Api) -> None:
         assert (changed.json()["display_name"], changed.json()["active"]) == ("Test bird", False)
         typo = client.patch(f"/api/fleet/satellites/{satellite}", json={"actve": True})
         assert typo.status_code == 422
+        null = client.patch(f"/api/fleet/satellites/{satellite}", json={"active": None})
+        assert null.status_code == 422 and "true or false" in null.text
     with api.client() as client:
         inactive = client.get("/api/fleet/satellites", params={"active": False}).json()
         assert satellite in {s["satellite_id"] for s in inactive}
@@ -507,39 +509,50 @@ def test_pipeline_health_reads_lag_queues_and_triton(api: Api) -> None:
 def test_replay_start_pause_resume_speed_seek_stop(api: Api) -> None:
     simulator = f"api-test-{uuid.uuid4().hex[:8]}"
     params = {"simulator_id": simulator, "wait": "true"}
-    with api.authed() as client:
-        assert client.post("/api/replay/pause", params=params).status_code == 409
-        started = client.post(
-            "/api/replay/start",
-            params=params,
-            json={"split": "test", "satellites": 1, "speed": 1, "limit": 500, "loops": 1},
-        )
-        assert started.status_code == 202, started.text
+    try:
+        with api.authed() as client:
+            assert client.post("/api/replay/pause", params=params).status_code == 409
+            started = client.post(
+                "/api/replay/start",
+                params=params,
+                json={"split": "test", "satellites": 1, "speed": 1, "limit": 500, "loops": 1},
+            )
+            assert started.status_code == 202, started.text
 
-        def running() -> dict[str, Any] | None:
-            state = client.get("/api/replay", params={"simulator_id": simulator}).json()
-            return state if state["live"] and state["state"]["state"] == "running" else None
+            def running() -> dict[str, Any] | None:
+                state = client.get("/api/replay", params={"simulator_id": simulator}).json()
+                return state if state["live"] and state["state"]["state"] == "running" else None
 
-        state = wait_for("the simulator to report running", running, timeout_s=60)["state"]
-        assert (state["split"], state["satellites"]) == ("test", 1)
-        again = client.post("/api/replay/start", params=params, json={})
-        assert again.status_code == 409 and "already running" in again.json()["detail"]
+            state = wait_for("the simulator to report running", running, timeout_s=60)["state"]
+            assert (state["split"], state["satellites"]) == ("test", 1)
+            again = client.post("/api/replay/start", params=params, json={})
+            assert again.status_code == 409 and "already running" in again.json()["detail"]
 
-        paused = client.post("/api/replay/pause", params=params).json()
-        assert paused["confirmed"] and paused["state"]["state"] == "paused"
-        resumed = client.post("/api/replay/resume", params=params).json()
-        assert resumed["confirmed"] and resumed["state"]["state"] == "running"
-        fast = client.post("/api/replay/speed", params=params, json={"factor": 4}).json()
-        assert fast["confirmed"] and fast["state"]["speed"] == 4
-        loop_before = fast["state"]["loop_max"]
-        sought = client.post("/api/replay/seek", params=params, json={"record_index": 100}).json()
-        assert sought["confirmed"] and sought["state"]["loop_max"] > loop_before
-        assert (
-            client.post("/api/replay/speed", params=params, json={"factor": 0}).status_code == 422
-        )
-        stopped = client.post("/api/replay/stop", params=params).json()
-        assert stopped["confirmed"] and stopped["state"]["state"] == "stopped"
-        assert client.post("/api/replay/pause", params=params).status_code == 409
+            paused = client.post("/api/replay/pause", params=params).json()
+            assert paused["confirmed"] and paused["state"]["state"] == "paused"
+            resumed = client.post("/api/replay/resume", params=params).json()
+            assert resumed["confirmed"] and resumed["state"]["state"] == "running"
+            fast = client.post("/api/replay/speed", params=params, json={"factor": 4}).json()
+            assert fast["confirmed"] and fast["state"]["speed"] == 4
+            loop_before = fast["state"]["loop_max"]
+            sought = client.post(
+                "/api/replay/seek", params=params, json={"record_index": 100}
+            ).json()
+            assert sought["confirmed"] and sought["state"]["loop_max"] > loop_before
+            assert (
+                client.post("/api/replay/speed", params=params, json={"factor": 0}).status_code
+                == 422
+            )
+            stopped = client.post("/api/replay/stop", params=params).json()
+            assert stopped["confirmed"] and stopped["state"]["state"] == "stopped"
+            assert client.post("/api/replay/pause", params=params).status_code == 409
+    finally:
+        # Whatever failed above, leave no simulator running (a no-op if it stopped).
+        from smap_bench.simulation import SimulatorControl
+
+        control = SimulatorControl(api.settings, simulator)
+        control.stop()
+        control.close()
 
 
 # --------------------------------------------------------------------------- fuzzing
@@ -568,6 +581,15 @@ def test_generated_requests_never_get_a_5xx(api_settings: Settings) -> None:
             self.started.append(request)
             return "/dev/null"
 
+    # Rows for generated ids to land on (short satellite ids and small event ids are the
+    # ones generated most), so mutating routes reach the database, not just a 404.
+    db.sync_fleet(
+        api_settings.postgres_dsn,
+        [(f"sat{n}", "ACS", "A-1", "SMAP_A-1") for n in range(1, 10)],
+    )
+    with psycopg.connect(api_settings.postgres_dsn, autocommit=True) as conn:
+        for n in range(1, 10):
+            insert_event(conn, f"sat{n}")
     assert api_settings.api_token is not None
     headers = {"Authorization": f"Bearer {api_settings.api_token.get_secret_value()}"}
     app = create_app(api_settings, launcher=RecordingLauncher())

@@ -150,3 +150,13 @@ def test_describe_span() -> None:
     assert describe_span(timedelta(seconds=90)) == "90 s"
     assert describe_span(timedelta(minutes=25)) == "25 min"
     assert describe_span(timedelta(hours=36, minutes=30)) == "36.5 h"
+
+
+def test_times_that_overflow_in_utc_are_a_query_error() -> None:
+    from smap_bench.api.queries import as_utc
+
+    edge = datetime(1, 1, 1, 0, 0, tzinfo=timezone(timedelta(hours=5)))
+    with pytest.raises(QueryError, match="out of range"):
+        as_utc(edge)
+    with pytest.raises(QueryError, match="out of range"):
+        time_window(edge, None, 60.0, now=NOW)
