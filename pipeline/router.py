@@ -39,6 +39,10 @@ from smap_bench.stage import (
 log = logging.getLogger(f"smap_bench.{STAGE}")
 
 
+#: Shortest pause between two re-reads of the fleet prompted by unknown satellites.
+UNKNOWN_REFRESH_S = 1.0
+
+
 class Fleet:
     """The satellites the router accepts: the configured fleet and PostgreSQL's ``satellites``."""
 
@@ -73,7 +77,14 @@ class Fleet:
             self.refresh()
 
     def __call__(self, satellite_id: str) -> bool:
-        return satellite_id in self.configured or satellite_id in self.registered
+        if satellite_id in self.configured or satellite_id in self.registered:
+            return True
+        # A satellite registered since the last read (a replay's) is accepted at once;
+        # unknown ids re-read the table at most once a second, however many arrive.
+        if self.use_db and time.monotonic() - self._read_at > UNKNOWN_REFRESH_S:
+            self.refresh()
+            return satellite_id in self.registered
+        return False
 
 
 def produce(producer: Producer, topic: str, key: bytes, value: bytes) -> int:

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -75,6 +76,7 @@ def run(
     align: Align = "shortest",
     mapping: dict[str, dict[str, str]] | None = None,
     first_loop: int | None = None,
+    start_time: datetime | None = None,
     simulator_id: str = DEFAULT_SIMULATOR_ID,
     metrics_port: int | None = None,
 ) -> SimulatorCore:
@@ -98,7 +100,7 @@ def run(
     control = SimulatorControl(settings, simulator_id)
     if first_loop is None:
         first_loop = continue_loop(find_last_state(control))
-    replay = Replay(fleet, loops=loops, first_loop=first_loop)
+    replay = Replay(fleet, loops=loops, first_loop=first_loop, start_time=start_time)
     core = SimulatorCore(
         replay,
         period_s=tick_period(rate_hz, delay_ms),
@@ -198,6 +200,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--first-loop", type=int, default=None, help="default: one past the last published"
     )
+    parser.add_argument(
+        "--start-time",
+        type=datetime.fromisoformat,
+        default=None,
+        help="simulated clock of record 0 (ISO 8601 with offset); default: now",
+    )
     parser.add_argument("--simulator-id", default=DEFAULT_SIMULATOR_ID)
     parser.add_argument("--metrics-port", type=int, default=None, help="0: no metrics server")
     args = parser.parse_args(argv)
@@ -216,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             align=args.align,
             mapping=mapping,
             first_loop=args.first_loop,
+            start_time=args.start_time,
             simulator_id=args.simulator_id,
             metrics_port=args.metrics_port,
         )

@@ -1,0 +1,341 @@
+"""Drive the running pipeline: the labeled replay (replay-as-test) and its bookkeeping.
+
+Everything here talks to the live stack: it registers the replay's satellites, creates
+their topics, runs the simulator as a subprocess, reads the stages' own counters before
+and after, and reads the detections back from VictoriaMetrics. The arithmetic of
+packing and scoring lives in :mod:`smap_bench.bench.replay`.
+
+Counting. ``windows_sent`` is the growth of the scheduler's ``produced`` counter over
+the run, ``windows_scored`` the number of distinct windows whose decision VictoriaMetrics
+holds for the run's satellites, ``duplicates`` the results the workers produced beyond
+those, and ``lost`` what was sent and never reached the sink. The fleet replay that
+`make up` starts is paused for the run, so the counters move for this run alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from smap_bench import catalog, db
+from smap_bench.bench.replay import ReplayPlan, pack_channels, score_streams
+from smap_bench.config import PROJECT_ROOT, Settings
+from smap_bench.data import load_channel, resolve_data_dir
+from smap_bench.data.loader import list_channels
+from smap_bench.kafka import TopicSpec, ensure_topics
+from smap_bench.metrics import VictoriaMetrics
+from smap_bench.stage import STAGE_METRICS_PORTS
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float, float], None]
+"""progress(phase, done, total): called while the replay runs."""
+
+
+class ReplayError(RuntimeError):
+    """The replay could not run; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- counters
+
+
+def stage_counters(settings: Settings, stage: str, port: int) -> dict[str, float]:
+    """The received / produced / rejected / retried totals a stage serves right now."""
+    url = f"http://{settings.host}:{port}/metrics"
+    try:
+        text = httpx.get(url, timeout=3).text
+    except httpx.HTTPError as exc:
+        raise ReplayError(
+            f"{stage} does not answer at {url} ({exc}): is the pipeline up?"
+        ) from None
+    totals: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith("smap_stage_"):
+            continue
+        kind = family.name.removeprefix("smap_stage_")
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                totals[kind] += sample.value
+    return dict(totals)
+
+
+def pipeline_counters(settings: Settings) -> dict[str, dict[str, float]]:
+    """Counters of the scheduler and of every worker (summed as ``worker``)."""
+    out = {
+        "scheduler": stage_counters(settings, "scheduler", STAGE_METRICS_PORTS["scheduler"]),
+    }
+    workers: dict[str, float] = defaultdict(float)
+    for index in range(settings.workers):
+        port = STAGE_METRICS_PORTS["worker"] + index
+        for key, value in stage_counters(settings, f"worker{index + 1}", port).items():
+            workers[key] += value
+    out["worker"] = dict(workers)
+    return out
+
+
+def _delta(
+    after: dict[str, dict[str, float]], before: dict[str, dict[str, float]], stage: str, kind: str
+) -> int:
+    return int(after[stage].get(kind, 0.0) - before[stage].get(kind, 0.0))
+
+
+# --------------------------------------------------------------------------- detections
+
+
+@dataclass(frozen=True)
+class StreamKey:
+    satellite_id: str
+    subsystem: str
+
+
+def read_window_flags(
+    vm: VictoriaMetrics, prefix: str, start_time: datetime, window: int
+) -> dict[StreamKey, dict[int, bool]]:
+    """Window decisions of the run's satellites from VictoriaMetrics, keyed by window start.
+
+    A decision sample sits at its window's end time; with one simulated second per
+    record from ``start_time``, the window's first record is ``t - start - (window - 1)``.
+    """
+    t0 = start_time.timestamp()
+    series = vm.export(f'inference_anomaly_detected{{satellite_id=~"{prefix}.*"}}')
+    flags: dict[StreamKey, dict[int, bool]] = defaultdict(dict)
+    for item in series:
+        key = StreamKey(item.labels["satellite_id"], item.labels["subsystem"])
+        for t, value in item.samples:
+            first = round(t - t0) - (window - 1)
+            flags[key][first] = value > 0.5
+    return dict(flags)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class LabeledReplay:
+    """One labeled replay through the running pipeline."""
+
+    settings: Settings
+    channels: list[str]
+    speed: str = "max"
+    timeout_s: float = 900.0
+    stall_s: float = 60.0
+
+    def run(self, progress: Progress | None = None) -> dict[str, Any]:
+        settings = self.settings
+        report = progress or (lambda phase, done, total: None)
+        source = resolve_data_dir(settings.data_dir)
+        if source.path is None:
+            raise ReplayError(
+                "no labeled dataset found: set SMAP_DATA_DIR or run `smap-bench data fetch`"
+            )
+        data = {c: load_channel(c, source.path) for c in self.channels}
+        lengths = {c: len(d.test) for c, d in data.items()}
+        labels = {c: list(d.anomalies) for c, d in data.items()}
+        tag = uuid.uuid4().hex[:6]
+        prefix = f"rp{tag}-"
+        plan = pack_channels(lengths, prefix=prefix)
+        longest = max(sat.loop_length for sat in plan.satellites)
+        # The simulated clock ends now: every sample lies in the past, where the
+        # time-series store and the dashboards expect it.
+        start_time = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=longest + 60)
+
+        self._register(plan)
+        paused = self._pause_fleet_replay()
+        try:
+            before = pipeline_counters(settings)
+            began = time.monotonic()
+            produced = self._simulate(plan, start_time, report)
+            simulate_s = time.monotonic() - began
+            expected = plan.expected_windows(settings.window_size, settings.stride)
+            with VictoriaMetrics(settings.victoria_url) as vm:
+                live = self._wait_for_detections(vm, prefix, start_time, expected, report)
+            elapsed = time.monotonic() - began
+            after = pipeline_counters(settings)
+        finally:
+            if paused:
+                self._resume_fleet_replay()
+
+        by_channel = {}
+        for satellite in plan.satellites:
+            for subsystem in satellite.evaluated:
+                key = StreamKey(satellite.satellite_id, subsystem)
+                by_channel[satellite.channels[subsystem]] = live.get(key, {})
+        pooled, missing = score_streams(
+            by_channel, labels, lengths, settings.window_size, settings.stride
+        )
+        scored = sum(len(flags) for flags in live.values())
+        sent = _delta(after, before, "scheduler", "produced")
+        results = _delta(after, before, "worker", "produced")
+        return {
+            **pooled,
+            "channels": len(lengths),
+            "channel_names": sorted(lengths, key=catalog.channel_sort_key),
+            "seeds": 1,
+            "records": sum(lengths.values()),
+            "records_replayed": produced,
+            "windows_expected": expected,
+            "windows_sent": sent,
+            "windows_scored": scored,
+            "lost": max(sent - scored, 0),
+            "duplicates": max(results - scored, 0),
+            "windows_rejected": _delta(after, before, "worker", "rejected"),
+            "split_windows_missing": missing,
+            "satellites": [sat.satellite_id for sat in plan.satellites],
+            "simulate_seconds": round(simulate_s, 1),
+            "seconds": round(elapsed, 1),
+            "start_time": start_time.isoformat(),
+        }
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _register(self, plan: ReplayPlan) -> None:
+        rows = [
+            (sat.satellite_id, subsystem, channel, catalog.model_name(channel))
+            for sat in plan.satellites
+            for subsystem, channel in sat.channels.items()
+        ]
+        db.sync_fleet(self.settings.postgres_dsn, rows)
+        topics = [
+            TopicSpec(self.settings.subsystem_topic(subsystem, sat.satellite_id))
+            for sat in plan.satellites
+            for subsystem in sat.channels
+        ]
+        # The scheduler's regex subscription finds these topics at its next metadata
+        # refresh; records produced before then wait in Kafka, nothing is lost.
+        ensure_topics(self.settings, topics)
+
+    def _simulate(self, plan: ReplayPlan, start_time: datetime, report: Progress) -> int:
+        mapping = {sat.satellite_id: sat.channels for sat in plan.satellites}
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+            json.dump(mapping, handle)
+            mapping_path = handle.name
+        total = sum(sat.loop_length for sat in plan.satellites)
+        command = [
+            sys.executable,
+            "-m",
+            "pipeline.simulator",
+            f"--mapping={mapping_path}",
+            f"--speed={self.speed}",
+            "--loops=1",
+            "--first-loop=0",
+            "--align=longest",
+            "--split=test",
+            f"--start-time={start_time.isoformat()}",
+            f"--simulator-id=replay-{plan.satellites[0].satellite_id.split('-')[0]}",
+            "--metrics-port=0",
+        ]
+        report("simulate", 0, total)
+        try:
+            process = subprocess.run(
+                command,
+                cwd=PROJECT_ROOT,
+                env=os.environ.copy(),
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_s,
+            )
+        finally:
+            Path(mapping_path).unlink(missing_ok=True)
+        if process.returncode != 0:
+            tail = (process.stderr or process.stdout).strip().splitlines()[-3:]
+            raise ReplayError("the simulator failed: " + " | ".join(tail))
+        report("simulate", total, total)
+        return total
+
+    def _wait_for_detections(
+        self,
+        vm: VictoriaMetrics,
+        prefix: str,
+        start_time: datetime,
+        expected: int,
+        report: Progress,
+    ) -> dict[StreamKey, dict[int, bool]]:
+        deadline = time.monotonic() + self.timeout_s
+        last_count, last_change = -1, time.monotonic()
+        live: dict[StreamKey, dict[int, bool]] = {}
+        while True:
+            live = read_window_flags(vm, prefix, start_time, self.settings.window_size)
+            count = sum(len(flags) for flags in live.values())
+            report("score", count, expected)
+            now = time.monotonic()
+            if count >= expected or now > deadline:
+                return live
+            if count != last_count:
+                last_count, last_change = count, now
+            elif now - last_change > self.stall_s:
+                log.warning(
+                    "no new detections for %.0f s: %d of %d windows", self.stall_s, count, expected
+                )
+                return live
+            time.sleep(1.0)
+
+    def _pause_fleet_replay(self) -> bool:
+        from smap_bench.simulation import SimulatorControl
+
+        try:
+            control = SimulatorControl(self.settings, "simulator")
+        except Exception:
+            return False
+        try:
+            state = control.latest_state()
+            if state is None or state.paused:
+                return False
+            control.pause()
+            time.sleep(3.0)  # windows of records already in flight finish meanwhile
+            return True
+        finally:
+            control.close()
+
+    def _resume_fleet_replay(self) -> None:
+        from smap_bench.simulation import SimulatorControl
+
+        control = SimulatorControl(self.settings, "simulator")
+        try:
+            control.resume()
+        finally:
+            control.close()
+
+
+def resolve_channels(settings: Settings, wanted: str) -> list[str]:
+    """``all`` or a comma-separated list, checked against the dataset."""
+    source = resolve_data_dir(settings.data_dir)
+    if source.path is None:
+        raise ReplayError(
+            "no labeled dataset found: set SMAP_DATA_DIR or run `smap-bench data fetch`"
+        )
+    available = list_channels(source.path)
+    if wanted.strip().lower() == "all":
+        return available
+    chosen = [c.strip() for c in wanted.split(",") if c.strip()]
+    unknown = sorted(set(chosen) - set(available))
+    if unknown:
+        raise ReplayError(
+            f"unknown channel(s) {', '.join(unknown)}; the dataset has {len(available)}"
+        )
+    return chosen
+
+
+def events_of(settings: Settings, satellites: Iterable[str]) -> int:
+    """How many anomaly events PostgreSQL holds for the given satellites."""
+    import psycopg
+
+    with psycopg.connect(settings.postgres_dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM anomaly_events WHERE satellite_id = ANY(%s)", (list(satellites),)
+        ).fetchone()
+    return int(row[0]) if row else 0

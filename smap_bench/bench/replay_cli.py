@@ -1,0 +1,95 @@
+"""`smap-bench replay`: labeled test splits through the live pipeline, scored like `evaluate`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from smap_bench.bench.live import LabeledReplay, ReplayError, events_of, resolve_channels
+from smap_bench.config import get_settings
+
+console = Console(width=None if sys.stdout.isatty() else 150)
+
+
+def replay(
+    labeled: Annotated[
+        bool, typer.Option("--labeled", help="Replay the labeled test splits and score them")
+    ] = False,
+    channels: Annotated[str, typer.Option(help="'all' or a comma-separated list")] = "all",
+    speed: Annotated[str, typer.Option(help="Speed factor, or 'max'")] = "max",
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds")] = 900.0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the result here")] = None,
+) -> None:
+    """Push the labeled test splits through the running pipeline and score the detections."""
+    if not labeled:
+        raise typer.BadParameter("only --labeled replays exist so far (the fleet replay: make up)")
+    settings = get_settings()
+    try:
+        chosen = resolve_channels(settings, channels)
+        run = LabeledReplay(settings, chosen, speed=speed, timeout_s=timeout)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            tasks: dict[str, Any] = {}
+
+            def report(phase: str, done: float, total: float) -> None:
+                if phase not in tasks:
+                    label = {"simulate": "records produced", "score": "windows scored"}[phase]
+                    tasks[phase] = progress.add_task(label, total=total)
+                progress.update(tasks[phase], completed=done, total=total)
+
+            result = run.run(report)
+        result["events"] = events_of(settings, result["satellites"])
+    except ReplayError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    console.print(summary_table(result))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_path}")
+    if result["lost"]:
+        console.print(f"[red]{result['lost']} windows sent were never scored[/]")
+        raise typer.Exit(1)
+
+
+def summary_table(result: dict[str, Any]) -> Table:
+    table = Table(title="Labeled replay through the live pipeline", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    event = result["event"]
+    rows = [
+        ("channels", result["channels"]),
+        ("records replayed", result["records_replayed"]),
+        (
+            "event precision / recall / F1",
+            f"{event['precision']:.3f} / {event['recall']:.3f} / {event['f1']:.3f}",
+        ),
+        ("TP / FP / FN", f"{event['tp']} / {event['fp']} / {event['fn']}"),
+        (
+            "point-adjusted F1 (random baseline)",
+            f"{result['point_adjusted']['f1']:.3f} "
+            f"({result['random_baseline']['point_adjusted_f1']:.3f})",
+        ),
+        ("false alarms per 10k records", f"{result['false_alarms_per_10k']:.2f}"),
+        (
+            "windows expected / sent / scored",
+            f"{result['windows_expected']} / {result['windows_sent']} / {result['windows_scored']}",
+        ),
+        ("lost / duplicates", f"{result['lost']} / {result['duplicates']}"),
+        ("anomaly events in PostgreSQL", result.get("events", "-")),
+        ("seconds (simulator / total)", f"{result['simulate_seconds']} / {result['seconds']}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    return table
