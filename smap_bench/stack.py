@@ -45,6 +45,8 @@ class Program:
     directory: Path | None = None
     startsecs: int = 1
     stopwaitsecs: int = 15
+    #: "unexpected": a clean exit (a replay that finished or was stopped) stays down.
+    autorestart: str = "true"
 
 
 @dataclass(frozen=True)
@@ -220,9 +222,13 @@ def infrastructure_services(settings: Settings) -> list[Service]:
 # --------------------------------------------------------------------------- pipeline
 
 
-def _python_module(module: str, *args: str) -> Callable[[Settings], Program]:
+def _python_module(
+    module: str, *args: str, autorestart: str = "true"
+) -> Callable[[Settings], Program]:
     def program(settings: Settings) -> Program:
-        return Program([sys.executable, "-m", module, *args], stopwaitsecs=20)
+        return Program(
+            [sys.executable, "-m", module, *args], stopwaitsecs=20, autorestart=autorestart
+        )
 
     return program
 
@@ -323,6 +329,7 @@ def pipeline_services(settings: Settings, replay: bool) -> list[Service]:
                     "pipeline.simulator",
                     f"--satellites={settings.satellites}",
                     f"--speed={settings.replay_speed}",
+                    autorestart="unexpected",
                 ),
             )
         )
@@ -419,7 +426,7 @@ def supervisord_conf(settings: Settings, programs: dict[str, Program]) -> str:
             "command=" + " ".join(_quote(part) for part in program.command),
             f"directory={program.directory or PROJECT_ROOT}",
             "autostart=true",
-            "autorestart=true",
+            f"autorestart={program.autorestart}",
             f"startsecs={program.startsecs}",
             "startretries=3",
             f"stopwaitsecs={program.stopwaitsecs}",
