@@ -129,7 +129,13 @@ def evaluate_repository(
             missing.append(channel)
             continue
         session = onnx_session(onnx_path(repository, channel))
-        flags, _ = split_flags(session, data.test, float(meta["threshold"]), window, stride)
+        model_window = int(meta.get("window", window))
+        if model_window != window:
+            # a model of another window (the paper's 10) is scored on its own windows
+            log.info("%s: model window %d, scored with stride %d", channel, model_window, stride)
+        flags, _ = split_flags(
+            session, data.test, float(meta["threshold"]), model_window, min(stride, model_window)
+        )
         results.append(
             evaluation.evaluate_channel(
                 channel,
