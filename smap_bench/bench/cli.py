@@ -106,7 +106,8 @@ def bench_inference(
 
 def register(app: typer.Typer) -> None:
     """Mount the benchmark commands on the ``smap-bench`` app."""
-    from smap_bench.bench.replay_cli import replay
+    from smap_bench.bench.replay_cli import bench, replay
 
     app.command("bench-inference")(bench_inference)
     app.command("replay")(replay)
+    app.command("bench")(bench)

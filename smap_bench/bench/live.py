@@ -23,7 +23,8 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -155,8 +156,7 @@ class LabeledReplay:
         start_time = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=longest + 60)
 
         self._register(plan)
-        paused = self._pause_fleet_replay()
-        try:
+        with fleet_replay_paused(settings):
             before = pipeline_counters(settings)
             began = time.monotonic()
             produced = self._simulate(plan, start_time, report)
@@ -166,9 +166,6 @@ class LabeledReplay:
                 live = self._wait_for_detections(vm, prefix, start_time, expected, report)
             elapsed = time.monotonic() - began
             after = pipeline_counters(settings)
-        finally:
-            if paused:
-                self._resume_fleet_replay()
 
         by_channel = {}
         for satellite in plan.satellites:
@@ -284,31 +281,28 @@ class LabeledReplay:
                 return live
             time.sleep(1.0)
 
-    def _pause_fleet_replay(self) -> bool:
-        from smap_bench.simulation import SimulatorControl
 
-        try:
-            control = SimulatorControl(self.settings, "simulator")
-        except Exception:
-            return False
-        try:
-            state = control.latest_state()
-            if state is None or state.paused:
-                return False
+@contextmanager
+def fleet_replay_paused(settings: Settings) -> Iterator[bool]:
+    """Pause the fleet replay that `make up` runs (if it runs) and resume it afterwards.
+
+    Yields whether it was running. Windows of records already in flight finish during
+    the few seconds after the pause.
+    """
+    from smap_bench.simulation import DEFAULT_SIMULATOR_ID, SimulatorControl
+
+    control = SimulatorControl(settings, DEFAULT_SIMULATOR_ID)
+    try:
+        state = control.latest_state()
+        running = state is not None and not state.paused
+        if running:
             control.pause()
-            time.sleep(3.0)  # windows of records already in flight finish meanwhile
-            return True
-        finally:
-            control.close()
-
-    def _resume_fleet_replay(self) -> None:
-        from smap_bench.simulation import SimulatorControl
-
-        control = SimulatorControl(self.settings, "simulator")
-        try:
+            time.sleep(3.0)
+        yield running
+    finally:
+        if running:
             control.resume()
-        finally:
-            control.close()
+        control.close()
 
 
 def resolve_channels(settings: Settings, wanted: str) -> list[str]:

@@ -93,3 +93,65 @@ def summary_table(result: dict[str, Any]) -> Table:
     for name, value in rows:
         table.add_row(name, str(value))
     return table
+
+
+def bench(
+    satellites: Annotated[int, typer.Option(min=1, help="Benchmark satellites at 1 Hz")] = 5,
+    duration: Annotated[float, typer.Option(min=5, help="Seconds of sustained load")] = 60.0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the result here")] = None,
+) -> None:
+    """Sustained load through the live pipeline: throughput, latency, lag, CPU per stage."""
+    from smap_bench.bench.live import ReplayError
+    from smap_bench.bench.load import LoadBenchmark
+
+    settings = get_settings()
+    run = LoadBenchmark(settings, satellites, duration)
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            tasks: dict[str, Any] = {}
+
+            def report(phase: str, done: float, total: float) -> None:
+                if phase not in tasks:
+                    label = {"run": "load (s)", "drain": "windows finished"}[phase]
+                    tasks[phase] = progress.add_task(label, total=total)
+                progress.update(tasks[phase], completed=done, total=total)
+
+            result = run.run(report)
+    except (ReplayError, RuntimeError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    console.print(bench_table(result))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_path}")
+
+
+def bench_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"Pipeline load: {result['satellites']} satellites at 1 Hz")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    e2e = result["e2e_latency_ms"]
+    for name, value in [
+        ("subsystem records/s", result["subsystem_records_per_s"]),
+        ("windows/s sent / results/s", f"{result['windows_per_s']} / {result['results_per_s']}"),
+        ("end-to-end latency p50 / p99 ms", f"{e2e.get('p50', '-')} / {e2e.get('p99', '-')}"),
+        (
+            "windows sent / results / lost",
+            f"{result['windows_sent']} / {result['results']} / {result['lost']}",
+        ),
+        ("Kafka lag max", result["kafka_lag"]["max"]),
+        ("RabbitMQ queue depth max", result["rabbitmq_queue_depth"]["max"]),
+    ]:
+        table.add_row(name, str(value))
+    for name, stage in sorted(result["stages"].items()):
+        table.add_row(
+            f"  {name}",
+            f"{stage['cpu_percent']}% CPU, {stage['rss_mb']} MB, p50 {stage['latency_ms']} ms",
+        )
+    return table

@@ -1,0 +1,288 @@
+"""`smap-bench bench`: sustained load through the live pipeline, measured by the pipeline.
+
+A fleet of N benchmark satellites (ids ``b<tag>-<n>``, registered for the run) replays
+the test split at 1 Hz for the run's duration; meanwhile the stages' own counters,
+Kafka consumer lag, RabbitMQ queue depth and each supervised process's CPU and memory
+are sampled. End-to-end latency is read back from VictoriaMetrics: for every window,
+``smap_e2e_latency_seconds{stage="writer"}`` is the time from its newest record's
+production to its result being stored (queryable). The fleet replay that `make up`
+starts is paused meanwhile so that the counters move for the benchmark alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psutil
+
+from smap_bench import catalog, db
+from smap_bench.bench.live import (
+    fleet_replay_paused,
+    pipeline_counters,
+    stage_counters,
+)
+from smap_bench.config import PROJECT_ROOT, Settings
+from smap_bench.data import resolve_data_dir
+from smap_bench.data.loader import list_channels
+from smap_bench.data.synthetic import SYNTHETIC_CHANNELS
+from smap_bench.kafka import TopicSpec, ensure_topics
+from smap_bench.metrics import VictoriaMetrics
+from smap_bench.stack import Supervisor
+from smap_bench.stage import STAGE_METRICS_PORTS
+
+log = logging.getLogger(__name__)
+
+#: Consumer groups whose lag the benchmark samples.
+GROUPS = ("router", "scheduler", "writer", "events")
+#: Stages whose counters the benchmark reads (workers are summed).
+COUNTED = ("simulator", "router", "scheduler", "writer", "events")
+
+
+@dataclass
+class LoadBenchmark:
+    settings: Settings
+    satellites: int
+    duration_s: float
+    drain_s: float = 30.0
+    sample_every_s: float = 2.0
+
+    def run(self, report: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
+        settings = self.settings
+        say = report or (lambda phase, done, total: None)
+        tag = uuid.uuid4().hex[:5]
+        prefix = f"b{tag}-"
+        mapping = self._fleet(prefix)
+        self._register(mapping)
+        with fleet_replay_paused(settings):
+            before = self._counters()
+            supervised = Supervisor(settings).programs()
+            processes = _processes(supervised)
+            cpu_before = {name: _cpu_seconds(p) for name, p in processes.items()}
+            started_wall = time.time()
+            started = time.monotonic()
+            simulator = self._start_simulator(mapping)
+            processes["simulator (bench)"] = psutil.Process(simulator.pid)
+            cpu_before["simulator (bench)"] = 0.0
+            lags: list[int] = []
+            depths: list[int] = []
+            rss: dict[str, float] = {name: 0.0 for name in processes}
+            rss["simulator (bench)"] = 0.0
+            try:
+                while (elapsed := time.monotonic() - started) < self.duration_s:
+                    say("run", elapsed, self.duration_s)
+                    if simulator.poll() is not None:
+                        raise RuntimeError(
+                            f"the benchmark simulator exited ({simulator.returncode})"
+                        )
+                    lags.append(_total_lag(settings))
+                    depths.append(_queue_depth(settings))
+                    for name, process in processes.items():
+                        rss[name] = max(rss[name], _rss_mb(process))
+                    time.sleep(self.sample_every_s)
+                measured_s = time.monotonic() - started
+                cpu_after = {name: _cpu_seconds(p) for name, p in processes.items()}
+            finally:
+                simulator.terminate()
+                simulator.wait(timeout=30)
+            after_run = self._counters()
+            self._drain(before, say)
+            after = self._counters()
+        latency = self._latencies(prefix, started_wall)
+        sent = _delta(after, before, "scheduler", "produced")
+        results = _delta(after, before, "worker", "produced")
+        return {
+            "satellites": self.satellites,
+            "duration_s": round(measured_s, 1),
+            "subsystem_records_per_s": round(
+                _delta(after_run, before, "router", "produced") / measured_s, 1
+            ),
+            "windows_per_s": round(
+                _delta(after_run, before, "scheduler", "produced") / measured_s, 1
+            ),
+            "results_per_s": round(_delta(after_run, before, "worker", "produced") / measured_s, 1),
+            "e2e_latency_ms": latency.get("writer", {}),
+            "stage_latency_ms": latency,
+            "windows_sent": sent,
+            "results": results,
+            "lost": max(sent - results, 0),
+            "rejected": {stage: _delta(after, before, stage, "rejected") for stage in after},
+            "kafka_lag": {"max": max(lags, default=0), "last": lags[-1] if lags else 0},
+            "rabbitmq_queue_depth": {
+                "max": max(depths, default=0),
+                "last": depths[-1] if depths else 0,
+            },
+            "stages": {
+                name: {
+                    "cpu_percent": round(
+                        100 * (cpu_after[name] - cpu_before[name]) / measured_s, 1
+                    ),
+                    "rss_mb": round(rss[name], 1),
+                    "latency_ms": latency.get(_stage_of(name), {}).get("p50"),
+                }
+                for name in processes
+            },
+        }
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _fleet(self, prefix: str) -> dict[str, dict[str, str]]:
+        from smap_bench.simulation import plan_channels
+
+        source = resolve_data_dir(self.settings.data_dir)
+        channels = list_channels(source.path) if source.path else list(SYNTHETIC_CHANNELS)
+        plan = plan_channels(self.satellites, channels)
+        return {
+            f"{prefix}{catalog.satellite_number(sat)}": {s.value: c for s, c in slots.items()}
+            for sat, slots in plan.items()
+        }
+
+    def _register(self, mapping: dict[str, dict[str, str]]) -> None:
+        rows = [
+            (sat, subsystem, channel, catalog.model_name(channel))
+            for sat, slots in mapping.items()
+            for subsystem, channel in slots.items()
+        ]
+        db.sync_fleet(self.settings.postgres_dsn, rows)
+        ensure_topics(
+            self.settings,
+            [
+                TopicSpec(self.settings.subsystem_topic(subsystem, sat))
+                for sat, slots in mapping.items()
+                for subsystem in slots
+            ],
+            timeout_s=300,
+        )
+
+    def _start_simulator(self, mapping: dict[str, dict[str, str]]) -> subprocess.Popen[bytes]:
+        import json
+
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+            json.dump(mapping, handle)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.simulator",
+                f"--mapping={handle.name}",
+                "--speed=1",
+                "--loops=0",
+                "--first-loop=0",
+                f"--simulator-id=bench-{next(iter(mapping)).split('-')[0]}",
+                "--metrics-port=0",
+            ],
+            cwd=PROJECT_ROOT,
+            env=os.environ.copy(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def _counters(self) -> dict[str, dict[str, float]]:
+        counters = pipeline_counters(self.settings)
+        for stage in ("router", "writer", "events"):
+            counters[stage] = stage_counters(self.settings, stage, STAGE_METRICS_PORTS[stage])
+        return counters
+
+    def _drain(self, before: dict[str, dict[str, float]], say: Callable[..., None]) -> None:
+        """Wait until every window the scheduler sent has a result (or the drain time ends)."""
+        deadline = time.monotonic() + self.drain_s
+        while time.monotonic() < deadline:
+            now = self._counters()
+            sent = _delta(now, before, "scheduler", "produced")
+            done = _delta(now, before, "worker", "produced") + _delta(
+                now, before, "worker", "rejected"
+            )
+            say("drain", done, sent)
+            if done >= sent:
+                return
+            time.sleep(1.0)
+
+    def _latencies(self, prefix: str, since: float) -> dict[str, dict[str, float]]:
+        with VictoriaMetrics(self.settings.victoria_url) as vm:
+            series = vm.export(
+                f'smap_e2e_latency_seconds{{satellite_id=~"{prefix}.*"}}', start=since - 120
+            )
+        by_stage: dict[str, list[float]] = {}
+        for item in series:
+            by_stage.setdefault(item.labels.get("stage", "?"), []).extend(
+                v for _, v in item.samples
+            )
+        return {
+            stage: {
+                "p50": round(float(np.percentile(values, 50)) * 1000, 1),
+                "p99": round(float(np.percentile(values, 99)) * 1000, 1),
+                "samples": len(values),
+            }
+            for stage, values in by_stage.items()
+            if values
+        }
+
+
+def _delta(
+    after: dict[str, dict[str, float]], before: dict[str, dict[str, float]], stage: str, kind: str
+) -> int:
+    return int(after.get(stage, {}).get(kind, 0.0) - before.get(stage, {}).get(kind, 0.0))
+
+
+def _stage_of(program: str) -> str:
+    return "worker" if program.startswith("worker") else program
+
+
+def _processes(programs: dict[str, dict[str, Any]]) -> dict[str, psutil.Process]:
+    found = {}
+    for name, info in programs.items():
+        pid = info.get("pid")
+        if pid:
+            try:
+                found[name] = psutil.Process(pid)
+            except psutil.NoSuchProcess:
+                continue
+    return found
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    """CPU seconds of a process and its children (Triton's model stubs, for one)."""
+    try:
+        total = sum(process.cpu_times()[:2])
+        for child in process.children(recursive=True):
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                continue
+        return total
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def _rss_mb(process: psutil.Process) -> float:
+    try:
+        total = process.memory_info().rss
+        for child in process.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return total / 2**20
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def _total_lag(settings: Settings) -> int:
+    from smap_bench.api.monitor import consumer_lag
+
+    return sum(row["lag"] or 0 for row in consumer_lag(settings, GROUPS))
+
+
+def _queue_depth(settings: Settings) -> int:
+    from smap_bench.api.monitor import default_queues, queue_depths
+
+    return sum(int(row.get("messages") or 0) for row in queue_depths(settings, default_queues()))
