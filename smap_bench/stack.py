@@ -584,7 +584,11 @@ def prepare_run_dir(settings: Settings, decisions: Iterable[Decision] = ()) -> N
     (run / "nginx" / "tmp").chmod(0o777)
     (run / "nginx" / "nginx.conf").write_text(nginx_conf(settings))
     infra = {s.name for s in infrastructure_services(settings)}
-    stages = [d.service for d in decisions if d.service.name not in infra]
+    stages = [
+        d.service
+        for d in decisions
+        if d.service.name not in infra and d.service.url.endswith("/metrics")
+    ]
     (run / "promscrape.yml").write_text(promscrape_config(settings, stages))
 
 
