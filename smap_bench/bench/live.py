@@ -8,7 +8,8 @@ packing and scoring lives in :mod:`smap_bench.bench.replay`.
 Counting. ``windows_sent`` is the growth of the scheduler's ``produced`` counter over
 the run, ``windows_scored`` the number of distinct windows whose decision VictoriaMetrics
 holds for the run's satellites, ``duplicates`` the results the workers produced beyond
-those, and ``lost`` what was sent and never reached the sink. The fleet replay that
+those, and ``lost`` what was sent and neither reached the sink nor was dead-lettered
+with a reason (``windows_rejected``). The fleet replay that
 `make up` starts is paused for the run, so the counters move for this run alone.
 """
 
@@ -188,7 +189,7 @@ class LabeledReplay:
             "windows_expected": expected,
             "windows_sent": sent,
             "windows_scored": scored,
-            "lost": max(sent - scored, 0),
+            "lost": max(sent - scored - _delta(after, before, "worker", "rejected"), 0),
             "duplicates": max(results - scored, 0),
             "windows_rejected": _delta(after, before, "worker", "rejected"),
             "split_windows_missing": missing,

@@ -114,7 +114,8 @@ class LoadBenchmark:
             "stage_latency_ms": latency,
             "windows_sent": sent,
             "results": results,
-            "lost": max(sent - results, 0),
+            # dead-lettered windows are accounted for (with a reason), not lost
+            "lost": max(sent - results - _delta(after, before, "worker", "rejected"), 0),
             "rejected": {stage: _delta(after, before, stage, "rejected") for stage in after},
             "kafka_lag": {"max": max(lags, default=0), "last": lags[-1] if lags else 0},
             "rabbitmq_queue_depth": {
@@ -286,3 +287,8 @@ def _queue_depth(settings: Settings) -> int:
     from smap_bench.api.monitor import default_queues, queue_depths
 
     return sum(int(row.get("messages") or 0) for row in queue_depths(settings, default_queues()))
+
+
+def run_sweep(settings: Settings, satellites: list[int], duration_s: float) -> list[dict[str, Any]]:
+    """One load benchmark per fleet size, smallest first."""
+    return [LoadBenchmark(settings, n, duration_s).run() for n in sorted(satellites)]
