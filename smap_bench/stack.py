@@ -600,6 +600,29 @@ def build_triton_models(settings: Settings) -> list[str]:
     return triton_local.build_local_repository(settings.model_repository / "onnx", out)
 
 
+def load_triton_models(settings: Settings, names: Iterable[str]) -> list[str]:
+    """Ask the running Triton to load the models it does not serve yet; returns those.
+
+    Triton runs with explicit model control, so models added to the repository after it
+    started (a `smap-bench train` meanwhile) are loaded here instead of by a restart.
+    """
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(settings.triton_http_url, network_timeout=300)
+    ready = {m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"}
+    loaded = []
+    for name in names:
+        if name in ready:
+            continue
+        try:
+            client.load_model(name)
+        except InferenceServerException as exc:
+            raise StackError(f"Triton could not load {name}: {exc}") from None
+        loaded.append(name)
+    return loaded
+
+
 @dataclass
 class ServiceStatus:
     name: str

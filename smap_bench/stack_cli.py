@@ -91,7 +91,11 @@ def bring_up(
                 progress.update(task, description=done, total=1, completed=1)
 
     start([d for d in decisions if d.service.name in infra])
-    console.print(f"  Triton serves {len(models)} model(s) from {settings.model_repository}")
+    newly = stack.load_triton_models(settings, models)
+    console.print(
+        f"  Triton serves {len(models)} model(s) from {settings.model_repository}"
+        + (f" ({len(newly)} loaded now)" if newly else "")
+    )
     for note in stack.provision(settings):
         console.print(f"  {note}")
     later = [d for d in decisions if d.service.name not in infra]

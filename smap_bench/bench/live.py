@@ -35,10 +35,16 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from smap_bench import catalog, db
-from smap_bench.bench.replay import ReplayPlan, pack_channels, score_streams
+from smap_bench.bench.replay import (
+    ReplayPlan,
+    pack_channels,
+    record_flags_from_live,
+    score_streams,
+)
 from smap_bench.config import PROJECT_ROOT, Settings
 from smap_bench.data import load_channel, resolve_data_dir
 from smap_bench.data.loader import list_channels
+from smap_bench.evaluation import segments
 from smap_bench.kafka import TopicSpec, ensure_topics
 from smap_bench.metrics import VictoriaMetrics
 from smap_bench.stage import STAGE_METRICS_PORTS
@@ -169,10 +175,23 @@ class LabeledReplay:
             after = pipeline_counters(settings)
 
         by_channel = {}
+        streams = []
         for satellite in plan.satellites:
-            for subsystem in satellite.evaluated:
+            for subsystem in sorted(satellite.evaluated):
                 key = StreamKey(satellite.satellite_id, subsystem)
-                by_channel[satellite.channels[subsystem]] = live.get(key, {})
+                channel = satellite.channels[subsystem]
+                by_channel[channel] = live.get(key, {})
+                flags, _ = record_flags_from_live(
+                    by_channel[channel], lengths[channel], settings.window_size, settings.stride
+                )
+                streams.append(
+                    {
+                        "satellite_id": satellite.satellite_id,
+                        "subsystem": subsystem,
+                        "channel": channel,
+                        "segments": [list(seg) for seg in segments(flags)],
+                    }
+                )
         pooled, missing = score_streams(
             by_channel, labels, lengths, settings.window_size, settings.stride
         )
@@ -194,6 +213,7 @@ class LabeledReplay:
             "windows_rejected": _delta(after, before, "worker", "rejected"),
             "split_windows_missing": missing,
             "satellites": [sat.satellite_id for sat in plan.satellites],
+            "streams": streams,
             "simulate_seconds": round(simulate_s, 1),
             "seconds": round(elapsed, 1),
             "start_time": start_time.isoformat(),
