@@ -1,0 +1,601 @@
+"""The dashboard's data store: what is selected, what was fetched, what follows from it.
+
+One :class:`DashboardStore` per browser session (or notebook). It holds the selection
+(stream, time range, features, chosen event or window), the data fetched through a
+:class:`~smap_bench.dashboard.client.DashboardApi` as DataFrames, and derived values as
+``param.depends`` methods that views bind to. It builds no widgets: views render it and
+call its actions. Refreshing is explicit (:meth:`refresh`); the serve entry point
+schedules it with ``pn.state.add_periodic_callback``.
+
+Errors of the API never escape a refresh or an action: they land in :attr:`message`
+(and :attr:`api_ok` turns False), and the last good data stays shown.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import panel as pn
+import param
+
+from smap_bench.alarms import AlarmState
+from smap_bench.catalog import SUBSYSTEMS
+from smap_bench.config import Settings
+from smap_bench.dashboard import frames
+from smap_bench.dashboard.client import (
+    DETECTIONS,
+    RECONSTRUCTIONS,
+    RECORD_INDEX,
+    SCORES,
+    TELEMETRY,
+    THRESHOLDS,
+    ApiError,
+    ApiUnavailable,
+)
+from smap_bench.schema import NUM_FEATURES
+
+#: The longest heatmap, in records (a long event shows its last records).
+MAX_HEATMAP_RECORDS = 300
+#: Replay speeds offered to operators ("max": as fast as the pipeline takes it).
+SPEEDS: tuple[str, ...] = ("0.5", "1", "2", "5", "10", "50", "max")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def labeled_ranges(settings: Settings) -> dict[str, list[tuple[int, int]]]:
+    """Labeled anomaly ranges of every channel (record indices of the test split), or none
+    when the dataset is not on this machine (the timeline then shows no labeled spans)."""
+    from smap_bench.data.loader import DataError, load_labels, resolve_data_dir
+
+    try:
+        source = resolve_data_dir(settings.data_dir)
+        labels = load_labels(source.path) if source.path is not None else {}
+    except (DataError, OSError):
+        return {}
+    return {c: [(r.start, r.end) for r in ranges] for c, ranges in labels.items()}
+
+
+class DashboardStore(pn.viewable.Viewer):
+    """Selection, fetched data and derived values of one dashboard session."""
+
+    client = param.Parameter(default=None, doc="A DashboardApi (ApiClient or a fake)")
+    clock = param.Callable(default=_utc_now, doc="Wall clock (aware UTC datetimes)")
+
+    # -- selection ----------------------------------------------------------------------
+    satellite_id = param.Selector(default=None, objects=[], allow_None=True)
+    subsystem = param.Selector(default="ACS", objects=[s.value for s in SUBSYSTEMS])
+    features = param.ListSelector(default=[0], objects=list(range(NUM_FEATURES)))
+    window_s = param.Integer(default=600, bounds=(30, 3600), doc="Length of the time range")
+    end = param.Date(default=None, allow_None=True, doc="End of the range; None: follow live")
+    refresh_period_ms = param.Integer(default=2000, bounds=(250, 60_000))
+    event_id = param.Integer(default=None, allow_None=True, doc="Event of the heatmap")
+    focus_time = param.Date(default=None, allow_None=True, doc="Window end of the heatmap")
+    alarm_states = param.ListSelector(
+        default=list(frames.ACTIVE_ALARM_STATES), objects=[s.value for s in AlarmState]
+    )
+    operator = param.String(default="operator", doc="Who acts on alarms")
+    window_size = param.Integer(default=30, bounds=(2, None))
+    stride = param.Integer(default=10, bounds=(1, None))
+    stale_after_s = param.Number(default=30.0, bounds=(1, None), doc="No sample since: no data")
+    labels = param.Dict(default={}, doc="channel -> labeled ranges [(first, last) record]")
+
+    # -- fetched data (views read, never write) -----------------------------------------
+    streams = param.DataFrame(default=None, allow_None=True)
+    latest = param.DataFrame(default=None, allow_None=True)
+    alarms = param.DataFrame(default=None, allow_None=True)
+    telemetry = param.DataFrame(default=None, allow_None=True)
+    scores = param.DataFrame(default=None, allow_None=True)
+    thresholds = param.DataFrame(default=None, allow_None=True)
+    detections = param.DataFrame(default=None, allow_None=True)
+    record_index = param.DataFrame(default=None, allow_None=True)
+    stream_events = param.DataFrame(default=None, allow_None=True)
+    heat_input = param.DataFrame(default=None, allow_None=True)
+    heat_output = param.DataFrame(default=None, allow_None=True)
+    replay_state = param.Dict(default={}, doc="The simulator's latest state; empty: none live")
+    replay_detail = param.String(default="", doc="Why there is no replay state, if so")
+    health = param.Dict(default={})
+    event_detail = param.Dict(default={})
+
+    # -- status ------------------------------------------------------------------------
+    api_ok = param.Boolean(default=False)
+    message = param.String(default="", doc="The last problem, or empty")
+    notice = param.String(default="", doc="The result of the last operator action")
+    refreshed_at = param.Date(default=None, allow_None=True)
+    fleet_satellites = param.List(default=[], item_type=str, doc="Satellites of the fleet")
+    fleet_version = param.Integer(default=0, doc="Counts fleet refreshes (plots redraw on it)")
+    stream_version = param.Integer(default=0, doc="Counts stream refreshes (plots redraw on it)")
+    stream_refresh_ms = param.Number(default=None, allow_None=True)
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        empty = {
+            "streams": pd.DataFrame(columns=["satellite_id", "subsystem", "channel", "model_name"]),
+            "latest": pd.DataFrame(columns=frames.LATEST_COLUMNS),
+            "alarms": frames.empty_events(),
+            "stream_events": frames.empty_events(),
+        }
+        series = {
+            name: frames.empty_series()
+            for name in (
+                "telemetry",
+                "scores",
+                "thresholds",
+                "detections",
+                "record_index",
+                "heat_input",
+                "heat_output",
+            )
+        }
+        missing = {k: v for k, v in {**empty, **series}.items() if getattr(self, k) is None}
+        self.param.update(missing)
+        self._errors_cache: tuple[tuple[int, int], pd.DataFrame] | None = None
+        self._spans_cache: tuple[tuple[Any, ...], pd.DataFrame] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="dashboard-fetch")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **params: Any) -> DashboardStore:
+        """A store on the API named by ``settings``, with the dataset's labeled ranges
+        (when the dataset is here) and the pipeline's window geometry."""
+        from smap_bench.dashboard.client import ApiClient
+
+        return cls(
+            client=ApiClient.from_settings(settings),
+            labels=labeled_ranges(settings),
+            window_size=settings.window_size,
+            stride=settings.stride,
+            **params,
+        )
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.pane.Markdown(self.status_text, sizing_mode="stretch_width")
+
+    # ================================================================ derived values
+    @param.depends("streams")
+    def satellites(self) -> list[str]:
+        """Satellites of the fleet, in natural order (sat2 before sat10)."""
+        ids = self.streams["satellite_id"].drop_duplicates().tolist() if len(self.streams) else []
+        return sorted(ids, key=lambda s: (len(s), s))
+
+    @param.depends("streams", "satellite_id", "subsystem")
+    def channel(self) -> str | None:
+        """The SMAP channel the selected stream replays."""
+        hit = self._stream_rows(self.streams)
+        return str(hit["channel"].iloc[0]) if len(hit) else None
+
+    @param.depends("latest", "satellite_id", "subsystem", "end", "window_s")
+    def time_range(self) -> tuple[datetime, datetime]:
+        """The shown range: ``end`` minus ``window_s``; live, ``end`` is the stream's newest
+        sample (the simulated clock may run ahead of or behind the wall clock)."""
+        if self.end is not None:
+            stop = frames.to_utc(self.end)
+        else:
+            stop = self._stream_latest() or frames.to_utc(self.clock())
+            stop = stop + pd.Timedelta(seconds=1)
+        start = stop - pd.Timedelta(seconds=self.window_s)
+        return start.to_pydatetime(), stop.to_pydatetime()
+
+    @param.depends("telemetry", "scores")
+    def period_s(self) -> float:
+        """Seconds between two records of the stream (1 at the dataset's nominal rate)."""
+        source = self.scores if len(self.scores) > 1 else self.telemetry
+        return frames.record_period_s(source)
+
+    @param.depends("detections", "stream_events", "record_index", "labels", "replay_state")
+    def spans(self) -> pd.DataFrame:
+        """Detected windows, anomaly events and (labeled replays) labeled ranges."""
+        key = (
+            id(self.detections),
+            id(self.stream_events),
+            id(self.record_index),
+            id(self.labels),
+            self.channel(),
+            self.replay_state.get("split"),
+        )
+        if self._spans_cache is None or self._spans_cache[0] != key:
+            self._spans_cache = (key, self._spans())
+        return self._spans_cache[1]
+
+    def _spans(self) -> pd.DataFrame:
+        parts = [
+            frames.detected_spans(self.detections, self.stride, self.period_s()),
+            frames.event_spans(self.stream_events),
+            frames.labeled_spans(self.labeled_ranges(), self.record_index, self.period_s()),
+        ]
+        parts = [p for p in parts if not p.empty]
+        return pd.concat(parts, ignore_index=True) if parts else frames.empty_spans()
+
+    def labeled_ranges(self) -> list[tuple[int, int]]:
+        """Labeled ranges of the stream's channel, when the replay is of the labeled split."""
+        channel = self.channel()
+        if channel is None or self.replay_state.get("split", "test") != "test":
+            return []
+        return [(int(a), int(b)) for a, b in self.labels.get(channel, [])]
+
+    @param.depends("thresholds")
+    def threshold(self) -> float | None:
+        """The stream model's latest threshold."""
+        values = self.thresholds["value"].dropna()
+        return float(values.iloc[-1]) if len(values) else None
+
+    @param.depends("stream_events", "event_id", "detections", "scores", "focus_time")
+    def heatmap_range(self) -> tuple[datetime, datetime] | None:
+        """What the heatmap shows: the chosen event, else the chosen window, else the
+        latest flagged window, else the latest window; None when there is no data."""
+        return self._heatmap_range(self.stream_events, self.detections, self.scores)
+
+    def _heatmap_range(
+        self, events: pd.DataFrame, detections: pd.DataFrame, scores: pd.DataFrame
+    ) -> tuple[datetime, datetime] | None:
+        period = frames.record_period_s(scores)
+        if self.event_id is not None:
+            known = [f for f in (events, self.alarms) if len(f)]
+            hits = [f[f["event_id"] == self.event_id] for f in known]
+            hit = next((h for h in hits if len(h)), None)
+            if hit is not None:
+                start, end = hit["start_time"].iloc[0], hit["end_time"].iloc[0]
+                earliest = end - pd.Timedelta(seconds=period * (MAX_HEATMAP_RECORDS - 1))
+                start = max(start, earliest)
+                half = pd.Timedelta(seconds=period / 2)
+                return (start - half).to_pydatetime(), (end + half).to_pydatetime()
+        if self.focus_time is not None:
+            centre = frames.to_utc(self.focus_time)
+        else:
+            flagged = detections.loc[detections["value"] > 0.5, "time"]
+            centre = flagged.max() if len(flagged) else frames.latest_time(scores)
+        if centre is None or pd.isna(centre):
+            return None
+        start, end = frames.window_around(centre, self.window_size, period)
+        return start.to_pydatetime(), end.to_pydatetime()
+
+    @param.depends("heat_input", "heat_output")
+    def errors(self) -> pd.DataFrame:
+        """Squared reconstruction error per record and feature over the heatmap range
+        (computed once per fetched pair: several views ask for it on every refresh)."""
+        key = (id(self.heat_input), id(self.heat_output))
+        if self._errors_cache is None or self._errors_cache[0] != key:
+            self._errors_cache = (key, frames.error_matrix(self.heat_input, self.heat_output))
+        return self._errors_cache[1]
+
+    @param.depends("heat_input", "heat_output")
+    def top_features(self, n: int = 5) -> pd.DataFrame:
+        """The features contributing most to the heatmap's error."""
+        return frames.top_features(self.errors(), n)
+
+    @param.depends("streams", "latest", "alarms")
+    def stream_states(self) -> pd.DataFrame:
+        """The state of every stream (normal, anomalous, open alarm, no data)."""
+        return frames.stream_states(
+            self.streams,
+            self.latest,
+            self.alarms,
+            self.clock(),
+            timedelta(seconds=self.stale_after_s),
+        )
+
+    @param.depends("streams", "latest", "alarms")
+    def fleet_grid(self) -> pd.DataFrame:
+        """Satellites x subsystems of stream states."""
+        return frames.fleet_grid(self.stream_states(), self.satellites())
+
+    @param.depends("alarms")
+    def alarm_table(self) -> pd.DataFrame:
+        """The alarm list, urgent states first."""
+        return frames.alarm_table(self.alarms)
+
+    @param.depends("alarms", "stream_events", "event_id")
+    def selected_event(self) -> dict[str, Any] | None:
+        """The chosen event's row (from the alarm list or the stream's events)."""
+        if self.event_id is None:
+            return None
+        for source in (self.alarms, self.stream_events):
+            hit = source[source["event_id"] == self.event_id] if len(source) else source
+            if len(hit):
+                row: dict[str, Any] = hit.iloc[0].to_dict()
+                return row
+        return None
+
+    @param.depends("replay_state")
+    def replay_summary(self) -> dict[str, Any]:
+        """The replay's state, speed, split and position range, ready to print."""
+        state = self.replay_state
+        if not state:
+            return {"state": "unknown", "speed": "-", "split": "-", "position": "-", "loop": "-"}
+        lo, hi = state.get("record_index_min"), state.get("record_index_max")
+        position = f"{lo}" if lo == hi else f"{lo}–{hi}"
+        loops = state.get("loop_min"), state.get("loop_max")
+        loop = f"{loops[0]}" if loops[0] == loops[1] else f"{loops[0]}–{loops[1]}"
+        speed = state.get("speed")
+        return {
+            "state": state.get("state", "unknown"),
+            "speed": "max" if speed == "max" else f"{float(speed):g}×",
+            "split": state.get("split", "-"),
+            "position": position,
+            "loop": loop,
+            "satellites": state.get("satellites"),
+            "produced": state.get("produced"),
+        }
+
+    @param.depends("api_ok", "message", "refreshed_at", "stream_refresh_ms")
+    def status_text(self) -> str:
+        """One line: whether the API answers, when data last came, and the last problem."""
+        if self.refreshed_at is None and not self.message:
+            return "Waiting for the first refresh…"
+        parts = ["API ok" if self.api_ok else "API unreachable"]
+        if self.refreshed_at is not None:
+            parts.append(f"updated {frames.to_utc(self.refreshed_at):%H:%M:%S} UTC")
+        if self.stream_refresh_ms is not None:
+            parts.append(f"stream refresh {self.stream_refresh_ms:.0f} ms")
+        if self.message:
+            parts.append(self.message)
+        return " · ".join(parts)
+
+    # ================================================================ selection
+    @param.depends("satellite_id", "subsystem", watch=True)
+    def _stream_changed(self) -> None:
+        self.param.update(event_id=None, focus_time=None)
+
+    def select_stream(self, satellite_id: str, subsystem: str) -> None:
+        """Show another stream (the fleet grid's click)."""
+        if satellite_id not in self.param.satellite_id.objects:
+            self.param.satellite_id.objects = [*self.param.satellite_id.objects, satellite_id]
+        self.param.update(satellite_id=satellite_id, subsystem=subsystem)
+
+    def select_event(self, event_id: int | None) -> None:
+        """Show an event: its stream, and its records in the heatmap."""
+        if event_id is None:
+            self.event_id = None
+            return
+        row = None
+        for source in (self.alarms, self.stream_events):
+            hit = source[source["event_id"] == event_id] if len(source) else source
+            if len(hit):
+                row = hit.iloc[0]
+                break
+        if row is not None and (row["satellite_id"], row["subsystem"]) != (
+            self.satellite_id,
+            self.subsystem,
+        ):
+            self.select_stream(str(row["satellite_id"]), str(row["subsystem"]))
+        self.event_id = int(event_id)
+
+    # ================================================================ refresh
+    def _stream_rows(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``rows`` about the selected stream."""
+        if rows.empty or self.satellite_id is None:
+            return rows.iloc[0:0]
+        mine = (rows["satellite_id"] == self.satellite_id) & (rows["subsystem"] == self.subsystem)
+        return rows[mine]
+
+    def _stream_latest(self) -> pd.Timestamp | None:
+        hit = self._stream_rows(self.latest)
+        if hit.empty or pd.isna(hit["last_time"].iloc[0]):
+            return None
+        return frames.to_utc(hit["last_time"].iloc[0])
+
+    def _fail(self, error: Exception) -> None:
+        unavailable = isinstance(error, ApiUnavailable)
+        hint = " — is the stack up? (`make up`)" if unavailable else ""
+        self.param.update(api_ok=not unavailable, message=f"{error}{hint}")
+
+    def _fetch(self, calls: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
+        """Run independent API calls side by side; the first error is raised."""
+        futures = {name: self._pool.submit(call) for name, call in calls.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+    def refresh(self) -> None:
+        """Everything: fleet, alarms, replay, the selected stream, then health."""
+        self.refresh_live()
+        self.refresh_health()
+
+    def refresh_fleet(self) -> bool:
+        """The fleet's streams, their newest samples and the alarm list."""
+        if self.client is None:
+            self.message = "no API client configured"
+            return False
+        client = self.client
+        try:
+            got = self._fetch(
+                {
+                    "streams": client.streams,
+                    "latest": client.latest,
+                    "alarms": lambda: client.events(states=tuple(self.alarm_states), limit=500),
+                }
+            )
+        except ApiError as error:
+            self._fail(error)
+            return False
+        satellites = sorted(
+            got["streams"]["satellite_id"].drop_duplicates().tolist(), key=lambda s: (len(s), s)
+        )
+        with param.parameterized.batch_call_watchers(self):
+            self.param.satellite_id.objects = satellites
+            if self.satellite_id not in satellites:
+                self.satellite_id = satellites[0] if satellites else None
+            self.param.update(
+                fleet_satellites=satellites,
+                streams=got["streams"],
+                latest=got["latest"],
+                alarms=got["alarms"],
+                fleet_version=self.fleet_version + 1,
+                api_ok=True,
+                message="",
+                refreshed_at=self.clock(),
+            )
+        return True
+
+    def refresh_replay(self) -> bool:
+        """The replay's state (the simulator's latest published state)."""
+        if self.client is None:
+            return False
+        try:
+            replay = self.client.replay_status() or {}
+        except ApiError as error:
+            self._fail(error)
+            return False
+        self.param.update(
+            replay_state=replay.get("state") or {}, replay_detail=replay.get("detail") or ""
+        )
+        return True
+
+    def refresh_health(self) -> bool:
+        """The pipeline's health (slower: the API asks every service)."""
+        if self.client is None:
+            return False
+        try:
+            self.health = self.client.health() or {}
+        except ApiError as error:
+            self._fail(error)
+            return False
+        return True
+
+    def refresh_operations(self) -> None:
+        """Replay state and pipeline health."""
+        self.refresh_replay()
+        self.refresh_health()
+
+    def refresh_live(self) -> None:
+        """What changes every second or two: fleet, alarms, replay and the shown stream."""
+        if self.refresh_fleet():
+            self.refresh_replay()
+            self.refresh_stream()
+
+    def refresh_stream(self) -> float | None:
+        """Timeline and heatmap of the selected stream over the shown range; returns the
+        seconds it took (None when nothing could be fetched)."""
+        if self.client is None or self.satellite_id is None:
+            return None
+        began = time.perf_counter()
+        client, sat, sub = self.client, self.satellite_id, self.subsystem
+        start, end = self.time_range()
+        features = tuple(sorted(self.features)) or (0,)
+        calls: dict[str, Callable[[], Any]] = {
+            "telemetry": lambda: client.series(TELEMETRY, sat, sub, start, end, features),
+            "scores": lambda: client.series(SCORES, sat, sub, start, end),
+            "thresholds": lambda: client.series(THRESHOLDS, sat, sub, start, end),
+            "detections": lambda: client.series(DETECTIONS, sat, sub, start, end),
+            "stream_events": lambda: client.events(
+                satellite_id=sat, subsystem=sub, start=start - timedelta(hours=1), end=end
+            ),
+        }
+        if self.labeled_ranges():
+            calls["record_index"] = lambda: client.series(RECORD_INDEX, sat, sub, start, end)
+        try:
+            got = self._fetch(calls)
+        except ApiError as error:
+            self._fail(error)
+            return None
+        got.setdefault("record_index", frames.empty_series())
+        # The heatmap range follows from what was just fetched (the latest flagged window).
+        window = self._heatmap_range(got["stream_events"], got["detections"], got["scores"])
+        heat = {"heat_input": frames.empty_series(), "heat_output": frames.empty_series()}
+        if window is not None:
+            every = tuple(range(NUM_FEATURES))
+            try:
+                heat = self._fetch(
+                    {
+                        "heat_input": lambda: client.series(TELEMETRY, sat, sub, *window, every),
+                        "heat_output": lambda: client.series(
+                            RECONSTRUCTIONS, sat, sub, *window, every
+                        ),
+                    }
+                )
+            except ApiError as error:
+                self._fail(error)
+        elapsed = time.perf_counter() - began
+        self.param.update(
+            **got,
+            **heat,
+            stream_version=self.stream_version + 1,
+            api_ok=True,
+            stream_refresh_ms=elapsed * 1000,
+            refreshed_at=self.clock(),
+        )
+        return elapsed
+
+    def refresh_event_detail(self) -> None:
+        """The chosen event's alarm history."""
+        if self.client is None or self.event_id is None:
+            self.event_detail = {}
+            return
+        try:
+            self.event_detail = self.client.event(self.event_id)
+        except ApiError as error:
+            self._fail(error)
+
+    # ================================================================ actions
+    def _act(self, what: str, call: Callable[[], Any], after: Sequence[Callable[[], Any]]) -> bool:
+        if self.client is None:
+            self.notice = f"{what}: no API client configured"
+            return False
+        try:
+            call()
+        except ApiError as error:
+            self.notice = f"{what} failed: {error}"
+            if isinstance(error, ApiUnavailable):
+                self._fail(error)
+            return False
+        self.notice = f"{what}: done"
+        for refresh in after:
+            refresh()
+        return True
+
+    def alarm_action(
+        self,
+        event_id: int,
+        action: str,
+        comment: str | None = None,
+        shelve_for: timedelta | None = None,
+    ) -> bool:
+        """Acknowledge, shelve (for ``shelve_for``), unshelve, clear or reopen an alarm."""
+        until = self.clock() + shelve_for if shelve_for is not None else None
+        return self._act(
+            f"{action} event {event_id}",
+            lambda: self.client.act(
+                event_id,
+                action,
+                operator=self.operator,
+                comment=comment or None,
+                shelved_until=until,
+            ),
+            (self.refresh_fleet, self.refresh_event_detail),
+        )
+
+    def acknowledge(self, event_id: int, comment: str | None = None) -> bool:
+        return self.alarm_action(event_id, "acknowledge", comment)
+
+    def shelve(self, event_id: int, hours: float, comment: str | None = None) -> bool:
+        return self.alarm_action(event_id, "shelve", comment, timedelta(hours=hours))
+
+    def add_comment(self, event_id: int, text: str) -> bool:
+        """A comment on an alarm (no state change)."""
+        if not text.strip():
+            self.notice = "comment: write something first"
+            return False
+        return self._act(
+            f"comment on event {event_id}",
+            lambda: self.client.comment(event_id, text.strip(), operator=self.operator),
+            (self.refresh_event_detail,),
+        )
+
+    def replay(self, command: str, **params: Any) -> bool:
+        """A replay command (start, pause, resume, seek, speed, stop)."""
+        return self._act(
+            f"replay {command}",
+            lambda: self.client.replay(command, **params),
+            (self.refresh_replay,),
+        )
+
+    def set_speed(self, speed: str) -> bool:
+        """Replay speed: a factor such as ``"2"``, or ``"max"``."""
+        factor: float | str = "max" if speed == "max" else float(speed)
+        return self.replay("speed", factor=factor)
+
+    def seek(self, record_index: int) -> bool:
+        return self.replay("seek", record_index=int(record_index))

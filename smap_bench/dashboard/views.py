@@ -1,0 +1,869 @@
+"""Views of the dashboard: each holds the store as a parameter and only renders it.
+
+A view reads the store's data and derived values and calls the store's actions from its
+widgets; it fetches nothing itself. Plots are HoloViews ``DynamicMap`` s bound to store
+parameters, so a refresh updates the Bokeh data in place instead of rebuilding the
+figure. Every view has a small derived state (what it would show, which buttons are
+enabled) that tests check by setting store parameters.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from smap_bench.catalog import SUBSYSTEMS
+from smap_bench.dashboard import frames
+from smap_bench.dashboard.store import SPEEDS, DashboardStore
+from smap_bench.schema import NUM_FEATURES
+
+#: Span colours on the timeline, by what the span marks.
+SPAN_STYLE: dict[str, dict[str, Any]] = {
+    "labeled": {"color": "#1f77b4", "alpha": 0.15},
+    "detected": {"color": "#ff9f1c", "alpha": 0.25},
+    "event": {"color": "#d62728", "alpha": 0.18},
+}
+#: Colour of each alarm state in the alarm list.
+ALARM_COLORS = {
+    "open": "#d62728",
+    "acknowledged": "#ff9f1c",
+    "shelved": "#7f7f7f",
+    "cleared": "#4daf4a",
+}
+WINDOWS = {"5 min": 300, "10 min": 600, "30 min": 1800, "1 hour": 3600}
+SHELF_HOURS = {"1 hour": 1.0, "4 hours": 4.0, "12 hours": 12.0, "1 day": 24.0, "7 days": 168.0}
+#: The heatmap selector's first option (value 0: no event chosen).
+LATEST_WINDOW = "latest flagged window (or latest window)"
+#: Row label of the fleet grid while no satellite is known.
+NO_FLEET = "–"
+
+
+def naive_utc(values: pd.Series) -> pd.Series:
+    """UTC times without the zone (Bokeh draws naive datetimes as they are)."""
+    times = pd.to_datetime(values, utc=True)
+    return times.dt.tz_localize(None)
+
+
+def padded_range(
+    values: pd.Series, floor: float | None = None, pad: float = 0.08
+) -> tuple[float, float]:
+    """A y range that shows every finite value with a margin (``floor``: fixed bottom)."""
+    finite = values[np.isfinite(values.to_numpy(dtype="float64"))] if len(values) else values
+    if finite.empty:
+        return (floor if floor is not None else 0.0, 1.0)
+    lo, hi = float(finite.min()), float(finite.max())
+    if floor is not None:
+        lo = min(floor, lo)
+    span = hi - lo if hi > lo else max(abs(hi), 1e-3)
+    bottom = lo if floor is not None and lo == floor else lo - pad * span
+    return bottom, hi + pad * span
+
+
+def _card(title: str, *objects: Any, **params: Any) -> pn.Card:
+    return pn.Card(
+        *objects,
+        title=title,
+        collapsible=False,
+        sizing_mode="stretch_width",
+        margin=(6, 6),
+        **params,
+    )
+
+
+def _empty_note(text: str) -> pn.pane.Alert:
+    return pn.pane.Alert(text, alert_type="light", margin=(4, 6))
+
+
+class StoreView(pn.viewable.Viewer):
+    """Base of every view: the store it renders."""
+
+    store = param.ClassSelector(class_=DashboardStore, doc="The session's data store")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if self.store is None:
+            raise ValueError(f"{type(self).__name__} needs a store (store=DashboardStore(...))")
+
+
+# ====================================================================== replay control
+
+
+class ReplayControl(StoreView):
+    """Start, pause, resume, seek, change speed and stop the replay; its position and speed."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.split = pn.widgets.RadioButtonGroup(
+            name="Split", options=["test", "train"], value="test", button_type="light"
+        )
+        self.satellites = pn.widgets.IntInput(name="Satellites", value=5, start=1, end=1000)
+        self.speed = pn.widgets.Select(name="Speed", options=list(SPEEDS), value="1", width=90)
+        self.seek_to = pn.widgets.IntInput(name="Seek to record", value=0, start=0, width=130)
+        self.start_button = pn.widgets.Button(name="Start replay", button_type="primary")
+        self.pause_button = pn.widgets.Button(name="Pause", button_type="warning")
+        self.resume_button = pn.widgets.Button(name="Resume", button_type="success")
+        self.stop_button = pn.widgets.Button(name="Stop", button_type="danger")
+        self.seek_button = pn.widgets.Button(name="Seek", button_type="default", width=70)
+        self.speed_button = pn.widgets.Button(name="Set speed", button_type="default", width=90)
+        self.start_button.on_click(lambda _: self.start())
+        self.pause_button.on_click(lambda _: self.store.replay("pause"))
+        self.resume_button.on_click(lambda _: self.store.replay("resume"))
+        self.stop_button.on_click(lambda _: self.store.replay("stop"))
+        self.seek_button.on_click(lambda _: self.store.seek(self.seek_to.value))
+        self.speed_button.on_click(lambda _: self.store.set_speed(self.speed.value))
+        self.store.param.watch(self._sync_buttons, "replay_state")
+        self._sync_buttons()
+
+    def start(self) -> bool:
+        speed: float | str = "max" if self.speed.value == "max" else float(self.speed.value)
+        return self.store.replay(
+            "start", split=self.split.value, satellites=int(self.satellites.value), speed=speed
+        )
+
+    def enabled(self) -> dict[str, bool]:
+        """Which commands make sense in the replay's current state."""
+        state = self.store.replay_state.get("state")
+        live = state in ("running", "paused")
+        return {
+            "start": not live,
+            "pause": state == "running",
+            "resume": state == "paused",
+            "stop": live,
+            "seek": live,
+            "speed": live,
+        }
+
+    def _sync_buttons(self, *_: Any) -> None:
+        allowed = self.enabled()
+        for name, button in (
+            ("start", self.start_button),
+            ("pause", self.pause_button),
+            ("resume", self.resume_button),
+            ("stop", self.stop_button),
+            ("seek", self.seek_button),
+            ("speed", self.speed_button),
+        ):
+            button.disabled = not allowed[name]
+
+    @param.depends("store.replay_state", "store.replay_detail")
+    def _summary(self) -> pn.viewable.Viewable:
+        info = self.store.replay_summary()
+        if not self.store.replay_state:
+            reason = self.store.replay_detail or "no simulator has published its state"
+            return pn.pane.Markdown(f"**No live replay** — {reason}", margin=(0, 6))
+        colour = {"running": "#2ca02c", "paused": "#ff9f1c"}.get(info["state"], "#7f7f7f")
+        html = (
+            f"<div style='font-size:15px;line-height:1.6'>"
+            f"<span style='background:{colour};color:white;padding:2px 8px;border-radius:4px'>"
+            f"{info['state']}</span>&nbsp; <b>speed</b> {info['speed']} &nbsp; "
+            f"<b>split</b> {info['split']}<br>"
+            f"<b>record</b> {info['position']} &nbsp; <b>loop</b> {info['loop']} &nbsp; "
+            f"<b>satellites</b> {info['satellites']} &nbsp; <b>sent</b> {info['produced']:,}"
+            "</div>"
+        )
+        return pn.pane.HTML(html, margin=(0, 6), sizing_mode="stretch_width")
+
+    @param.depends("store.notice")
+    def _notice(self) -> pn.viewable.Viewable:
+        return pn.pane.Markdown(f"*{self.store.notice}*" if self.store.notice else "", margin=0)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return _card(
+            "Replay",
+            self._summary,
+            pn.Row(self.pause_button, self.resume_button, self.stop_button),
+            pn.Row(self.speed, self.speed_button, align="end"),
+            pn.Row(self.seek_to, self.seek_button, align="end"),
+            pn.layout.Divider(),
+            pn.Row(self.split, self.satellites),
+            self.start_button,
+            self._notice,
+        )
+
+
+# ====================================================================== fleet overview
+
+
+class FleetOverview(StoreView):
+    """Satellites x subsystems, each cell coloured by its stream's state; click to select."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.pane = pn.pane.HoloViews(
+            self._new_plot(), sizing_mode="stretch_width", linked_axes=False
+        )
+        # A new plot when the fleet's satellites change (its height follows them);
+        # in between, the plot's data is updated in place on every fleet refresh.
+        self.store.param.watch(self._replot, "fleet_satellites")
+
+    def _new_plot(self) -> hv.DynamicMap:
+        # Bound to a refresh counter, not to the frames: HoloViews hashes what a
+        # DynamicMap depends on, and hashing frames on every refresh is slow.
+        plot = hv.DynamicMap(pn.bind(self._heatmap, self.store.param.fleet_version))
+        self.tap = hv.streams.Tap(source=plot, x=None, y=None)
+        self.tap.add_subscriber(self._on_tap)
+        return plot
+
+    def _replot(self, *_: Any) -> None:
+        self.pane.object = self._new_plot()
+
+    def cells(self) -> pd.DataFrame:
+        """One row per cell: satellite, subsystem, state, and the state's colour code.
+
+        With no fleet yet, one placeholder row of "no data" cells keeps the axes categorical.
+        """
+        grid = self.store.fleet_grid()
+        if grid.empty:
+            grid = frames.fleet_grid(self.store.stream_states(), [NO_FLEET])
+        long = grid.reset_index().melt(
+            id_vars="satellite_id", var_name="subsystem", value_name="state"
+        )
+        long["code"] = long["state"].map({s: i for i, s in enumerate(frames.STREAM_STATES)})
+        return long
+
+    def _heatmap(self, *_: Any) -> hv.HeatMap:
+        cells = self.cells()
+        satellites = self.store.satellites() or [NO_FLEET]
+        height = max(150, 60 + 34 * len(satellites))
+        heatmap = hv.HeatMap(
+            cells, kdims=["subsystem", "satellite_id"], vdims=["code", "state"]
+        ).opts(
+            cmap=[frames.STATE_COLORS[s] for s in frames.STREAM_STATES],
+            clim=(-0.5, len(frames.STREAM_STATES) - 0.5),
+            colorbar=False,
+            tools=["hover", "tap"],
+            hover_tooltips=[
+                ("satellite", "@satellite_id"),
+                ("subsystem", "@subsystem"),
+                ("state", "@state"),
+            ],
+            line_color="white",
+            line_width=3,
+            xaxis="top",
+            invert_yaxis=True,
+            toolbar=None,
+            height=height,
+            responsive=True,
+            min_width=320,
+            xlabel="",
+            ylabel="",
+            fontsize={"xticks": "11pt", "yticks": "11pt"},
+        )
+        subsystems = [s.value for s in SUBSYSTEMS]
+        return heatmap.redim.values(subsystem=subsystems, satellite_id=satellites)
+
+    def _on_tap(self, x: Any = None, y: Any = None) -> None:
+        if x is not None and y is not None and y != NO_FLEET:
+            self.store.select_stream(str(y), str(x))
+
+    @param.depends("store.streams", "store.latest", "store.alarms")
+    def _legend(self) -> pn.viewable.Viewable:
+        counts = frames.state_counts(self.store.stream_states())
+        items = "".join(
+            f"<span style='margin-right:14px'><span style='display:inline-block;width:12px;"
+            f"height:12px;background:{frames.STATE_COLORS[s]};border-radius:2px'></span> "
+            f"{s} <b>{counts[s]}</b></span>"
+            for s in frames.STREAM_STATES
+        )
+        return pn.pane.HTML(f"<div style='font-size:13px'>{items}</div>", margin=(0, 6))
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return _card(
+            "Fleet",
+            self._legend,
+            self.pane,
+            pn.pane.Markdown("*Click a cell to show its stream.*", margin=(0, 6)),
+        )
+
+
+# ====================================================================== anomaly timeline
+
+
+class AnomalyTimeline(StoreView):
+    """Telemetry, anomaly score against threshold, detected windows, events and labeled
+    ranges of the chosen stream, on one linked time axis."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        store = self.store
+        self.satellite = pn.widgets.Select.from_param(
+            store.param.satellite_id, name="Satellite", width=120
+        )
+        self.subsystem = pn.widgets.Select.from_param(
+            store.param.subsystem, name="Subsystem", width=110
+        )
+        self.features = pn.widgets.MultiChoice.from_param(
+            store.param.features, name="Telemetry features", width=260
+        )
+        self.window = pn.widgets.Select(
+            name="Range",
+            options=WINDOWS,
+            value=store.window_s if store.window_s in WINDOWS.values() else 600,
+            width=100,
+        )
+        self.live = pn.widgets.Toggle(
+            name="Live", value=store.end is None, width=80, button_type="success", align="end"
+        )
+        self.window.link(store, value="window_s")
+        self.live.param.watch(self._toggle_live, "value")
+        # Bound to the refresh counter, not to the frames (see FleetOverview).
+        bound = (store.param.stream_version, store.param.features)
+        self.telemetry_plot = hv.DynamicMap(pn.bind(self._telemetry_overlay, *bound))
+        self.score_plot = hv.DynamicMap(pn.bind(self._score_overlay, *bound))
+        self.tap = hv.streams.Tap(source=self.score_plot, x=None)
+        self.tap.add_subscriber(self._on_tap)
+
+    def _toggle_live(self, event: param.parameterized.Event) -> None:
+        if event.new:
+            self.store.end = None
+        else:
+            self.store.end = self.store.time_range()[1]
+
+    def _on_tap(self, x: Any = None, y: Any = None) -> None:
+        if x is not None:
+            self.store.param.update(event_id=None, focus_time=pd.Timestamp(x).to_pydatetime())
+
+    # -- what is drawn ------------------------------------------------------------------
+    def span_element(self) -> hv.VSpans:
+        """Every span (labeled, detected, event) as one element, coloured by kind."""
+        spans = self.store.spans()
+        data = pd.DataFrame(
+            {
+                "start": naive_utc(spans["start"]),
+                "end": naive_utc(spans["end"]),
+                "kind": spans["kind"].astype(str),
+                "label": spans["label"].astype(str),
+            }
+        )
+        return hv.VSpans(data, kdims=["start", "end"], vdims=["kind", "label"]).opts(
+            color=hv.dim("kind").categorize({k: v["color"] for k, v in SPAN_STYLE.items()}),
+            alpha=hv.dim("kind").categorize({k: v["alpha"] for k, v in SPAN_STYLE.items()}),
+            line_width=0,
+            framewise=True,
+        )
+
+    def _range(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        start, end = self.store.time_range()
+        return (
+            frames.to_utc(start).tz_localize(None),
+            frames.to_utc(end).tz_localize(None),
+        )
+
+    def _time_dim(self) -> hv.Dimension:
+        """The shared x dimension; its range is the shown time range (live: moving)."""
+        return hv.Dimension("time", label="time (UTC)", range=self._range())
+
+    def _telemetry_overlay(self, *_: Any) -> hv.Overlay:
+        data = self.store.telemetry
+        chosen = sorted(self.store.features) or [0]
+        shown = data[data["feature"].isin(chosen)]
+        value = hv.Dimension("telemetry", label="telemetry", range=padded_range(shown["value"]))
+        curves = [
+            hv.Curve(
+                (naive_utc(part["time"]), part["value"]),
+                kdims=[self._time_dim()],
+                vdims=[value],
+                label=f"feature {feature}",
+            ).opts(line_width=1.5, framewise=True, tools=["hover"])
+            for feature in chosen
+            for part in [shown[shown["feature"] == feature]]
+        ]
+        return hv.Overlay([*curves, self.span_element()]).opts(
+            hv.opts.Overlay(
+                title=self._title(),
+                height=240,
+                responsive=True,
+                min_width=400,
+                legend_position="right",
+                show_legend=True,
+                toolbar="above",
+            )
+        )
+
+    def _score_overlay(self, *_: Any) -> hv.Overlay:
+        scores, thresholds = self.store.scores, self.store.thresholds
+        both = pd.concat([scores["value"], thresholds["value"]])
+        value = hv.Dimension("score", label="anomaly score", range=padded_range(both, floor=0.0))
+        score = hv.Curve(
+            (naive_utc(scores["time"]), scores["value"]),
+            kdims=[self._time_dim()],
+            vdims=[value],
+            label="score",
+        ).opts(color="#333333", line_width=1.5, tools=["hover", "tap"], framewise=True)
+        threshold = hv.Curve(
+            (naive_utc(thresholds["time"]), thresholds["value"]),
+            kdims=[self._time_dim()],
+            vdims=[value],
+            label="threshold",
+        ).opts(
+            color="#d62728",
+            line_dash="dashed",
+            line_width=2,
+            interpolation="steps-post",
+            framewise=True,
+        )
+        return hv.Overlay([score, threshold, self.span_element()]).opts(
+            hv.opts.Overlay(
+                title="Anomaly score vs threshold (click a point to inspect its window)",
+                height=240,
+                responsive=True,
+                min_width=400,
+                legend_position="right",
+                toolbar="above",
+            )
+        )
+
+    def _title(self) -> str:
+        store = self.store
+        channel = store.channel()
+        where = f"{store.satellite_id} / {store.subsystem}" if store.satellite_id else "no stream"
+        return f"Telemetry of {where}" + (f" (channel {channel})" if channel else "")
+
+    @param.depends("store.scores", "store.stream_events", "store.detections")
+    def _facts(self) -> pn.viewable.Viewable:
+        return pn.pane.Markdown(self.facts_text(), margin=(0, 8))
+
+    def facts_text(self) -> str:
+        """One line about the shown data: newest record, threshold, windows and events."""
+        store = self.store
+        if store.scores.empty and store.telemetry.empty:
+            return "**No data** for this stream in the shown range (is a replay running?)."
+        newest = frames.latest_time(store.scores, store.telemetry)
+        threshold = store.threshold()
+        flagged = int((store.detections["value"] > 0.5).sum())
+        parts = [
+            f"newest record **{newest:%H:%M:%S}** UTC" if newest is not None else "",
+            f"{len(store.scores)} scores",
+            f"threshold **{threshold:.4g}**" if threshold is not None else "no threshold yet",
+            f"**{flagged}** flagged window(s) of {len(store.detections)}",
+            f"**{len(store.stream_events)}** event(s)",
+        ]
+        labeled = int((store.spans()["kind"] == "labeled").sum())
+        if labeled:
+            parts.append(f"**{labeled}** labeled range(s) of channel {store.channel()}")
+        return " · ".join(p for p in parts if p)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        legend = " ".join(
+            f"<span style='display:inline-block;width:12px;height:12px;background:{s['color']};"
+            f"opacity:{min(1.0, s['alpha'] * 3):.2f}'></span> {k}&nbsp;&nbsp;"
+            for k, s in SPAN_STYLE.items()
+        )
+        plots = (self.telemetry_plot + self.score_plot).cols(1)
+        return _card(
+            "Anomaly timeline",
+            pn.Row(self.satellite, self.subsystem, self.features, self.window, self.live),
+            self._facts,
+            pn.pane.HTML(f"<div style='font-size:12px'>spans: {legend}</div>", margin=(0, 8)),
+            pn.pane.HoloViews(plots, sizing_mode="stretch_width", linked_axes=False),
+        )
+
+
+# ====================================================================== heatmap
+
+
+class ReconstructionHeatmap(StoreView):
+    """Per-record x per-feature input, reconstruction and squared error of a window or
+    event, and the features that contribute most."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.choice = pn.widgets.Select(name="Show", options=self.choices(), value=0, width=340)
+        self.choice.param.watch(self._choose, "value")
+        self.store.param.watch(self._update_choices, ["stream_events", "event_id"])
+        self.plot = hv.DynamicMap(pn.bind(self._layout, self.store.param.stream_version))
+
+    def choices(self) -> dict[str, int]:
+        """Options of the selector: the latest (flagged) window (0), then the stream's events."""
+        options: dict[str, int] = {LATEST_WINDOW: 0}
+        events = self.store.stream_events
+        for row in events.itertuples(index=False):
+            options[f"event {row.event_id}: {row.start_time:%H:%M:%S} ({row.state})"] = int(
+                row.event_id
+            )
+        return options
+
+    def _update_choices(self, *_: Any) -> None:
+        options = self.choices()
+        chosen = self.store.event_id if self.store.event_id in options.values() else 0
+        self.choice.param.update(options=options, value=chosen)
+
+    def _choose(self, event: param.parameterized.Event) -> None:
+        if (event.new or None) != self.store.event_id:
+            self.store.param.update(event_id=event.new or None, focus_time=None)
+
+    def matrices(self) -> dict[str, pd.DataFrame]:
+        """Input, reconstruction and squared error, each records (rows) x features."""
+        inputs, outputs = frames.wide(self.store.heat_input), frames.wide(self.store.heat_output)
+        errors = self.store.errors()
+        times = errors.index
+        return {
+            "input": inputs.reindex(index=times, columns=errors.columns),
+            "reconstruction": outputs.reindex(index=times, columns=errors.columns),
+            "squared error": errors,
+        }
+
+    def _image(self, name: str, matrix: pd.DataFrame, clim: tuple[float, float] | None) -> hv.Image:
+        records = len(matrix)
+        values = (
+            matrix.to_numpy(dtype="float64").T if records else np.full((NUM_FEATURES, 1), np.nan)
+        )
+        width = max(records, 1)
+        image = hv.Image(
+            values[::-1],
+            bounds=(0, -0.5, width, NUM_FEATURES - 0.5),
+            kdims=[
+                hv.Dimension("record", label="record in window"),
+                hv.Dimension("feature", label="feature"),
+            ],
+            vdims=[hv.Dimension("value", label=name)],
+        ).opts(
+            title=name,
+            cmap="viridis" if name != "squared error" else "inferno",
+            colorbar=True,
+            tools=["hover"],
+            responsive=True,
+            height=280,
+            min_width=220,
+            framewise=True,
+            toolbar=None,
+        )
+        if clim is not None:
+            image = image.opts(clim=clim)
+        return image
+
+    def _layout(self, *_: Any) -> hv.Layout:
+        mats = self.matrices()
+        both = pd.concat([mats["input"], mats["reconstruction"]])
+        clim = None
+        if not both.empty:
+            lo, hi = np.nanmin(both.to_numpy()), np.nanmax(both.to_numpy())
+            clim = (float(lo), float(hi if hi > lo else lo + 1e-9))
+        return (
+            (
+                self._image("input", mats["input"], clim)
+                + self._image("reconstruction", mats["reconstruction"], clim)
+                + self._image("squared error", mats["squared error"], None)
+            )
+            .opts(shared_axes=False)
+            .cols(3)
+        )
+
+    @param.depends("store.heat_input", "store.heat_output")
+    def _top(self) -> pn.viewable.Viewable:
+        top = self.store.top_features()
+        if top.empty:
+            return pn.pane.Markdown("", margin=0)
+        rows = "".join(
+            f"<tr><td style='padding-right:8px'><b>feature {f}</b></td>"
+            f"<td style='width:160px'><div style='background:#d62728;height:12px;"
+            f"width:{max(share, 0.01) * 100:.0f}%'></div></td>"
+            f"<td style='padding-left:8px'>{share:.0%}</td>"
+            f"<td style='padding-left:8px;color:#666'>mean sq. error {err:.3g}</td></tr>"
+            for f, share, err in zip(top["feature"], top["share"], top["mean_error"], strict=True)
+        )
+        return pn.pane.HTML(
+            f"<div style='font-size:13px'><b>Top contributing features</b>"
+            f"<table>{rows}</table></div>",
+            margin=(0, 8),
+        )
+
+    @param.depends("store.heat_input", "store.heat_output", "store.event_id")
+    def _caption(self) -> pn.viewable.Viewable:
+        return pn.pane.Markdown(self.caption_text(), margin=(0, 8))
+
+    def caption_text(self) -> str:
+        """What the heatmap shows, in a sentence."""
+        store = self.store
+        window = store.heatmap_range()
+        if store.errors().empty or window is None:
+            return "**No reconstruction** for this stream in the shown range yet."
+        start, end = window
+        what = f"event {store.event_id}" if store.event_id is not None else "window"
+        top = store.top_features(3)
+        names = ", ".join(
+            f"f{f} ({s:.0%})" for f, s in zip(top["feature"], top["share"], strict=True)
+        )
+        return (
+            f"{what} {start:%H:%M:%S}–{end:%H:%M:%S} UTC, {len(store.errors())} records; "
+            f"most error in {names}"
+        )
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return _card(
+            "Reconstruction",
+            pn.Row(self.choice),
+            self._caption,
+            pn.pane.HoloViews(self.plot, sizing_mode="stretch_width", linked_axes=False),
+            self._top,
+        )
+
+
+# ====================================================================== alarms
+
+
+class AlarmList(StoreView):
+    """The alarms, urgent first, with acknowledge / shelve / clear and comments."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.table = pn.widgets.Tabulator(
+            self.store.alarm_table(),
+            selectable=1,
+            disabled=True,
+            show_index=False,
+            height=260,
+            sizing_mode="stretch_width",
+            layout="fit_data_stretch",
+            formatters={"duration_s": {"type": "money", "precision": 0, "symbol": ""}},
+        )
+        self.table.style.apply(self._colour_state, subset=["state"])
+        self.comment = pn.widgets.TextInput(
+            name="Comment", placeholder="what you saw / did", sizing_mode="stretch_width"
+        )
+        self.shelf = pn.widgets.Select(name="Shelve for", options=SHELF_HOURS, value=4.0, width=110)
+        self.buttons = {
+            "acknowledge": pn.widgets.Button(name="Acknowledge", button_type="primary"),
+            "shelve": pn.widgets.Button(name="Shelve", button_type="warning"),
+            "unshelve": pn.widgets.Button(name="Unshelve", button_type="light"),
+            "clear": pn.widgets.Button(name="Clear", button_type="success"),
+            "reopen": pn.widgets.Button(name="Reopen", button_type="light"),
+            "comment": pn.widgets.Button(name="Comment", button_type="default"),
+        }
+        for action, button in self.buttons.items():
+            button.on_click(lambda _, action=action: self.act(action))
+        self.table.param.watch(self._on_select, "selection")
+        self.store.param.watch(self._refresh_table, ["alarms"])
+        self.store.param.watch(self._sync_buttons, ["alarms", "event_id"])
+        self._sync_buttons()
+
+    @staticmethod
+    def _colour_state(column: pd.Series) -> list[str]:
+        return [f"color: {ALARM_COLORS.get(v, 'black')}; font-weight: bold" for v in column]
+
+    def _refresh_table(self, *_: Any) -> None:
+        table = self.store.alarm_table()
+        self.table.value = table
+        if self.store.event_id is not None:
+            hit = table.index[table["event_id"] == self.store.event_id].tolist()
+            self.table.selection = hit[:1]
+
+    def _on_select(self, event: param.parameterized.Event) -> None:
+        if not event.new:
+            return
+        table = self.table.value
+        row = event.new[0]
+        if row < len(table):
+            self.store.select_event(int(table["event_id"].iloc[row]))
+            self.store.refresh_event_detail()
+
+    def allowed(self) -> set[str]:
+        """Actions the chosen alarm allows (comment always, once one is chosen)."""
+        event = self.store.selected_event()
+        if event is None:
+            return set()
+        actions = event.get("allowed_actions")
+        return {*(actions if isinstance(actions, list) else []), "comment"}
+
+    def _sync_buttons(self, *_: Any) -> None:
+        allowed = self.allowed()
+        for action, button in self.buttons.items():
+            button.disabled = action not in allowed
+
+    def act(self, action: str) -> bool:
+        """Apply ``action`` to the chosen alarm with the typed comment."""
+        event_id = self.store.event_id
+        if event_id is None:
+            self.store.notice = "choose an alarm in the list first"
+            return False
+        comment = self.comment.value or None
+        if action == "comment":
+            done = self.store.add_comment(event_id, self.comment.value)
+        elif action == "shelve":
+            done = self.store.alarm_action(
+                event_id, "shelve", comment, timedelta(hours=float(self.shelf.value))
+            )
+        else:
+            done = self.store.alarm_action(event_id, action, comment)
+        if done:
+            self.comment.value = ""
+        return done
+
+    @param.depends("store.event_detail")
+    def _history(self) -> pn.viewable.Viewable:
+        history = self.store.event_detail.get("history") or []
+        if not history:
+            return pn.pane.Markdown("", margin=0)
+        lines = [
+            f"- {pd.Timestamp(h['at']):%m-%d %H:%M:%S} **{h['actor']}**: "
+            f"{h.get('from_state') or '·'} → {h['to_state']}"
+            + (f" — “{h['comment']}”" if h.get("comment") else "")
+            for h in history[-6:]
+        ]
+        return pn.pane.Markdown(
+            f"History of event {self.store.event_detail.get('event_id')}:\n" + "\n".join(lines),
+            margin=(0, 8),
+        )
+
+    @param.depends("store.notice")
+    def _notice(self) -> pn.viewable.Viewable:
+        return pn.pane.Markdown(f"*{self.store.notice}*" if self.store.notice else "", margin=0)
+
+    @param.depends("store.alarms")
+    def _empty(self) -> pn.viewable.Viewable:
+        if self.store.alarms.empty:
+            return _empty_note("No alarms in the chosen states.")
+        return pn.pane.Markdown("", margin=0)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return _card(
+            "Alarms",
+            self._empty,
+            self.table,
+            pn.Row(self.comment, self.shelf),
+            pn.Row(*self.buttons.values()),
+            self._notice,
+            self._history,
+        )
+
+
+# ====================================================================== health
+
+
+class PipelineHealth(StoreView):
+    """Services up or down, throughput, stage latencies, consumer lag and queue depth."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        number = {"font_size": "22pt", "title_size": "10pt", "margin": (0, 14)}
+        self.indicators = {
+            "services": pn.indicators.String(name="services up", value="–", **number),
+            "rate": pn.indicators.String(name="records/s in", value="–", **number),
+            "lag": pn.indicators.String(name="Kafka lag", value="–", **number),
+            "queued": pn.indicators.String(name="queued tasks", value="–", **number),
+            "models": pn.indicators.String(name="models ready", value="–", **number),
+        }
+        table = {
+            "show_index": False,
+            "disabled": True,
+            "sizing_mode": "stretch_width",
+            "layout": "fit_data_stretch",
+        }
+        tables = self.tables()
+        self.services_table = pn.widgets.Tabulator(tables["services"], height=220, **table)
+        self.stages_table = pn.widgets.Tabulator(tables["stages"], height=220, **table)
+        self.lag_table = pn.widgets.Tabulator(tables["lag"], height=160, **table)
+        self.queues_table = pn.widgets.Tabulator(tables["queues"], height=160, **table)
+        self.problems = pn.pane.Markdown("", margin=(0, 8))
+        self.store.param.watch(self._update, "health")
+        self._update()
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The health payload as small tables (empty when the API has not answered)."""
+        health = self.store.health
+        services = pd.DataFrame(health.get("services") or [], columns=["name", "healthy", "detail"])
+        services["healthy"] = np.where(services["healthy"].fillna(False).astype(bool), "up", "DOWN")
+        stages = pd.DataFrame(
+            health.get("stages") or [],
+            columns=[
+                "stage",
+                "received_per_s",
+                "produced_per_s",
+                "rejected_per_s",
+                "latency_p50_s",
+                "latency_p99_s",
+            ],
+        )
+        for column in ("latency_p50_s", "latency_p99_s"):
+            stages[column.replace("_s", "_ms")] = stages.pop(column).astype(float) * 1000
+        lag = pd.DataFrame(
+            health.get("kafka_lag") or [], columns=["group", "lag", "partitions", "detail"]
+        )
+        queues = pd.DataFrame(
+            health.get("queues") or [], columns=["queue", "messages", "consumers", "detail"]
+        )
+        return {"services": services, "stages": stages.round(2), "lag": lag, "queues": queues}
+
+    def summary(self) -> dict[str, Any]:
+        """Headline numbers: services up of all, ingestion rate, total lag and queue depth
+        (None where the report does not say)."""
+        health = self.store.health
+        tables = self.tables()
+        services = tables["services"]
+        lag = pd.to_numeric(tables["lag"]["lag"], errors="coerce").dropna()
+        queued = pd.to_numeric(tables["queues"]["messages"], errors="coerce").dropna()
+        models = (health.get("triton") or {}).get("models") or []
+        return {
+            "services_up": int((services["healthy"] == "up").sum()),
+            "services": len(services),
+            "ingestion_rate": health.get("ingestion_rate"),
+            "lag": int(lag.sum()) if len(lag) else None,
+            "queued": int(queued.sum()) if len(queued) else None,
+            "models_ready": sum(1 for m in models if (m.get("state") or "").upper() == "READY"),
+            "models": len(models),
+        }
+
+    def _update(self, *_: Any) -> None:
+        if not self.store.health:
+            return
+        info, tables = self.summary(), self.tables()
+        rate = info["ingestion_rate"]
+        values = {
+            "services": f"{info['services_up']}/{info['services']}",
+            "rate": f"{rate:,.1f}" if rate is not None else "–",
+            "lag": f"{info['lag']:,}" if info["lag"] is not None else "–",
+            "queued": f"{info['queued']:,}" if info["queued"] is not None else "–",
+            "models": f"{info['models_ready']}/{info['models']}" if info["models"] else "–",
+        }
+        down = info["services_up"] < info["services"]
+        for key, indicator in self.indicators.items():
+            indicator.value = values[key]
+        self.indicators["services"].default_color = "#d62728" if down else "#2ca02c"
+        self.services_table.value = tables["services"]
+        self.stages_table.value = tables["stages"]
+        self.lag_table.value = tables["lag"]
+        self.queues_table.value = tables["queues"]
+        problems = self.store.health.get("detail") or []
+        self.problems.object = "\n".join(f"- {p}" for p in problems)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return _card(
+            "Pipeline health",
+            pn.Row(*self.indicators.values()),
+            pn.Row(self.services_table, self.stages_table),
+            pn.Row(self.lag_table, self.queues_table),
+            self.problems,
+        )
+
+
+# ====================================================================== status
+
+
+class StatusLine(StoreView):
+    """Whether the API answers, when data last came, and the last problem."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.alert = pn.pane.Alert("", margin=(4, 6), sizing_mode="stretch_width")
+        self.store.param.watch(
+            self._update, ["api_ok", "message", "refreshed_at", "stream_refresh_ms"]
+        )
+        self._update()
+
+    def kind(self) -> str:
+        """The alert colour: success (data flowing), danger (a problem), secondary (waiting)."""
+        if self.store.refreshed_at is None and not self.store.message:
+            return "secondary"
+        return "success" if self.store.api_ok and not self.store.message else "danger"
+
+    def _update(self, *_: Any) -> None:
+        self.alert.param.update(object=self.store.status_text(), alert_type=self.kind())
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self.alert
