@@ -129,7 +129,8 @@ def triton_program(settings: Settings) -> Program:
     model_dir = settings.run_dir / "triton-models"
     argv, env = triton_local.tritonserver_command(settings, model_dir)
     # supervisord passes its own environment on; only the stub's additions are needed.
-    needed: dict[str, str] = {k: env[k] for k in ("LD_LIBRARY_PATH", "PYTHONPATH") if k in env}
+    wanted = ("LD_LIBRARY_PATH", "PYTHONPATH", "PATH")
+    needed: dict[str, str] = {k: env[k] for k in wanted if k in env}
     return Program(argv, env=needed, stopwaitsecs=35, startsecs=2)
 
 
