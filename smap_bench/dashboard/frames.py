@@ -71,6 +71,16 @@ def to_utc(value: Any) -> pd.Timestamp:
 # --------------------------------------------------------------------------- series
 
 
+def empty_streams() -> pd.DataFrame:
+    """The fleet's streams before the first fetch (no rows)."""
+    return pd.DataFrame(
+        {
+            c: pd.Series([], dtype="object")
+            for c in ("satellite_id", "subsystem", "channel", "model_name")
+        }
+    )
+
+
 def empty_series() -> pd.DataFrame:
     """A series frame with no rows (the typed columns views rely on)."""
     return pd.DataFrame(
@@ -346,7 +356,7 @@ def heatmap_frame(matrix: pd.DataFrame, t0: pd.Timestamp | None = None) -> pd.Da
             {"step": pd.Series([], dtype="int64"), "feature": [], "value": []}
         ).astype({"feature": "int64", "value": "float64"})
     stacked = matrix.reset_index(drop=True).rename_axis("step").stack(future_stack=True)
-    frame = stacked.rename("value").reset_index()
+    frame = pd.Series(stacked, name="value").reset_index()
     frame.columns = ["step", "feature", "value"]
     return frame.astype({"step": "int64", "feature": "int64", "value": "float64"})
 
@@ -424,9 +434,11 @@ def fleet_grid(states: pd.DataFrame, satellites: Sequence[str]) -> pd.DataFrame:
     grid = pd.DataFrame(
         NO_DATA, index=pd.Index(list(satellites), name="satellite_id"), columns=columns
     )
-    for row in states.itertuples(index=False):
-        if row.satellite_id in grid.index and row.subsystem in grid.columns:
-            grid.loc[row.satellite_id, row.subsystem] = row.state
+    for satellite, subsystem, state in zip(
+        states["satellite_id"], states["subsystem"], states["state"], strict=True
+    ):
+        if satellite in grid.index and subsystem in grid.columns:
+            grid.loc[satellite, subsystem] = state
     return grid
 
 

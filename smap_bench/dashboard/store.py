@@ -69,8 +69,12 @@ class DashboardStore(pn.viewable.Viewer):
     clock = param.Callable(default=_utc_now, doc="Wall clock (aware UTC datetimes)")
 
     # -- selection ----------------------------------------------------------------------
-    satellite_id = param.Selector(default=None, objects=[], allow_None=True)
-    subsystem = param.Selector(default="ACS", objects=[s.value for s in SUBSYSTEMS])
+    satellite_id: str | None = param.Selector(  # type: ignore[assignment]
+        default=None, objects=[], allow_None=True
+    )
+    subsystem: str = param.Selector(  # type: ignore[assignment]
+        default="ACS", objects=[s.value for s in SUBSYSTEMS]
+    )
     features = param.ListSelector(default=[0], objects=list(range(NUM_FEATURES)))
     window_s = param.Integer(default=600, bounds=(30, 3600), doc="Length of the time range")
     end = param.Date(default=None, allow_None=True, doc="End of the range; None: follow live")
@@ -87,17 +91,18 @@ class DashboardStore(pn.viewable.Viewer):
     labels = param.Dict(default={}, doc="channel -> labeled ranges [(first, last) record]")
 
     # -- fetched data (views read, never write) -----------------------------------------
-    streams = param.DataFrame(default=None, allow_None=True)
-    latest = param.DataFrame(default=None, allow_None=True)
-    alarms = param.DataFrame(default=None, allow_None=True)
-    telemetry = param.DataFrame(default=None, allow_None=True)
-    scores = param.DataFrame(default=None, allow_None=True)
-    thresholds = param.DataFrame(default=None, allow_None=True)
-    detections = param.DataFrame(default=None, allow_None=True)
-    record_index = param.DataFrame(default=None, allow_None=True)
-    stream_events = param.DataFrame(default=None, allow_None=True)
-    heat_input = param.DataFrame(default=None, allow_None=True)
-    heat_output = param.DataFrame(default=None, allow_None=True)
+    # Defaults are copied per instance (ClassSelector parameters instantiate).
+    streams = param.DataFrame(default=frames.empty_streams())
+    latest = param.DataFrame(default=frames.latest_frame([]))
+    alarms = param.DataFrame(default=frames.empty_events())
+    telemetry = param.DataFrame(default=frames.empty_series())
+    scores = param.DataFrame(default=frames.empty_series())
+    thresholds = param.DataFrame(default=frames.empty_series())
+    detections = param.DataFrame(default=frames.empty_series())
+    record_index = param.DataFrame(default=frames.empty_series())
+    stream_events = param.DataFrame(default=frames.empty_events())
+    heat_input = param.DataFrame(default=frames.empty_series())
+    heat_output = param.DataFrame(default=frames.empty_series())
     replay_state = param.Dict(default={}, doc="The simulator's latest state; empty: none live")
     replay_detail = param.String(default="", doc="Why there is no replay state, if so")
     health = param.Dict(default={})
@@ -115,26 +120,6 @@ class DashboardStore(pn.viewable.Viewer):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        empty = {
-            "streams": pd.DataFrame(columns=["satellite_id", "subsystem", "channel", "model_name"]),
-            "latest": pd.DataFrame(columns=frames.LATEST_COLUMNS),
-            "alarms": frames.empty_events(),
-            "stream_events": frames.empty_events(),
-        }
-        series = {
-            name: frames.empty_series()
-            for name in (
-                "telemetry",
-                "scores",
-                "thresholds",
-                "detections",
-                "record_index",
-                "heat_input",
-                "heat_output",
-            )
-        }
-        missing = {k: v for k, v in {**empty, **series}.items() if getattr(self, k) is None}
-        self.param.update(missing)
         self._errors_cache: tuple[tuple[int, int], pd.DataFrame] | None = None
         self._spans_cache: tuple[tuple[Any, ...], pd.DataFrame] | None = None
         self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="dashboard-fetch")
@@ -248,7 +233,10 @@ class DashboardStore(pn.viewable.Viewer):
             centre = frames.to_utc(self.focus_time)
         else:
             flagged = detections.loc[detections["value"] > 0.5, "time"]
-            centre = flagged.max() if len(flagged) else frames.latest_time(scores)
+            newest = flagged.max() if len(flagged) else frames.latest_time(scores)
+            if newest is None or pd.isna(newest):
+                return None
+            centre = pd.Timestamp(newest)
         if centre is None or pd.isna(centre):
             return None
         start, end = frames.window_around(centre, self.window_size, period)
@@ -297,8 +285,7 @@ class DashboardStore(pn.viewable.Viewer):
         for source in (self.alarms, self.stream_events):
             hit = source[source["event_id"] == self.event_id] if len(source) else source
             if len(hit):
-                row: dict[str, Any] = hit.iloc[0].to_dict()
-                return row
+                return {str(k): v for k, v in hit.iloc[0].to_dict().items()}
         return None
 
     @param.depends("replay_state")
@@ -314,7 +301,7 @@ class DashboardStore(pn.viewable.Viewer):
         speed = state.get("speed")
         return {
             "state": state.get("state", "unknown"),
-            "speed": "max" if speed == "max" else f"{float(speed):g}×",
+            "speed": "max" if speed == "max" else f"{float(speed or 0):g}×",
             "split": state.get("split", "-"),
             "position": position,
             "loop": loop,

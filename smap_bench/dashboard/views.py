@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import holoviews as hv
+import holoviews.plotting.bokeh  # registers the backend whose options the views set
 import numpy as np
 import pandas as pd
 import panel as pn
@@ -83,7 +84,9 @@ def _empty_note(text: str) -> pn.pane.Alert:
 class StoreView(pn.viewable.Viewer):
     """Base of every view: the store it renders."""
 
-    store = param.ClassSelector(class_=DashboardStore, doc="The session's data store")
+    store: DashboardStore = param.ClassSelector(  # type: ignore[assignment]
+        class_=DashboardStore, doc="The session's data store"
+    )
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -100,30 +103,49 @@ class ReplayControl(StoreView):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.split = pn.widgets.RadioButtonGroup(
-            name="Split", options=["test", "train"], value="test", button_type="light"
+            label="Split", options=["test", "train"], value="test", color="light"
         )
-        self.satellites = pn.widgets.IntInput(name="Satellites", value=5, start=1, end=1000)
-        self.speed = pn.widgets.Select(name="Speed", options=list(SPEEDS), value="1", width=90)
-        self.seek_to = pn.widgets.IntInput(name="Seek to record", value=0, start=0, width=130)
-        self.start_button = pn.widgets.Button(name="Start replay", button_type="primary")
-        self.pause_button = pn.widgets.Button(name="Pause", button_type="warning")
-        self.resume_button = pn.widgets.Button(name="Resume", button_type="success")
-        self.stop_button = pn.widgets.Button(name="Stop", button_type="danger")
-        self.seek_button = pn.widgets.Button(name="Seek", button_type="default", width=70)
-        self.speed_button = pn.widgets.Button(name="Set speed", button_type="default", width=90)
-        self.start_button.on_click(lambda _: self.start())
-        self.pause_button.on_click(lambda _: self.store.replay("pause"))
-        self.resume_button.on_click(lambda _: self.store.replay("resume"))
-        self.stop_button.on_click(lambda _: self.store.replay("stop"))
-        self.seek_button.on_click(lambda _: self.store.seek(self.seek_to.value))
-        self.speed_button.on_click(lambda _: self.store.set_speed(self.speed.value))
+        self.satellites = pn.widgets.IntInput(label="Satellites", value=5, start=1, end=1000)
+        self.speed = pn.widgets.Select(label="Speed", options=list(SPEEDS), value="1", width=90)
+        self.seek_to = pn.widgets.IntInput(label="Seek to record", value=0, start=0, width=130)
+        self.start_button = pn.widgets.Button(label="Start replay", color="primary")
+        self.pause_button = pn.widgets.Button(label="Pause", color="warning")
+        self.resume_button = pn.widgets.Button(label="Resume", color="success")
+        self.stop_button = pn.widgets.Button(label="Stop", color="danger")
+        self.seek_button = pn.widgets.Button(label="Seek", color="default", width=70)
+        self.speed_button = pn.widgets.Button(label="Set speed", color="default", width=90)
+        self.start_button.on_click(self._clicked)
+        self.pause_button.on_click(self._clicked)
+        self.resume_button.on_click(self._clicked)
+        self.stop_button.on_click(self._clicked)
+        self.seek_button.on_click(self._clicked)
+        self.speed_button.on_click(self._clicked)
         self.store.param.watch(self._sync_buttons, "replay_state")
         self._sync_buttons()
 
+    def _clicked(self, event: param.parameterized.Event) -> None:
+        button = event.obj
+        if button is self.start_button:
+            self.start()
+        elif button is self.pause_button:
+            self.store.replay("pause")
+        elif button is self.resume_button:
+            self.store.replay("resume")
+        elif button is self.stop_button:
+            self.store.replay("stop")
+        elif button is self.seek_button:
+            self.store.seek(int(self.seek_to.value or 0))
+        elif button is self.speed_button:
+            self.store.set_speed(str(self.speed.value))
+
     def start(self) -> bool:
+        """Start a replay of the chosen split for the chosen number of satellites."""
         speed: float | str = "max" if self.speed.value == "max" else float(self.speed.value)
         return self.store.replay(
-            "start", split=self.split.value, satellites=int(self.satellites.value), speed=speed
+            "start",
+            split=self.split.value,
+            satellites=int(self.satellites.value or 1),
+            speed=speed,
         )
 
     def enabled(self) -> dict[str, bool]:
@@ -293,22 +315,22 @@ class AnomalyTimeline(StoreView):
         super().__init__(**params)
         store = self.store
         self.satellite = pn.widgets.Select.from_param(
-            store.param.satellite_id, name="Satellite", width=120
+            store.param.satellite_id, label="Satellite", width=120
         )
         self.subsystem = pn.widgets.Select.from_param(
-            store.param.subsystem, name="Subsystem", width=110
+            store.param.subsystem, label="Subsystem", width=110
         )
         self.features = pn.widgets.MultiChoice.from_param(
-            store.param.features, name="Telemetry features", width=260
+            store.param.features, label="Telemetry features", width=260
         )
         self.window = pn.widgets.Select(
-            name="Range",
+            label="Range",
             options=WINDOWS,
             value=store.window_s if store.window_s in WINDOWS.values() else 600,
             width=100,
         )
         self.live = pn.widgets.Toggle(
-            name="Live", value=store.end is None, width=80, button_type="success", align="end"
+            label="Live", value=store.end is None, width=80, color="success", align="end"
         )
         self.window.link(store, value="window_s")
         self.live.param.watch(self._toggle_live, "value")
@@ -474,7 +496,7 @@ class ReconstructionHeatmap(StoreView):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.choice = pn.widgets.Select(name="Show", options=self.choices(), value=0, width=340)
+        self.choice = pn.widgets.Select(label="Show", options=self.choices(), value=0, width=340)
         self.choice.param.watch(self._choose, "value")
         self.store.param.watch(self._update_choices, ["stream_events", "event_id"])
         self.plot = hv.DynamicMap(pn.bind(self._layout, self.store.param.stream_version))
@@ -483,10 +505,10 @@ class ReconstructionHeatmap(StoreView):
         """Options of the selector: the latest (flagged) window (0), then the stream's events."""
         options: dict[str, int] = {LATEST_WINDOW: 0}
         events = self.store.stream_events
-        for row in events.itertuples(index=False):
-            options[f"event {row.event_id}: {row.start_time:%H:%M:%S} ({row.state})"] = int(
-                row.event_id
-            )
+        for event_id, start, state in zip(
+            events["event_id"], events["start_time"], events["state"], strict=True
+        ):
+            options[f"event {event_id}: {start:%H:%M:%S} ({state})"] = int(event_id)
         return options
 
     def _update_choices(self, *_: Any) -> None:
@@ -623,21 +645,23 @@ class AlarmList(StoreView):
             layout="fit_data_stretch",
             formatters={"duration_s": {"type": "money", "precision": 0, "symbol": ""}},
         )
-        self.table.style.apply(self._colour_state, subset=["state"])
+        self.table.style.apply(self._colour_state, subset=["state"])  # type: ignore[union-attr]
         self.comment = pn.widgets.TextInput(
-            name="Comment", placeholder="what you saw / did", sizing_mode="stretch_width"
+            label="Comment", placeholder="what you saw / did", sizing_mode="stretch_width"
         )
-        self.shelf = pn.widgets.Select(name="Shelve for", options=SHELF_HOURS, value=4.0, width=110)
+        self.shelf = pn.widgets.Select(
+            label="Shelve for", options=SHELF_HOURS, value=4.0, width=110
+        )
         self.buttons = {
-            "acknowledge": pn.widgets.Button(name="Acknowledge", button_type="primary"),
-            "shelve": pn.widgets.Button(name="Shelve", button_type="warning"),
-            "unshelve": pn.widgets.Button(name="Unshelve", button_type="light"),
-            "clear": pn.widgets.Button(name="Clear", button_type="success"),
-            "reopen": pn.widgets.Button(name="Reopen", button_type="light"),
-            "comment": pn.widgets.Button(name="Comment", button_type="default"),
+            "acknowledge": pn.widgets.Button(label="Acknowledge", color="primary"),
+            "shelve": pn.widgets.Button(label="Shelve", color="warning"),
+            "unshelve": pn.widgets.Button(label="Unshelve", color="light"),
+            "clear": pn.widgets.Button(label="Clear", color="success"),
+            "reopen": pn.widgets.Button(label="Reopen", color="light"),
+            "comment": pn.widgets.Button(label="Comment", color="default"),
         }
-        for action, button in self.buttons.items():
-            button.on_click(lambda _, action=action: self.act(action))
+        for button in self.buttons.values():
+            button.on_click(self._clicked)
         self.table.param.watch(self._on_select, "selection")
         self.store.param.watch(self._refresh_table, ["alarms"])
         self.store.param.watch(self._sync_buttons, ["alarms", "event_id"])
@@ -663,6 +687,11 @@ class AlarmList(StoreView):
             self.store.select_event(int(table["event_id"].iloc[row]))
             self.store.refresh_event_detail()
 
+    def _clicked(self, event: param.parameterized.Event) -> None:
+        for action, button in self.buttons.items():
+            if button is event.obj:
+                self.act(action)
+
     def allowed(self) -> set[str]:
         """Actions the chosen alarm allows (comment always, once one is chosen)."""
         event = self.store.selected_event()
@@ -684,7 +713,7 @@ class AlarmList(StoreView):
             return False
         comment = self.comment.value or None
         if action == "comment":
-            done = self.store.add_comment(event_id, self.comment.value)
+            done = self.store.add_comment(event_id, self.comment.value or "")
         elif action == "shelve":
             done = self.store.alarm_action(
                 event_id, "shelve", comment, timedelta(hours=float(self.shelf.value))
@@ -743,11 +772,11 @@ class PipelineHealth(StoreView):
         super().__init__(**params)
         number = {"font_size": "22pt", "title_size": "10pt", "margin": (0, 14)}
         self.indicators = {
-            "services": pn.indicators.String(name="services up", value="–", **number),
-            "rate": pn.indicators.String(name="records/s in", value="–", **number),
-            "lag": pn.indicators.String(name="Kafka lag", value="–", **number),
-            "queued": pn.indicators.String(name="queued tasks", value="–", **number),
-            "models": pn.indicators.String(name="models ready", value="–", **number),
+            "services": pn.indicators.String(label="services up", value="–", **number),
+            "rate": pn.indicators.String(label="records/s in", value="–", **number),
+            "lag": pn.indicators.String(label="Kafka lag", value="–", **number),
+            "queued": pn.indicators.String(label="queued tasks", value="–", **number),
+            "models": pn.indicators.String(label="models ready", value="–", **number),
         }
         table = {
             "show_index": False,

@@ -1,0 +1,240 @@
+"""Views are checked through what they derive from the store (enabled buttons, cells,
+captions, matrices), never by unpacking a layout by position."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from smap_bench.dashboard import frames
+from smap_bench.dashboard.views import (
+    NO_FLEET,
+    AlarmList,
+    AnomalyTimeline,
+    FleetOverview,
+    PipelineHealth,
+    ReconstructionHeatmap,
+    ReplayControl,
+    StatusLine,
+    padded_range,
+)
+from tests.unit.dashboard.fakes import T0, event_payload
+from tests.unit.dashboard.test_store import at, feed
+
+
+def test_a_view_needs_a_store() -> None:
+    with pytest.raises(ValueError, match="needs a store"):
+        ReplayControl()
+
+
+@pytest.mark.parametrize(
+    ("state", "enabled"),
+    [
+        (None, {"start"}),
+        ("running", {"pause", "stop", "seek", "speed"}),
+        ("paused", {"resume", "stop", "seek", "speed"}),
+        ("stopped", {"start"}),
+    ],
+)
+def test_replay_buttons_follow_the_replay_state(store, state, enabled) -> None:
+    view = ReplayControl(store=store)
+    store.replay_state = {"state": state} if state else {}
+    assert {name for name, ok in view.enabled().items() if ok} == enabled
+    assert view.pause_button.disabled == ("pause" not in enabled)
+    assert view.resume_button.disabled == ("resume" not in enabled)
+    assert view.start_button.disabled == ("start" not in enabled)
+
+
+def test_replay_start_sends_the_chosen_split_fleet_and_speed(store, api) -> None:
+    view = ReplayControl(store=store)
+    view.split.value, view.satellites.value, view.speed.value = "train", 3, "max"
+    assert view.start()
+    assert api.called("replay")[-1] == (
+        ("start",),
+        {"split": "train", "satellites": 3, "speed": "max"},
+    )
+
+
+def test_pause_button_pauses(store, api) -> None:
+    api.replay_payload = {"state": {"state": "running"}}
+    store.refresh_replay()
+    view = ReplayControl(store=store)
+    view.pause_button.clicks += 1
+    assert api.called("replay")[-1][0] == ("pause",)
+    assert store.replay_state["state"] == "paused"
+    assert not view.resume_button.disabled and view.pause_button.disabled
+
+
+def test_fleet_cells_carry_state_codes_and_a_click_selects_the_stream(store, api) -> None:
+    view = FleetOverview(store=store)
+    assert view.cells()["satellite_id"].unique().tolist() == [NO_FLEET]
+    api.event_items = [event_payload(1, "sat2", "EPS")]
+    store.refresh_fleet()
+    cells = view.cells().set_index(["satellite_id", "subsystem"])
+    assert len(cells) == 2 * 7
+    assert cells.loc[("sat2", "EPS"), "state"] == frames.OPEN_ALARM
+    assert cells.loc[("sat2", "EPS"), "code"] == frames.STREAM_STATES.index(frames.OPEN_ALARM)
+    view._on_tap(x="EPS", y="sat2")
+    assert (store.satellite_id, store.subsystem) == ("sat2", "EPS")
+    view._on_tap(x="ACS", y=NO_FLEET)  # the placeholder row selects nothing
+    assert store.satellite_id == "sat2"
+
+
+def test_timeline_facts_and_spans(store, api) -> None:
+    view = AnomalyTimeline(store=store)
+    assert view.facts_text().startswith("**No data**")
+    feed(api)
+    api.event_items = [event_payload(2, start=at(100).to_pydatetime())]
+    store.refresh_fleet()
+    store.refresh_stream()
+    text = view.facts_text()
+    assert "**2** flagged window(s) of 12" in text and "**1** event(s)" in text
+    spans = view.span_element().dframe()
+    assert sorted(spans["kind"]) == ["detected", "event"]
+    assert spans["start"].dt.tz is None  # Bokeh gets naive UTC
+
+
+def test_timeline_live_toggle_freezes_and_follows(store, api) -> None:
+    feed(api)
+    store.refresh_fleet()
+    view = AnomalyTimeline(store=store)
+    view.live.value = False
+    assert pd.Timestamp(store.end) == at(120)
+    view.live.value = True
+    assert store.end is None
+
+
+def test_clicking_the_score_plot_chooses_the_heatmap_window(store) -> None:
+    view = AnomalyTimeline(store=store)
+    store.event_id = 3
+    view._on_tap(x=at(30).tz_localize(None))
+    assert store.event_id is None
+    assert pd.Timestamp(store.focus_time).tz_localize("UTC") == at(30)
+
+
+def test_heatmap_matrices_and_caption(store, api) -> None:
+    view = ReconstructionHeatmap(store=store)
+    assert view.caption_text().startswith("**No reconstruction**")
+    feed(api)
+    store.refresh_fleet()
+    store.refresh_stream()
+    mats = view.matrices()
+    assert mats["input"].shape == mats["reconstruction"].shape == (30, 2)
+    assert (mats["input"] - mats["reconstruction"]).iloc[0].tolist() == [1.0, 2.0]
+    assert "most error in f1 (80%), f0 (20%)" in view.caption_text()
+
+
+def test_heatmap_selector_lists_events_and_chooses_one(store, api) -> None:
+    feed(api)
+    api.event_items = [event_payload(9, start=at(90).to_pydatetime())]
+    store.refresh_fleet()
+    view = ReconstructionHeatmap(store=store)
+    store.refresh_stream()
+    assert list(view.choices().values()) == [0, 9]
+    view.choice.value = 9
+    assert store.event_id == 9
+    view.choice.value = 0
+    assert store.event_id is None
+
+
+def test_alarm_buttons_follow_the_chosen_alarm(store, api) -> None:
+    api.event_items = [event_payload(4), event_payload(5, state="acknowledged")]
+    store.refresh_fleet()
+    view = AlarmList(store=store)
+    assert view.allowed() == set()
+    assert all(button.disabled for button in view.buttons.values())
+    store.select_event(4)
+    assert view.allowed() == {"acknowledge", "shelve", "comment"}
+    assert not view.buttons["acknowledge"].disabled and view.buttons["clear"].disabled
+    store.select_event(5)
+    assert "clear" in view.allowed() and "acknowledge" not in view.allowed()
+
+
+def test_acknowledging_from_the_list_changes_the_state(store, api) -> None:
+    api.event_items = [event_payload(4)]
+    store.refresh_fleet()
+    view = AlarmList(store=store)
+    view.table.selection = [0]
+    assert store.event_id == 4
+    view.comment.value = "looking"
+    view.buttons["acknowledge"].clicks += 1
+    assert api.called("act")[-1][0] == (4, "acknowledge")
+    assert view.table.value["state"].tolist() == ["acknowledged"]
+    assert view.comment.value == ""
+    assert store.event_detail["history"][-1]["comment"] == "looking"
+    assert view.buttons["acknowledge"].disabled
+
+
+def test_shelving_from_the_list_uses_the_chosen_duration(store, api) -> None:
+    api.event_items = [event_payload(4)]
+    store.refresh_fleet()
+    view = AlarmList(store=store)
+    store.select_event(4)
+    view.shelf.value = 24.0
+    assert view.act("shelve")
+    assert api.called("act")[-1][1]["shelved_until"] == T0 + timedelta(minutes=10, hours=24)
+
+
+def test_acting_without_a_chosen_alarm_says_so(store, api) -> None:
+    view = AlarmList(store=store)
+    assert not view.act("acknowledge")
+    assert store.notice == "choose an alarm in the list first"
+    assert api.called("act") == []
+
+
+def test_health_summary(store, api) -> None:
+    view = PipelineHealth(store=store)
+    api.health_payload = {
+        "services": [
+            {"name": "kafka", "healthy": True, "detail": ""},
+            {"name": "triton", "healthy": False, "detail": "down"},
+        ],
+        "kafka_lag": [
+            {"group": "router", "lag": 5, "partitions": 4},
+            {"group": "writer", "lag": None, "partitions": 0},
+        ],
+        "queues": [{"queue": "inference", "messages": 7, "consumers": 2}],
+        "triton": {"ready": True, "models": [{"name": "SMAP_A-1", "state": "READY"}]},
+        "stages": [
+            {
+                "stage": "router",
+                "received_per_s": 5.0,
+                "produced_per_s": 35.0,
+                "rejected_per_s": 0.0,
+                "latency_p50_s": 0.002,
+                "latency_p99_s": 0.01,
+            }
+        ],
+        "ingestion_rate": 5.0,
+    }
+    store.refresh_health()
+    assert view.summary() == {
+        "services_up": 1,
+        "services": 2,
+        "ingestion_rate": 5.0,
+        "lag": 5,
+        "queued": 7,
+        "models_ready": 1,
+        "models": 1,
+    }
+    assert view.indicators["services"].value == "1/2"
+    assert view.stages_table.value["latency_p99_ms"].tolist() == [10.0]
+
+
+def test_status_line_kinds(store, api) -> None:
+    view = StatusLine(store=store)
+    assert view.kind() == "secondary"
+    store.refresh_fleet()
+    assert view.kind() == "success"
+    api.fail = api.fail = __import__("tests.unit.dashboard.fakes", fromlist=["x"]).unavailable()
+    store.refresh_fleet()
+    assert view.kind() == "danger"
+    assert "not reachable" in view.alert.object
+
+
+def test_padded_range() -> None:
+    assert padded_range(pd.Series([], dtype=float)) == (0.0, 1.0)
+    assert padded_range(pd.Series([0.0, 10.0])) == (-0.8, 10.8)
+    assert padded_range(pd.Series([0.2, 0.4]), floor=0.0) == (0.0, pytest.approx(0.432))
