@@ -163,11 +163,10 @@ def run(
         batch_size=batch_size,
         poll_timeout_s=poll_ms / 1000.0,
         commit_offsets=commit_offsets,
-        consumer_overrides={
-            "group.id": group,
-            # a new satellite's topics match the regex within seconds, not minutes
-            "topic.metadata.refresh.interval.ms": 3000,
-        },
+        consumer_overrides={"group.id": group},
+        # One scheduler per group: it assigns itself every telemetry partition and finds a
+        # new satellite's topics within two seconds, with no group rebalance to wait on.
+        discover_every_s=2.0,
     )
     counts = core.counts
     log.info(

@@ -21,6 +21,7 @@ to the dead-letter topic with its reason; the stage keeps running.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -28,7 +29,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from smap_bench.config import Settings
@@ -173,6 +181,7 @@ def run_kafka_stage(
     on_tick: Callable[[], None] | None = None,
     commit_offsets: Callable[[], list[TopicPartition]] | None = None,
     consumer_overrides: dict[str, Any] | None = None,
+    discover_every_s: float | None = None,
 ) -> None:
     """Consume ``topics`` as group ``stage`` until stopped, at least once.
 
@@ -185,12 +194,23 @@ def run_kafka_stage(
     window buffers) passes ``commit_offsets``: it returns, per partition, the offset of
     the oldest record still needed, and only that much is committed, so a restart
     re-reads what the lost memory held.
+
+    With ``discover_every_s`` the stage assigns itself every partition of the matching
+    topics (names, or ``^regex``), found again at that period, and resumes each from its
+    group's committed offset: no group membership, so no rebalance pause when a
+    satellite's topics appear, at the price of one instance per group.
     """
     consumer = Consumer(consumer_config(settings, stage, **(consumer_overrides or {})))
-    consumer.subscribe(list(topics))  # a name starting with ^ is a regex subscription
+    assigner = None
+    if discover_every_s is None:
+        consumer.subscribe(list(topics))  # a name starting with ^ is a regex subscription
+    else:
+        assigner = TopicAssigner(consumer, topics, discover_every_s)
     log.info("%s: consuming %s", stage, ", ".join(topics))
     try:
         while not stop.stopped:
+            if assigner is not None:
+                assigner.refresh()
             batch = consumer.consume(batch_size, timeout=poll_timeout_s)
             good = []
             for message in batch:
@@ -219,6 +239,49 @@ def run_kafka_stage(
         producer.flush(30)
         consumer.close()
         log.info("%s: stopped", stage)
+
+
+class TopicAssigner:
+    """Keeps a consumer assigned to every partition of the topics matching its patterns."""
+
+    def __init__(self, consumer: Consumer, patterns: Sequence[str], every_s: float) -> None:
+        self.consumer = consumer
+        self.exact = {p for p in patterns if not p.startswith("^")}
+        self.regexes = [re.compile(p) for p in patterns if p.startswith("^")]
+        self.every_s = every_s
+        self.assigned: set[tuple[str, int]] = set()
+        self._next = 0.0
+
+    def matches(self, topic: str) -> bool:
+        return topic in self.exact or any(r.match(topic) for r in self.regexes)
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next:
+            return
+        self._next = now + self.every_s
+        metadata = self.consumer.list_topics(timeout=10)
+        present = {
+            (name, partition)
+            for name, topic in metadata.topics.items()
+            if topic.error is None and self.matches(name)
+            for partition in topic.partitions
+        }
+        gone = self.assigned - present
+        if gone:
+            self.consumer.incremental_unassign([TopicPartition(t, p) for t, p in gone])
+        new = sorted(present - self.assigned)
+        if new:
+            committed = self.consumer.committed([TopicPartition(t, p) for t, p in new], timeout=10)
+            start = [
+                TopicPartition(
+                    tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                )
+                for tp in committed
+            ]
+            self.consumer.incremental_assign(start)
+            log.info("assigned %d new partitions (%d in all)", len(new), len(present))
+        self.assigned = present
 
 
 def make_producer(settings: Settings, stage: str, **overrides: Any) -> Producer:
