@@ -208,7 +208,8 @@ def infrastructure_services(settings: Settings) -> list[Service]:
             settings.triton_http_port,
             health.check_triton,
             triton_program,
-            start_timeout_s=180,
+            # one Python stub per model starts: 54 models take minutes on two busy cores
+            start_timeout_s=420,
         ),
         Service(
             "nginx",
@@ -593,16 +594,36 @@ def prepare_run_dir(settings: Settings, decisions: Iterable[Decision] = ()) -> N
     (run / "promscrape.yml").write_text(promscrape_config(settings, stages))
 
 
-def build_triton_models(settings: Settings) -> list[str]:
-    """Regenerate the local Python-backend repository from the ONNX repository."""
+def build_triton_models(settings: Settings) -> tuple[list[str], set[str]]:
+    """Regenerate the local Python-backend repository from the ONNX repository.
+
+    Returns the models it holds and those whose ONNX file changed (a retrained model),
+    which a running Triton must reload.
+    """
+    import hashlib
+
     from smap_bench.inference import triton_local
 
     out = settings.run_dir / "triton-models"
-    return triton_local.build_local_repository(settings.model_repository / "onnx", out)
+
+    def digests() -> dict[str, str]:
+        return {
+            path.parent.parent.name: hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in out.glob("*/1/model.onnx")
+        }
+
+    before = digests()
+    models = triton_local.build_local_repository(settings.model_repository / "onnx", out)
+    after = digests()
+    changed = {name for name, digest in after.items() if before.get(name, digest) != digest}
+    return models, changed
 
 
-def load_triton_models(settings: Settings, names: Iterable[str]) -> list[str]:
-    """Ask the running Triton to load the models it does not serve yet; returns those.
+def load_triton_models(
+    settings: Settings, names: Iterable[str], changed: Iterable[str] = ()
+) -> list[str]:
+    """Ask the running Triton to load the models it does not serve yet, and to reload
+    those that changed; returns the models (re)loaded.
 
     Triton runs with explicit model control, so models added to the repository after it
     started (a `smap-bench train` meanwhile) are loaded here instead of by a restart.
@@ -612,6 +633,7 @@ def load_triton_models(settings: Settings, names: Iterable[str]) -> list[str]:
 
     client = httpclient.InferenceServerClient(settings.triton_http_url, network_timeout=300)
     ready = {m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"}
+    ready -= set(changed)
     loaded = []
     for name in names:
         if name in ready:

@@ -63,7 +63,7 @@ def bring_up(
     running = supervisor.programs()
     decisions = stack.plan(settings, running, pipeline, replay)
     stack.prepare_run_dir(settings, decisions)
-    models = stack.build_triton_models(settings)
+    models, changed = stack.build_triton_models(settings)
     infra = {s.name for s in stack.infrastructure_services(settings)}
     for d in decisions:
         if not d.managed:
@@ -91,7 +91,7 @@ def bring_up(
                 progress.update(task, description=done, total=1, completed=1)
 
     start([d for d in decisions if d.service.name in infra])
-    newly = stack.load_triton_models(settings, models)
+    newly = stack.load_triton_models(settings, models, changed)
     console.print(
         f"  Triton serves {len(models)} model(s) from {settings.model_repository}"
         + (f" ({len(newly)} loaded now)" if newly else "")
