@@ -164,7 +164,17 @@ class LabeledReplay:
 
         self._register(plan)
         with fleet_replay_paused(settings):
+            # Other traffic would be counted as this run's: measure it over a quiet moment.
+            probe = pipeline_counters(settings)
+            time.sleep(3.0)
             before = pipeline_counters(settings)
+            background = _delta(before, probe, "scheduler", "produced")
+            if background:
+                log.warning(
+                    "the scheduler sent %d windows in 3 s before the replay: another "
+                    "simulator is running, and the counts below include its windows",
+                    background,
+                )
             began = time.monotonic()
             produced = self._simulate(plan, start_time, report)
             simulate_s = time.monotonic() - began
@@ -212,6 +222,7 @@ class LabeledReplay:
             "duplicates": max(results - scored, 0),
             "windows_rejected": _delta(after, before, "worker", "rejected"),
             "split_windows_missing": missing,
+            "background_windows_before_start": background,
             "satellites": [sat.satellite_id for sat in plan.satellites],
             "streams": streams,
             "simulate_seconds": round(simulate_s, 1),
