@@ -51,10 +51,12 @@ template = pn.template.FastListTemplate(
 )
 
 
-def _start_refreshing() -> None:
-    store.refresh()
-    live = pn.state.add_periodic_callback(store.refresh_live, period=store.refresh_period_ms)
-    health = pn.state.add_periodic_callback(store.refresh_health, period=HEALTH_PERIOD_MS)
+async def _start_refreshing() -> None:
+    # The API calls run off the event loop, so the page answers clicks meanwhile.
+    await store.refresh_live_async()
+    await store.refresh_health_async()
+    live = pn.state.add_periodic_callback(store.refresh_live_async, period=store.refresh_period_ms)
+    health = pn.state.add_periodic_callback(store.refresh_health_async, period=HEALTH_PERIOD_MS)
     pn.state.on_session_destroyed(lambda _context: (live.stop(), health.stop()))
 
 

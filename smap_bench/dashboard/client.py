@@ -194,10 +194,18 @@ class ApiClient:
             if not self._token:
                 raise ApiError(what, 401, "no API token configured for the dashboard")
             headers["Authorization"] = f"Bearer {self._token}"
-        try:
-            response = self._http.request(method, path, params=params, json=json, headers=headers)
-        except httpx.TransportError as error:
-            raise ApiUnavailable(what, self.base_url, type(error).__name__) from error
+        for attempt in (1, 2):
+            try:
+                response = self._http.request(
+                    method, path, params=params, json=json, headers=headers
+                )
+                break
+            except (httpx.ReadError, httpx.RemoteProtocolError) as error:
+                # A pooled connection the server had already closed: one fresh try.
+                if attempt == 2:
+                    raise ApiUnavailable(what, self.base_url, type(error).__name__) from error
+            except httpx.TransportError as error:
+                raise ApiUnavailable(what, self.base_url, type(error).__name__) from error
         if response.status_code >= 400:
             raise ApiError(what, response.status_code, _detail(response))
         return response.json() if response.content else None
@@ -368,7 +376,6 @@ class ApiClient:
             "POST",
             f"/api/replay/{command}",
             f"replay {command}",
-            params={"wait": "true"},
             json=params or None,
             mutating=True,
         )

@@ -286,15 +286,33 @@ def top_feature_names(value: Any, n: int = 3) -> str:
     return ", ".join(names)
 
 
+#: Urgency of each alarm state in the alarm list (smaller: shown first).
+ALARM_RANK = {"open": 0, "acknowledged": 1, "shelved": 2, "cleared": 3}
+
+
 def alarm_table(events: pd.DataFrame) -> pd.DataFrame:
-    """The alarm list as operators read it: one row per event, urgent states first."""
-    columns = ["event_id", "state", "stream", "start", "duration_s", "peak/threshold", "top"]
+    """The alarm list: one row per event in ``event_id`` order, with ``rank`` (urgency of
+    its state) for the display to sort on.
+
+    Rows stay in id order so that a row keeps its position when newer alarms arrive (a
+    selection made in the browser refers to positions); the table sorts for display.
+    """
+    columns = [
+        "event_id",
+        "rank",
+        "state",
+        "stream",
+        "start",
+        "duration_s",
+        "peak/threshold",
+        "top",
+    ]
     if events.empty:
         return pd.DataFrame({c: pd.Series([], dtype="object") for c in columns})
-    order = {"open": 0, "acknowledged": 1, "shelved": 2, "cleared": 3}
     table = pd.DataFrame(
         {
             "event_id": events["event_id"].astype("int64"),
+            "rank": events["state"].map(ALARM_RANK).fillna(len(ALARM_RANK)).astype("int64"),
             "state": events["state"],
             "stream": events["satellite_id"] + " / " + events["subsystem"],
             "start": events["start_time"].dt.strftime("%Y-%m-%d %H:%M:%S"),
@@ -303,10 +321,7 @@ def alarm_table(events: pd.DataFrame) -> pd.DataFrame:
             "top": [top_feature_names(v) for v in events["top_features"]],
         }
     )
-    rank = table["state"].map(order).fillna(len(order))
-    table = table.assign(_rank=rank, _t=events["start_time"])
-    table = table.sort_values(["_rank", "_t"], ascending=[True, False])
-    return table.drop(columns=["_rank", "_t"]).reset_index(drop=True)
+    return table.sort_values("event_id").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- heatmap

@@ -13,6 +13,7 @@ Errors of the API never escape a refresh or an action: they land in :attr:`messa
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -122,6 +123,7 @@ class DashboardStore(pn.viewable.Viewer):
         super().__init__(**params)
         self._errors_cache: tuple[tuple[int, int], pd.DataFrame] | None = None
         self._spans_cache: tuple[tuple[Any, ...], pd.DataFrame] | None = None
+        self._running: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="dashboard-fetch")
 
     @classmethod
@@ -381,23 +383,40 @@ class DashboardStore(pn.viewable.Viewer):
         self.refresh_live()
         self.refresh_health()
 
-    def refresh_fleet(self) -> bool:
-        """The fleet's streams, their newest samples and the alarm list."""
+    # Each refresh is a fetch (API calls only, no parameter written, safe off the event
+    # loop) and an apply (parameters written at once, on the loop).
+    def _attempt(self, fetch: Callable[[], Any]) -> Any:
+        try:
+            return fetch()
+        except ApiError as error:
+            return error
+
+    def _settle(self, outcome: Any, apply: Callable[[Any], Any]) -> bool:
+        if isinstance(outcome, ApiError):
+            self._fail(outcome)
+            return False
+        if outcome is None:
+            return False
+        apply(outcome)
+        return True
+
+    def _run(self, fetch: Callable[[], Any], apply: Callable[[Any], Any]) -> bool:
         if self.client is None:
             self.message = "no API client configured"
             return False
-        client = self.client
-        try:
-            got = self._fetch(
-                {
-                    "streams": client.streams,
-                    "latest": client.latest,
-                    "alarms": lambda: client.events(states=tuple(self.alarm_states), limit=500),
-                }
-            )
-        except ApiError as error:
-            self._fail(error)
-            return False
+        return self._settle(self._attempt(fetch), apply)
+
+    def _fetch_fleet(self) -> dict[str, Any]:
+        client, states = self.client, tuple(self.alarm_states)
+        return self._fetch(
+            {
+                "streams": client.streams,
+                "latest": client.latest,
+                "alarms": lambda: client.events(states=states, limit=500),
+            }
+        )
+
+    def _apply_fleet(self, got: dict[str, Any]) -> None:
         satellites = sorted(
             got["streams"]["satellite_id"].drop_duplicates().tolist(), key=lambda s: (len(s), s)
         )
@@ -415,32 +434,32 @@ class DashboardStore(pn.viewable.Viewer):
                 message="",
                 refreshed_at=self.clock(),
             )
-        return True
 
-    def refresh_replay(self) -> bool:
-        """The replay's state (the simulator's latest published state)."""
-        if self.client is None:
-            return False
-        try:
-            replay = self.client.replay_status() or {}
-        except ApiError as error:
-            self._fail(error)
-            return False
+    def refresh_fleet(self) -> bool:
+        """The fleet's streams, their newest samples and the alarm list."""
+        return self._run(self._fetch_fleet, self._apply_fleet)
+
+    def _fetch_replay(self) -> dict[str, Any]:
+        return self.client.replay_status() or {}
+
+    def _apply_replay(self, replay: dict[str, Any]) -> None:
         self.param.update(
             replay_state=replay.get("state") or {}, replay_detail=replay.get("detail") or ""
         )
-        return True
+
+    def refresh_replay(self) -> bool:
+        """The replay's state (the simulator's latest published state)."""
+        return self._run(self._fetch_replay, self._apply_replay)
+
+    def _fetch_health(self) -> dict[str, Any]:
+        return self.client.health() or {}
+
+    def _apply_health(self, health: dict[str, Any]) -> None:
+        self.health = health
 
     def refresh_health(self) -> bool:
         """The pipeline's health (slower: the API asks every service)."""
-        if self.client is None:
-            return False
-        try:
-            self.health = self.client.health() or {}
-        except ApiError as error:
-            self._fail(error)
-            return False
-        return True
+        return self._run(self._fetch_health, self._apply_health)
 
     def refresh_operations(self) -> None:
         """Replay state and pipeline health."""
@@ -453,9 +472,39 @@ class DashboardStore(pn.viewable.Viewer):
             self.refresh_replay()
             self.refresh_stream()
 
-    def refresh_stream(self) -> float | None:
-        """Timeline and heatmap of the selected stream over the shown range; returns the
-        seconds it took (None when nothing could be fetched)."""
+    async def refresh_live_async(self) -> None:
+        """:meth:`refresh_live` with the API calls off the event loop, so that a served
+        page keeps answering clicks while data is on its way; skipped while the previous
+        one still runs (a slow API never piles refreshes up)."""
+        await self._refresh_async(
+            "live",
+            [
+                (self._fetch_fleet, self._apply_fleet),
+                (self._fetch_replay, self._apply_replay),
+                (self._fetch_stream, self._apply_stream),
+            ],
+        )
+
+    async def refresh_health_async(self) -> None:
+        """:meth:`refresh_health` off the event loop (see :meth:`refresh_live_async`)."""
+        await self._refresh_async("health", [(self._fetch_health, self._apply_health)])
+
+    async def _refresh_async(
+        self, name: str, steps: Sequence[tuple[Callable[[], Any], Callable[[Any], Any]]]
+    ) -> None:
+        if self.client is None or name in self._running:
+            return
+        self._running.add(name)
+        try:
+            loop = asyncio.get_running_loop()
+            for fetch, apply in steps:
+                outcome = await loop.run_in_executor(self._pool, self._attempt, fetch)
+                if not self._settle(outcome, apply):
+                    break
+        finally:
+            self._running.discard(name)
+
+    def _fetch_stream(self) -> dict[str, Any] | None:
         if self.client is None or self.satellite_id is None:
             return None
         began = time.perf_counter()
@@ -473,19 +522,15 @@ class DashboardStore(pn.viewable.Viewer):
         }
         if self.labeled_ranges():
             calls["record_index"] = lambda: client.series(RECORD_INDEX, sat, sub, start, end)
-        try:
-            got = self._fetch(calls)
-        except ApiError as error:
-            self._fail(error)
-            return None
+        got = self._fetch(calls)
         got.setdefault("record_index", frames.empty_series())
         # The heatmap range follows from what was just fetched (the latest flagged window).
         window = self._heatmap_range(got["stream_events"], got["detections"], got["scores"])
-        heat = {"heat_input": frames.empty_series(), "heat_output": frames.empty_series()}
+        got["heat_input"] = got["heat_output"] = frames.empty_series()
         if window is not None:
             every = tuple(range(NUM_FEATURES))
-            try:
-                heat = self._fetch(
+            got.update(
+                self._fetch(
                     {
                         "heat_input": lambda: client.series(TELEMETRY, sat, sub, *window, every),
                         "heat_output": lambda: client.series(
@@ -493,18 +538,28 @@ class DashboardStore(pn.viewable.Viewer):
                         ),
                     }
                 )
-            except ApiError as error:
-                self._fail(error)
-        elapsed = time.perf_counter() - began
+            )
+        got["elapsed_s"] = time.perf_counter() - began
+        return got
+
+    def _apply_stream(self, got: dict[str, Any]) -> None:
+        elapsed = got.pop("elapsed_s")
         self.param.update(
             **got,
-            **heat,
             stream_version=self.stream_version + 1,
             api_ok=True,
             stream_refresh_ms=elapsed * 1000,
             refreshed_at=self.clock(),
         )
-        return elapsed
+
+    def refresh_stream(self) -> float | None:
+        """Timeline and heatmap of the selected stream over the shown range; returns the
+        seconds the fetching took (None when nothing could be fetched)."""
+        if self.client is None or self.satellite_id is None:
+            return None
+        outcome = self._attempt(self._fetch_stream)
+        elapsed = outcome.get("elapsed_s") if isinstance(outcome, dict) else None
+        return elapsed if self._settle(outcome, self._apply_stream) else None
 
     def refresh_event_detail(self) -> None:
         """The chosen event's alarm history."""

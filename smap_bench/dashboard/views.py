@@ -644,6 +644,9 @@ class AlarmList(StoreView):
             sizing_mode="stretch_width",
             layout="fit_data_stretch",
             formatters={"duration_s": {"type": "money", "precision": 0, "symbol": ""}},
+            # Urgent first, newest first; the rows underneath stay in id order.
+            sorters=[{"field": "rank", "dir": "asc"}, {"field": "event_id", "dir": "desc"}],
+            hidden_columns=["rank"],
         )
         self.table.style.apply(self._colour_state, subset=["state"])  # type: ignore[union-attr]
         self.comment = pn.widgets.TextInput(

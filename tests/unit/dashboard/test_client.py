@@ -79,11 +79,11 @@ def test_mutating_calls_carry_the_bearer_token_and_refuse_without_one() -> None:
     assert sent == []
 
 
-def test_replay_commands_wait_for_confirmation_and_send_their_body() -> None:
+def test_replay_commands_send_their_body_without_waiting() -> None:
     api, seen = client(lambda r: httpx.Response(202, json={"command": "seek"}))
     api.replay("seek", record_index=10)
     api.replay("pause")
-    assert seen[0].url.path == "/api/replay/seek" and seen[0].url.params["wait"] == "true"
+    assert seen[0].url.path == "/api/replay/seek" and "wait" not in seen[0].url.params
     assert json.loads(seen[0].content) == {"record_index": 10}
     assert seen[1].content == b""
     with pytest.raises(ValueError, match="unknown replay command"):
@@ -182,3 +182,16 @@ def test_latest_falls_back_to_each_streams_detections_without_the_route() -> Non
     ]
     api.latest()
     assert sum(r.url.path == "/api/fleet/latest" for r in seen) == 1
+
+
+def test_a_connection_closed_under_the_client_is_tried_once_more() -> None:
+    failures = [httpx.RemoteProtocolError("closed")]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if failures:
+            raise failures.pop()
+        return httpx.Response(202, json={"command": "pause"})
+
+    api, seen = client(answer)
+    assert api.replay("pause") == {"command": "pause"}
+    assert len(seen) == 2

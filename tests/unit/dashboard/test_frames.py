@@ -141,16 +141,17 @@ def test_fleet_grid_fills_unknown_streams_with_no_data() -> None:
     assert (grid.loc["sat1"] == frames.NO_DATA).all()
 
 
-def test_alarm_table_puts_open_alarms_first_then_newest() -> None:
+def test_alarm_table_keeps_id_order_and_ranks_urgency() -> None:
     events = frames.events_frame(
         [
-            event_payload(1, start=T0, state="acknowledged"),
-            event_payload(2, start=T0 + timedelta(minutes=1), state="open"),
             event_payload(3, start=T0 + timedelta(minutes=2), state="open"),
+            event_payload(1, start=T0, state="acknowledged"),
+            event_payload(2, start=T0 + timedelta(minutes=1), state="cleared"),
         ]
     )
     table = frames.alarm_table(events)
-    assert table["event_id"].tolist() == [3, 2, 1]
+    assert table["event_id"].tolist() == [1, 2, 3]
+    assert table["rank"].tolist() == [1, 3, 0]
     assert table["stream"].iloc[0] == "sat1 / ACS"
     assert table["peak/threshold"].iloc[0] == 5.0
     assert table["top"].iloc[0] == "f0, f3"

@@ -265,3 +265,16 @@ def test_without_a_client_nothing_is_fetched() -> None:
 def test_window_outside_bounds_is_refused(window_s: int) -> None:
     with pytest.raises(ValueError):
         DashboardStore(window_s=window_s)
+
+
+def test_async_live_refresh_fetches_off_the_loop_and_applies(store, api) -> None:
+    import asyncio
+
+    feed(api)
+    api.replay_payload = {"state": {"state": "running"}}
+    asyncio.run(store.refresh_live_async())
+    assert store.satellite_id == "sat1" and len(store.scores) == 120
+    assert store.replay_state["state"] == "running"
+    api.fail = unavailable()
+    asyncio.run(store.refresh_live_async())
+    assert not store.api_ok and len(store.scores) == 120
