@@ -170,11 +170,14 @@ def run(
     )
     counts = core.counts
     log.info(
-        "%s: received %d records, sent %d windows, rejected %d",
+        "%s: received %d records, sent %d windows, rejected %d, redelivered %d, "
+        "duplicate windows %d",
         STAGE,
         counts.received,
         counts.windows,
         counts.rejected,
+        counts.redelivered,
+        counts.duplicate_windows,
     )
     return core
 

@@ -7,10 +7,12 @@ packing and scoring lives in :mod:`smap_bench.bench.replay`.
 
 Counting. ``windows_sent`` is the growth of the scheduler's ``produced`` counter over
 the run, ``windows_scored`` the number of distinct windows whose decision VictoriaMetrics
-holds for the run's satellites, ``duplicates`` the results the workers produced beyond
-those, and ``lost`` what was sent and neither reached the sink nor was dead-lettered
-with a reason (``windows_rejected``). The fleet replay that
-`make up` starts is paused for the run, so the counters move for this run alone.
+holds for the run's satellites, ``results`` and ``duplicates`` what the results topic
+holds for them (all, and beyond one per job id), and ``lost`` what was sent and neither
+reached the sink nor was dead-lettered with a reason (``windows_rejected``). The fleet
+replay that `make up` starts is paused for the run so that the counters move for this
+run alone; results of other satellites seen meanwhile are reported
+(``other_traffic_results``) and taken out of the arithmetic.
 """
 
 from __future__ import annotations
@@ -130,6 +132,52 @@ def read_window_flags(
     return dict(flags)
 
 
+def count_results(
+    settings: Settings, since_wall: float, prefix: str, quiet_s: float = 3.0
+) -> dict[str, int]:
+    """Results on the results topic produced since ``since_wall``: the run's (all, and
+    distinct job ids) and other satellites' (traffic that shared the run's counters).
+
+    Reads every partition from the offset of ``since_wall`` until nothing new has come
+    for ``quiet_s`` seconds (end offsets are not trusted: Tansu's point into a batch).
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"replay-count-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        topic = settings.topic_results
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        wanted = [TopicPartition(topic, p, int(since_wall * 1000)) for p in partitions]
+        consumer.assign(consumer.offsets_for_times(wanted, timeout=10))
+        run_results, other = 0, 0
+        job_ids: set[str] = set()
+        last = time.monotonic()
+        while time.monotonic() - last < quiet_s:
+            for message in consumer.consume(1000, timeout=0.5):
+                if message.error() is not None:
+                    continue
+                last = time.monotonic()
+                stamp = message.timestamp()[1]
+                if stamp < since_wall * 1000:
+                    continue
+                item = json.loads(message.value() or b"{}")
+                if str(item.get("satellite_id", "")).startswith(prefix):
+                    run_results += 1
+                    job_ids.add(str(item.get("job_id")))
+                else:
+                    other += 1
+    finally:
+        consumer.close()
+    return {"results": run_results, "distinct": len(job_ids), "other_results": other}
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -176,6 +224,7 @@ class LabeledReplay:
                     background,
                 )
             began = time.monotonic()
+            began_wall = time.time()
             produced = self._simulate(plan, start_time, report)
             simulate_s = time.monotonic() - began
             expected = plan.expected_windows(settings.window_size, settings.stride)
@@ -183,6 +232,7 @@ class LabeledReplay:
                 live = self._wait_for_detections(vm, prefix, start_time, expected, report)
             elapsed = time.monotonic() - began
             after = pipeline_counters(settings)
+            results = count_results(settings, began_wall, prefix)
 
         by_channel = {}
         streams = []
@@ -207,7 +257,12 @@ class LabeledReplay:
         )
         scored = sum(len(flags) for flags in live.values())
         sent = _delta(after, before, "scheduler", "produced")
-        results = _delta(after, before, "worker", "produced")
+        if results["other_results"]:
+            log.warning(
+                "%d results of other satellites arrived during the replay: the stage "
+                "counters (windows_sent) include that traffic",
+                results["other_results"],
+            )
         return {
             **pooled,
             "channels": len(lengths),
@@ -218,8 +273,17 @@ class LabeledReplay:
             "windows_expected": expected,
             "windows_sent": sent,
             "windows_scored": scored,
-            "lost": max(sent - scored - _delta(after, before, "worker", "rejected"), 0),
-            "duplicates": max(results - scored, 0),
+            # sent by the scheduler, less what other satellites' windows account for
+            "lost": max(
+                sent
+                - results["other_results"]
+                - scored
+                - _delta(after, before, "worker", "rejected"),
+                0,
+            ),
+            "results": results["results"],
+            "duplicates": results["results"] - results["distinct"],
+            "other_traffic_results": results["other_results"],
             "windows_rejected": _delta(after, before, "worker", "rejected"),
             "split_windows_missing": missing,
             "background_windows_before_start": background,
