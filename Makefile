@@ -21,7 +21,7 @@ status:
 
 ## test: lint, type-check and the whole suite against the real services (started if needed)
 test: bootstrap
-	$(SB) up --no-pipeline
+	$(SB) up --no-replay
 	$(MAKE) lint typecheck
 	$(VENV)/bin/pytest tests notebooks --nbval-lax -p no:cacheprovider
 
