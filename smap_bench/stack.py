@@ -269,6 +269,37 @@ def api_program(settings: Settings) -> Program:
     )
 
 
+def dashboard_program(settings: Settings) -> Program:
+    """The Panel dashboard, reached through nginx (websockets proxied)."""
+    from smap_bench.api.auth import ensure_api_token
+
+    panel = Path(sys.executable).with_name("panel")
+    origins = [
+        f"{settings.host}:{settings.nginx_port}",
+        f"localhost:{settings.nginx_port}",
+        f"{settings.host}:{settings.panel_port}",
+    ]
+    return Program(
+        [
+            str(panel),
+            "serve",
+            str(PROJECT_ROOT / "apps" / "dashboard.py"),
+            f"--address={settings.bind_host}",
+            f"--port={settings.panel_port}",
+            *(f"--allow-websocket-origin={origin}" for origin in origins),
+            "--use-xheaders",
+            "--liveness",
+            "--num-procs=1",
+        ],
+        env={"SMAP_API_TOKEN": ensure_api_token(settings)},
+        stopwaitsecs=10,
+    )
+
+
+def check_dashboard(settings: Settings) -> None:
+    health.check_http(f"http://{settings.host}:{settings.panel_port}/liveness")
+
+
 def check_api(settings: Settings) -> None:
     health.check_http(f"http://{settings.host}:{settings.api_port}/api/health/live")
 
@@ -317,6 +348,16 @@ def pipeline_services(settings: Settings, replay: bool) -> list[Service]:
             settings.api_port,
             check_api,
             api_program,
+        )
+    )
+    found.append(
+        Service(
+            "dashboard",
+            settings.dashboard_url,
+            settings.panel_port,
+            check_dashboard,
+            dashboard_program,
+            start_timeout_s=120,
         )
     )
     if replay:
