@@ -77,10 +77,6 @@ def _card(title: str, *objects: Any, **params: Any) -> pn.Card:
     )
 
 
-def _empty_note(text: str) -> pn.pane.Alert:
-    return pn.pane.Alert(text, alert_type="light", margin=(4, 6))
-
-
 class StoreView(pn.viewable.Viewer):
     """Base of every view: the store it renders."""
 
@@ -92,6 +88,20 @@ class StoreView(pn.viewable.Viewer):
         super().__init__(**params)
         if self.store is None:
             raise ValueError(f"{type(self).__name__} needs a store (store=DashboardStore(...))")
+
+    def _text_pane(
+        self, render: Any, depends: list[str], html: bool = False, **params: Any
+    ) -> pn.pane.PaneBase:
+        """A pane built once whose text ``render()`` rewrites when ``depends`` change (in
+        place: cheaper than a new pane, and never blank while the page updates)."""
+        kind = pn.pane.HTML if html else pn.pane.Markdown
+        pane = kind(render(), sizing_mode="stretch_width", **params)
+
+        def update(*_: Any) -> None:
+            pane.object = render()
+
+        self.store.param.watch(update, depends)
+        return pane
 
 
 # ====================================================================== replay control
@@ -122,6 +132,10 @@ class ReplayControl(StoreView):
         self.speed_button.on_click(self._clicked)
         self.store.param.watch(self._sync_buttons, "replay_state")
         self._sync_buttons()
+        self.summary = self._text_pane(
+            self.summary_html, ["replay_state", "replay_detail"], html=True, margin=(0, 6)
+        )
+        self.notice = self._text_pane(self.notice_text, ["notice"], margin=0)
 
     def _clicked(self, event: param.parameterized.Event) -> None:
         button = event.obj
@@ -173,12 +187,12 @@ class ReplayControl(StoreView):
         ):
             button.disabled = not allowed[name]
 
-    @param.depends("store.replay_state", "store.replay_detail")
-    def _summary(self) -> pn.viewable.Viewable:
+    def summary_html(self) -> str:
+        """The replay's state badge, speed, split and position."""
         info = self.store.replay_summary()
         if not self.store.replay_state:
             reason = self.store.replay_detail or "no simulator has published its state"
-            return pn.pane.Markdown(f"**No live replay** — {reason}", margin=(0, 6))
+            return f"<b>No live replay</b> — {reason}"
         colour = {"running": "#2ca02c", "paused": "#ff9f1c"}.get(info["state"], "#7f7f7f")
         html = (
             f"<div style='font-size:15px;line-height:1.6'>"
@@ -186,26 +200,25 @@ class ReplayControl(StoreView):
             f"{info['state']}</span>&nbsp; <b>speed</b> {info['speed']} &nbsp; "
             f"<b>split</b> {info['split']}<br>"
             f"<b>record</b> {info['position']} &nbsp; <b>loop</b> {info['loop']} &nbsp; "
-            f"<b>satellites</b> {info['satellites']} &nbsp; <b>sent</b> {info['produced']:,}"
+            f"<b>satellites</b> {info['satellites']} &nbsp; <b>sent</b> {info['produced'] or 0:,}"
             "</div>"
         )
-        return pn.pane.HTML(html, margin=(0, 6), sizing_mode="stretch_width")
+        return html
 
-    @param.depends("store.notice")
-    def _notice(self) -> pn.viewable.Viewable:
-        return pn.pane.Markdown(f"*{self.store.notice}*" if self.store.notice else "", margin=0)
+    def notice_text(self) -> str:
+        return f"*{self.store.notice}*" if self.store.notice else ""
 
     def __panel__(self) -> pn.viewable.Viewable:
         return _card(
             "Replay",
-            self._summary,
+            self.summary,
             pn.Row(self.pause_button, self.resume_button, self.stop_button),
             pn.Row(self.speed, self.speed_button, align="end"),
             pn.Row(self.seek_to, self.seek_button, align="end"),
             pn.layout.Divider(),
             pn.Row(self.split, self.satellites),
             self.start_button,
-            self._notice,
+            self.notice,
         )
 
 
@@ -223,6 +236,7 @@ class FleetOverview(StoreView):
         # A new plot when the fleet's satellites change (its height follows them);
         # in between, the plot's data is updated in place on every fleet refresh.
         self.store.param.watch(self._replot, "fleet_satellites")
+        self.legend = self._text_pane(self.legend_html, ["fleet_version"], html=True, margin=(0, 6))
 
     def _new_plot(self) -> hv.DynamicMap:
         # Bound to a refresh counter, not to the frames: HoloViews hashes what a
@@ -284,8 +298,8 @@ class FleetOverview(StoreView):
         if x is not None and y is not None and y != NO_FLEET:
             self.store.select_stream(str(y), str(x))
 
-    @param.depends("store.streams", "store.latest", "store.alarms")
-    def _legend(self) -> pn.viewable.Viewable:
+    def legend_html(self) -> str:
+        """Colour key of the states with how many streams are in each."""
         counts = frames.state_counts(self.store.stream_states())
         items = "".join(
             f"<span style='margin-right:14px'><span style='display:inline-block;width:12px;"
@@ -293,12 +307,12 @@ class FleetOverview(StoreView):
             f"{s} <b>{counts[s]}</b></span>"
             for s in frames.STREAM_STATES
         )
-        return pn.pane.HTML(f"<div style='font-size:13px'>{items}</div>", margin=(0, 6))
+        return f"<div style='font-size:13px'>{items}</div>"
 
     def __panel__(self) -> pn.viewable.Viewable:
         return _card(
             "Fleet",
-            self._legend,
+            self.legend,
             self.pane,
             pn.pane.Markdown("*Click a cell to show its stream.*", margin=(0, 6)),
         )
@@ -340,6 +354,7 @@ class AnomalyTimeline(StoreView):
         self.score_plot = hv.DynamicMap(pn.bind(self._score_overlay, *bound))
         self.tap = hv.streams.Tap(source=self.score_plot, x=None)
         self.tap.add_subscriber(self._on_tap)
+        self.facts = self._text_pane(self.facts_text, ["stream_version"], margin=(0, 8))
 
     def _toggle_live(self, event: param.parameterized.Event) -> None:
         if event.new:
@@ -447,10 +462,6 @@ class AnomalyTimeline(StoreView):
         where = f"{store.satellite_id} / {store.subsystem}" if store.satellite_id else "no stream"
         return f"Telemetry of {where}" + (f" (channel {channel})" if channel else "")
 
-    @param.depends("store.scores", "store.stream_events", "store.detections")
-    def _facts(self) -> pn.viewable.Viewable:
-        return pn.pane.Markdown(self.facts_text(), margin=(0, 8))
-
     def facts_text(self) -> str:
         """One line about the shown data: newest record, threshold, windows and events."""
         store = self.store
@@ -481,7 +492,7 @@ class AnomalyTimeline(StoreView):
         return _card(
             "Anomaly timeline",
             pn.Row(self.satellite, self.subsystem, self.features, self.window, self.live),
-            self._facts,
+            self.facts,
             pn.pane.HTML(f"<div style='font-size:12px'>spans: {legend}</div>", margin=(0, 8)),
             pn.pane.HoloViews(plots, sizing_mode="stretch_width", linked_axes=False),
         )
@@ -500,6 +511,10 @@ class ReconstructionHeatmap(StoreView):
         self.choice.param.watch(self._choose, "value")
         self.store.param.watch(self._update_choices, ["stream_events", "event_id"])
         self.plot = hv.DynamicMap(pn.bind(self._layout, self.store.param.stream_version))
+        self.caption = self._text_pane(
+            self.caption_text, ["stream_version", "event_id"], margin=(0, 8)
+        )
+        self.top = self._text_pane(self.top_html, ["stream_version"], html=True, margin=(0, 8))
 
     def choices(self) -> dict[str, int]:
         """Options of the selector: the latest (flagged) window (0), then the stream's events."""
@@ -577,11 +592,11 @@ class ReconstructionHeatmap(StoreView):
             .cols(3)
         )
 
-    @param.depends("store.heat_input", "store.heat_output")
-    def _top(self) -> pn.viewable.Viewable:
+    def top_html(self) -> str:
+        """The top contributing features as a small bar table."""
         top = self.store.top_features()
         if top.empty:
-            return pn.pane.Markdown("", margin=0)
+            return ""
         rows = "".join(
             f"<tr><td style='padding-right:8px'><b>feature {f}</b></td>"
             f"<td style='width:160px'><div style='background:#d62728;height:12px;"
@@ -590,15 +605,10 @@ class ReconstructionHeatmap(StoreView):
             f"<td style='padding-left:8px;color:#666'>mean sq. error {err:.3g}</td></tr>"
             for f, share, err in zip(top["feature"], top["share"], top["mean_error"], strict=True)
         )
-        return pn.pane.HTML(
+        return (
             f"<div style='font-size:13px'><b>Top contributing features</b>"
-            f"<table>{rows}</table></div>",
-            margin=(0, 8),
+            f"<table>{rows}</table></div>"
         )
-
-    @param.depends("store.heat_input", "store.heat_output", "store.event_id")
-    def _caption(self) -> pn.viewable.Viewable:
-        return pn.pane.Markdown(self.caption_text(), margin=(0, 8))
 
     def caption_text(self) -> str:
         """What the heatmap shows, in a sentence."""
@@ -621,9 +631,9 @@ class ReconstructionHeatmap(StoreView):
         return _card(
             "Reconstruction",
             pn.Row(self.choice),
-            self._caption,
+            self.caption,
             pn.pane.HoloViews(self.plot, sizing_mode="stretch_width", linked_axes=False),
-            self._top,
+            self.top,
         )
 
 
@@ -669,6 +679,9 @@ class AlarmList(StoreView):
         self.store.param.watch(self._refresh_table, ["alarms"])
         self.store.param.watch(self._sync_buttons, ["alarms", "event_id"])
         self._sync_buttons()
+        self.history = self._text_pane(self.history_text, ["event_detail"], margin=(0, 8))
+        self.notice = self._text_pane(self.notice_text, ["notice"], margin=(0, 8))
+        self.empty = self._text_pane(self.empty_text, ["alarms"], margin=(0, 8))
 
     @staticmethod
     def _colour_state(column: pd.Series) -> list[str]:
@@ -727,41 +740,35 @@ class AlarmList(StoreView):
             self.comment.value = ""
         return done
 
-    @param.depends("store.event_detail")
-    def _history(self) -> pn.viewable.Viewable:
+    def history_text(self) -> str:
+        """The chosen alarm's last transitions and comments."""
         history = self.store.event_detail.get("history") or []
         if not history:
-            return pn.pane.Markdown("", margin=0)
+            return ""
         lines = [
             f"- {pd.Timestamp(h['at']):%m-%d %H:%M:%S} **{h['actor']}**: "
             f"{h.get('from_state') or '·'} → {h['to_state']}"
             + (f" — “{h['comment']}”" if h.get("comment") else "")
             for h in history[-6:]
         ]
-        return pn.pane.Markdown(
-            f"History of event {self.store.event_detail.get('event_id')}:\n" + "\n".join(lines),
-            margin=(0, 8),
-        )
+        event_id = self.store.event_detail.get("event_id")
+        return f"History of event {event_id}:\n" + "\n".join(lines)
 
-    @param.depends("store.notice")
-    def _notice(self) -> pn.viewable.Viewable:
-        return pn.pane.Markdown(f"*{self.store.notice}*" if self.store.notice else "", margin=0)
+    def notice_text(self) -> str:
+        return f"*{self.store.notice}*" if self.store.notice else ""
 
-    @param.depends("store.alarms")
-    def _empty(self) -> pn.viewable.Viewable:
-        if self.store.alarms.empty:
-            return _empty_note("No alarms in the chosen states.")
-        return pn.pane.Markdown("", margin=0)
+    def empty_text(self) -> str:
+        return "*No alarms in the chosen states.*" if self.store.alarms.empty else ""
 
     def __panel__(self) -> pn.viewable.Viewable:
         return _card(
             "Alarms",
-            self._empty,
+            self.empty,
             self.table,
             pn.Row(self.comment, self.shelf),
             pn.Row(*self.buttons.values()),
-            self._notice,
-            self._history,
+            self.notice,
+            self.history,
         )
 
 
