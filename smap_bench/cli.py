@@ -11,6 +11,7 @@ import typer
 from smap_bench.bench.cli import register as register_bench
 from smap_bench.data.cli import data_app
 from smap_bench.model.cli import evaluate, train
+from smap_bench.model.rethreshold import app as rule_app
 from smap_bench.stack_cli import register as register_stack
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ register_stack(app)
 app.add_typer(data_app, name="data")
 app.command()(train)
 app.command()(evaluate)
+app.add_typer(rule_app, name="rule")
 register_bench(app)
 
 if __name__ == "__main__":  # pragma: no cover
