@@ -22,6 +22,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 listens 5432 || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 listens 5672 || command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # browser tests (tests/browser)
 if [ ${#need[@]} -gt 0 ]; then
     say "installing Debian packages: ${need[*]}"
     if ! as_root apt-get update -qq >/tmp/smap-bench-apt.log 2>&1 ||

@@ -420,9 +420,12 @@ class DashboardStore(pn.viewable.Viewer):
         satellites = sorted(
             got["streams"]["satellite_id"].drop_duplicates().tolist(), key=lambda s: (len(s), s)
         )
+        chosen = self.satellite_id
         with param.parameterized.batch_call_watchers(self):
-            self.param.satellite_id.objects = satellites
-            if self.satellite_id not in satellites:
+            # A satellite chosen through an alarm may lie outside the fleet: it stays.
+            extra = [chosen] if chosen is not None and chosen not in satellites else []
+            self.param.satellite_id.objects = satellites + extra
+            if chosen is None:
                 self.satellite_id = satellites[0] if satellites else None
             self.param.update(
                 fleet_satellites=satellites,

@@ -24,6 +24,10 @@ from smap_bench.dashboard import frames
 from smap_bench.dashboard.store import SPEEDS, DashboardStore
 from smap_bench.schema import NUM_FEATURES
 
+# The views draw with Bokeh only; without this, options resolve against whichever
+# backend was loaded last (matplotlib by default outside a notebook or server).
+hv.Store.set_current_backend("bokeh")
+
 #: Span colours on the timeline, by what the span marks.
 SPAN_STYLE: dict[str, dict[str, Any]] = {
     "labeled": {"color": "#1f77b4", "alpha": 0.15},

@@ -143,11 +143,15 @@ def test_choosing_another_stream_forgets_the_chosen_event(store, api) -> None:
 
 
 def test_selecting_an_alarm_of_another_stream_shows_that_stream(store, api) -> None:
-    api.event_items = [event_payload(5, "sat2", "EPS")]
+    api.event_items = [event_payload(5, "sat2", "EPS"), event_payload(6, "sat77", "PS")]
     store.refresh_fleet()
     store.select_event(5)
     assert (store.satellite_id, store.subsystem, store.event_id) == ("sat2", "EPS", 5)
     assert store.selected_event()["event_id"] == 5
+    # a satellite outside the fleet stays chosen across fleet refreshes
+    store.select_event(6)
+    store.refresh_fleet()
+    assert (store.satellite_id, store.event_id) == ("sat77", 6)
 
 
 def test_fleet_states_come_from_latest_samples_and_alarms(store, api) -> None:
