@@ -70,11 +70,14 @@ def bring_up(
             name, port = d.service.name, d.service.port
             console.print(f"  [cyan]{name}[/] already listens on {port}: re-used")
 
+    wanted = set(running)  # programs already running stay in the config
+
     def start(phase: list[stack.Decision]) -> None:
+        wanted.update(d.service.name for d in phase)
         programs = {
             d.service.name: d.service.program(settings)
             for d in decisions
-            if d.managed and (d in phase or d.service.name in running)
+            if d.managed and d.service.name in wanted
         }
         conf_path = settings.run_dir / "supervisord.conf"
         conf_path.touch(mode=0o600)  # it holds the API token
