@@ -4,18 +4,47 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from smap_bench.bench.live import LabeledReplay, ReplayError, events_of, resolve_channels
 from smap_bench.config import get_settings
 
 console = Console(width=None if sys.stdout.isatty() else 150)
+
+
+@contextmanager
+def phase_progress(labels: dict[str, str]) -> Iterator[Callable[[str, float, float], None]]:
+    """A progress bar per phase; yields ``report(phase, done, total)``."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def report(phase: str, done: float, total: float) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(labels.get(phase, phase), total=total)
+            progress.update(tasks[phase], completed=done, total=total)
+
+        yield report
 
 
 def replay(
@@ -34,21 +63,7 @@ def replay(
     try:
         chosen = resolve_channels(settings, channels)
         run = LabeledReplay(settings, chosen, speed=speed, timeout_s=timeout)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
-            tasks: dict[str, Any] = {}
-
-            def report(phase: str, done: float, total: float) -> None:
-                if phase not in tasks:
-                    label = {"simulate": "records produced", "score": "windows scored"}[phase]
-                    tasks[phase] = progress.add_task(label, total=total)
-                progress.update(tasks[phase], completed=done, total=total)
-
+        with phase_progress({"simulate": "records produced", "score": "windows scored"}) as report:
             result = run.run(report)
         result["events"] = events_of(settings, result["satellites"])
     except ReplayError as exc:
@@ -107,21 +122,7 @@ def bench(
     settings = get_settings()
     run = LoadBenchmark(settings, satellites, duration)
     try:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
-            tasks: dict[str, Any] = {}
-
-            def report(phase: str, done: float, total: float) -> None:
-                if phase not in tasks:
-                    label = {"run": "load (s)", "drain": "windows finished"}[phase]
-                    tasks[phase] = progress.add_task(label, total=total)
-                progress.update(tasks[phase], completed=done, total=total)
-
+        with phase_progress({"run": "load (s)", "drain": "windows finished"}) as report:
             result = run.run(report)
     except (ReplayError, RuntimeError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
