@@ -46,7 +46,7 @@ def run(
     *,
     group: str = STAGE,
     batch_size: int = 500,
-    max_wait_ms: float = 100.0,
+    max_wait_ms: float = 25.0,
     max_lines: int = 20_000,
     metrics_port: int | None = None,
 ) -> MetricsWriter:
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--group", default=STAGE, help="Kafka consumer group (default: writer)")
     parser.add_argument("--batch-size", type=int, default=500, help="messages per Kafka batch")
     parser.add_argument(
-        "--max-wait-ms", type=float, default=100.0, help="longest wait to fill a batch"
+        "--max-wait-ms", type=float, default=25.0, help="longest wait to fill a batch"
     )
     parser.add_argument("--max-lines", type=int, default=20_000, help="lines per HTTP request")
     parser.add_argument(
