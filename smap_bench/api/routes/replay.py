@@ -174,10 +174,8 @@ def pause(
     wait: Wait = False,
 ) -> ReplayCommandPublic:
     """Hold the replay where it is."""
-    _live_or_409(replay, simulator_id)
-    sent_at = time.time()
-    replay.control.send(PauseCommand(target=simulator_id), timeout_s=SEND_TIMEOUT_S)
-    return _answer(replay, "pause", simulator_id, sent_at, wait, lambda s: s.state == "paused")
+    command = PauseCommand(target=simulator_id)
+    return _send(replay, "pause", command, wait, lambda before, s: s.state == "paused")
 
 
 @_command("/resume")
@@ -188,10 +186,8 @@ def resume(
     wait: Wait = False,
 ) -> ReplayCommandPublic:
     """Carry on from where the replay was paused."""
-    _live_or_409(replay, simulator_id)
-    sent_at = time.time()
-    replay.control.send(ResumeCommand(target=simulator_id), timeout_s=SEND_TIMEOUT_S)
-    return _answer(replay, "resume", simulator_id, sent_at, wait, lambda s: s.state == "running")
+    command = ResumeCommand(target=simulator_id)
+    return _send(replay, "resume", command, wait, lambda before, s: s.state == "running")
 
 
 @_command("/seek")
@@ -203,15 +199,10 @@ def seek(
     wait: Wait = False,
 ) -> ReplayCommandPublic:
     """Continue at ``record_index`` (all satellites, or one) in a new loop."""
-    before = _live_or_409(replay, simulator_id)
-    sent_at = time.time()
     command = SeekCommand(
         target=simulator_id, record_index=body.record_index, satellite_id=body.satellite_id
     )
-    replay.control.send(command, timeout_s=SEND_TIMEOUT_S)
-    return _answer(
-        replay, "seek", simulator_id, sent_at, wait, lambda s: s.loop_max > before.loop_max
-    )
+    return _send(replay, "seek", command, wait, lambda before, s: s.loop_max > before.loop_max)
 
 
 @_command("/speed")
@@ -223,12 +214,8 @@ def speed(
     wait: Wait = False,
 ) -> ReplayCommandPublic:
     """Set the speed factor (1: one record per second per satellite; "max": flat out)."""
-    _live_or_409(replay, simulator_id)
-    sent_at = time.time()
-    replay.control.send(
-        SpeedCommand(target=simulator_id, factor=body.factor), timeout_s=SEND_TIMEOUT_S
-    )
-    return _answer(replay, "speed", simulator_id, sent_at, wait, lambda s: s.speed == body.factor)
+    command = SpeedCommand(target=simulator_id, factor=body.factor)
+    return _send(replay, "speed", command, wait, lambda before, s: s.speed == body.factor)
 
 
 @_command("/stop")
@@ -239,7 +226,23 @@ def stop(
     wait: Wait = False,
 ) -> ReplayCommandPublic:
     """End the replay: the simulator publishes its last state and exits."""
-    _live_or_409(replay, simulator_id)
+    command = StopCommand(target=simulator_id)
+    return _send(replay, "stop", command, wait, lambda before, s: s.state == "stopped")
+
+
+def _send(
+    replay: ReplayDep,
+    name: str,
+    command: Any,
+    wait: bool,
+    done: Callable[[SimulatorState, SimulatorState], bool],
+) -> ReplayCommandPublic:
+    """Send one command to a live simulator (409 otherwise) and answer for it.
+
+    ``done(before, state)`` says whether a state published afterwards shows the effect.
+    """
+    simulator_id = command.target
+    before = _live_or_409(replay, simulator_id)
     sent_at = time.time()
-    replay.control.send(StopCommand(target=simulator_id), timeout_s=SEND_TIMEOUT_S)
-    return _answer(replay, "stop", simulator_id, sent_at, wait, lambda s: s.state == "stopped")
+    replay.control.send(command, timeout_s=SEND_TIMEOUT_S)
+    return _answer(replay, name, simulator_id, sent_at, wait, lambda s: done(before, s))
