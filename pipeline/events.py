@@ -22,11 +22,8 @@ from smap_bench.config import Settings, get_settings
 from smap_bench.event_store import EventsHandler, EventStore
 from smap_bench.stage import (
     STAGE_METRICS_PORTS,
-    DeadLetter,
-    StageMetrics,
-    StopFlag,
-    make_producer,
     run_kafka_stage,
+    start_stage,
 )
 from smap_bench.writing import Stopped
 
@@ -46,13 +43,7 @@ def run(
     metrics_port: int | None = None,
 ) -> EventsHandler:
     """Run the events stage until SIGTERM/SIGINT; returns its handler (counts) at the end."""
-    metrics = StageMetrics(STAGE)
-    port = metrics_port if metrics_port is not None else STAGE_METRICS_PORTS[STAGE]
-    if port:
-        metrics.serve(settings.bind_host, port)
-    stop = StopFlag().install()
-    producer = make_producer(settings, STAGE)
-    dead_letter = DeadLetter(producer, settings.topic_dead_letter, STAGE, metrics)
+    metrics, stop, producer, dead_letter, port = start_stage(settings, STAGE, metrics_port)
     with EventStore(settings.postgres_dsn, actor=STAGE) as store:
         handler = EventsHandler(
             store.apply,

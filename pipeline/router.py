@@ -28,12 +28,9 @@ from smap_bench.catalog import satellite_ids
 from smap_bench.config import Settings, get_settings
 from smap_bench.routing import STAGE, TelemetryRouter
 from smap_bench.stage import (
-    STAGE_METRICS_PORTS,
-    DeadLetter,
     StageMetrics,
-    StopFlag,
-    make_producer,
     run_kafka_stage,
+    start_stage,
 )
 
 log = logging.getLogger(f"smap_bench.{STAGE}")
@@ -109,13 +106,7 @@ def run(
     batch_size: int = 1000,
 ) -> StageMetrics:
     """Route until SIGTERM/SIGINT; returns the stage's counters."""
-    metrics = StageMetrics(STAGE)
-    port = STAGE_METRICS_PORTS[STAGE] if metrics_port is None else metrics_port
-    if port:
-        metrics.serve(settings.bind_host, port)
-    stop = StopFlag().install()
-    producer = make_producer(settings, STAGE)
-    dead_letter = DeadLetter(producer, settings.topic_dead_letter, STAGE, metrics)
+    metrics, stop, producer, dead_letter, port = start_stage(settings, STAGE, metrics_port)
     fleet = Fleet(settings, fleet_refresh_s, use_db)
     router = TelemetryRouter(settings.subsystem_topic, fleet)
 

@@ -40,12 +40,9 @@ from smap_bench.scheduling import (
 from smap_bench.schema import InferenceTask
 from smap_bench.scoring import elapsed_since
 from smap_bench.stage import (
-    STAGE_METRICS_PORTS,
-    DeadLetter,
     StageMetrics,
-    StopFlag,
-    make_producer,
     run_kafka_stage,
+    start_stage,
 )
 
 log = logging.getLogger(f"smap_bench.{STAGE}")
@@ -109,12 +106,7 @@ def run(
     metrics_port: int | None = None,
 ) -> WindowScheduler:
     """Run the scheduler until SIGTERM/SIGINT; returns its state (counts) at the end."""
-    metrics = StageMetrics(STAGE)
-    port = metrics_port if metrics_port is not None else STAGE_METRICS_PORTS[STAGE]
-    metrics.serve(settings.host, port)
-    stop = StopFlag().install()
-    producer = make_producer(settings, STAGE)
-    dead_letter = DeadLetter(producer, settings.topic_dead_letter, STAGE, metrics)
+    metrics, stop, producer, dead_letter, port = start_stage(settings, STAGE, metrics_port)
     core = WindowScheduler(settings.window_size, settings.stride, known_models=ModelIndex(settings))
     dispatch = make_dispatch(queue, metrics)
 

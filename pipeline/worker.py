@@ -85,7 +85,7 @@ class _Process:
             STAGE_METRICS_PORTS[STAGE] + self.index
         )
         try:
-            self.metrics.serve(settings.host, port)
+            self.metrics.serve(settings.bind_host, port)
         except OSError as error:  # a second process on the same index: keep working
             log.warning("%s: metrics port %d unavailable (%s); not served", STAGE, port, error)
         self.backend: InferenceBackend = make_backend(settings)

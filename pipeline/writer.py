@@ -25,11 +25,8 @@ from smap_bench.config import Settings, get_settings
 from smap_bench.metrics import VictoriaMetrics
 from smap_bench.stage import (
     STAGE_METRICS_PORTS,
-    DeadLetter,
-    StageMetrics,
-    StopFlag,
-    make_producer,
     run_kafka_stage,
+    start_stage,
 )
 from smap_bench.writing import MetricsWriter, Stopped
 
@@ -51,13 +48,7 @@ def run(
     metrics_port: int | None = None,
 ) -> MetricsWriter:
     """Run the writer until SIGTERM/SIGINT; returns its state (counts) at the end."""
-    metrics = StageMetrics(STAGE)
-    port = metrics_port if metrics_port is not None else STAGE_METRICS_PORTS[STAGE]
-    if port:
-        metrics.serve(settings.bind_host, port)
-    stop = StopFlag().install()
-    producer = make_producer(settings, STAGE)
-    dead_letter = DeadLetter(producer, settings.topic_dead_letter, STAGE, metrics)
+    metrics, stop, producer, dead_letter, port = start_stage(settings, STAGE, metrics_port)
     with VictoriaMetrics(settings.victoria_url) as victoria:
         writer = MetricsWriter(
             victoria.import_prometheus,

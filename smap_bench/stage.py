@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -282,6 +282,29 @@ class TopicAssigner:
             self.consumer.incremental_assign(start)
             log.info("assigned %d new partitions (%d in all)", len(new), len(present))
         self.assigned = present
+
+
+class StageContext(NamedTuple):
+    """What a Kafka stage's service sets up before its loop: counters (served for
+    scraping on ``port``, 0 when not served), the SIGTERM flag, its producer and its
+    dead-letter sender."""
+
+    metrics: StageMetrics
+    stop: StopFlag
+    producer: Producer
+    dead_letter: DeadLetter
+    port: int
+
+
+def start_stage(settings: Settings, stage: str, metrics_port: int | None = None) -> StageContext:
+    """Set up a stage: ``metrics_port`` None serves on the stage's default port, 0 serves not."""
+    metrics = StageMetrics(stage)
+    port = STAGE_METRICS_PORTS[stage] if metrics_port is None else metrics_port
+    if port:
+        metrics.serve(settings.bind_host, port)
+    producer = make_producer(settings, stage)
+    dead_letter = DeadLetter(producer, settings.topic_dead_letter, stage, metrics)
+    return StageContext(metrics, StopFlag().install(), producer, dead_letter, port)
 
 
 def make_producer(settings: Settings, stage: str, **overrides: Any) -> Producer:
