@@ -44,7 +44,7 @@ def run(
 ) -> EventsHandler:
     """Run the events stage until SIGTERM/SIGINT; returns its handler (counts) at the end."""
     metrics, stop, producer, dead_letter, port = start_stage(settings, STAGE, metrics_port)
-    with EventStore(settings.postgres_dsn, actor=STAGE) as store:
+    with EventStore(settings.postgres_dsn, actor=STAGE, gap=settings.event_gap) as store:
         handler = EventsHandler(
             store.apply,
             metrics,

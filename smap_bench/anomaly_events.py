@@ -2,13 +2,16 @@
 
 An event of a stream (satellite, subsystem) in one loop is a maximal run of records
 judged anomalous: the union of the *responsible* record ranges
-(:func:`smap_bench.windows.responsible_range`) of the stream's anomalous windows. Those
-ranges tile the records without overlap, so two anomalous windows are consecutive
-exactly when their ranges touch. Hence:
+(:func:`smap_bench.windows.responsible_range`) of the stream's anomalous windows, where
+runs parted by at most ``gap`` normal records are one event (the event rule of
+:func:`smap_bench.evaluation.bridge_gaps`, setting ``event_gap``). Those ranges tile the
+records without overlap, so two anomalous windows belong to one event exactly when their
+ranges are at most ``gap`` records apart. Hence:
 
-- a normal window, a missing window or a new loop ends an event by itself (the next
-  anomalous window's range does not touch it); no timer is needed, and the events are
-  exactly the predicted segments that the evaluation scores (EVALUATION.md);
+- more than ``gap`` records of normal or missing windows, or a new loop, end an event by
+  themselves (the next anomalous window's range does not touch it); no timer is needed,
+  and the events are exactly the predicted segments that the evaluation scores
+  (EVALUATION.md);
 - arrival order does not matter: a late window that touches an event extends it, and
   one that bridges two events merges them into the earlier one;
 - a redelivered window's range already lies inside an event, so it changes nothing
@@ -105,12 +108,12 @@ class Event:
             and span.end_record_index <= self.end_record_index
         )
 
-    def touches(self, span: WindowSpan) -> bool:
-        """Overlaps the span or is adjacent to it (no record between them)."""
+    def touches(self, span: WindowSpan, gap: int = 0) -> bool:
+        """Overlaps the span or is parted from it by at most ``gap`` records."""
         return (
             self.stream == span.stream
-            and self.start_record_index <= span.end_record_index + 1
-            and span.start_record_index <= self.end_record_index + 1
+            and self.start_record_index <= span.end_record_index + 1 + gap
+            and span.start_record_index <= self.end_record_index + 1 + gap
         )
 
 
@@ -214,16 +217,17 @@ def event_of(span: WindowSpan) -> Event:
     )
 
 
-def plan(span: WindowSpan, neighbours: Sequence[Event]) -> Plan | None:
+def plan(span: WindowSpan, neighbours: Sequence[Event], gap: int = 0) -> Plan | None:
     """How ``span`` changes the stored events; None if it is already part of one.
 
     ``neighbours`` must include every stored event of the span's stream and loop that
-    touches it (more are fine, they are filtered). The result keeps the earliest
-    touching event (its id, model and threshold), grows it to cover the span and every
-    other touching event, and absorbs those.
+    touches it within ``gap`` records (the event rule; more are fine, they are
+    filtered). The result keeps the earliest touching event (its id, model and
+    threshold), grows it to cover the span, every other touching event and the normal
+    records between them, and absorbs those.
     """
     touching = sorted(
-        (event for event in neighbours if event.touches(span)),
+        (event for event in neighbours if event.touches(span, gap)),
         key=lambda event: event.start_record_index,
     )
     if any(event.contains(span) for event in touching):
@@ -289,14 +293,15 @@ class InMemoryEvents:
     For tests and offline use; also records the alarm history's 'open' entries.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, gap: int = 0) -> None:
+        self.gap = gap
         self.events: dict[int, Event] = {}
         self.opened: list[int] = []
         self._next_id = 1
 
     def apply(self, span: WindowSpan) -> Plan | None:
         neighbours = [e for e in self.events.values() if e.stream == span.stream]
-        change = plan(span, neighbours)
+        change = plan(span, neighbours, self.gap)
         if change is None:
             return None
         for absorbed in change.absorbed:

@@ -13,7 +13,10 @@ Conventions:
 - **Event-wise** (the headline, no point adjust), as telemanom and Orion match them: a
   labeled range overlapping at least one predicted segment is one true positive, a range
   overlapping none is one false negative, a predicted segment overlapping no range is one
-  false positive. Predicted segments are maximal runs of flagged records.
+  false positive. Predicted segments are maximal runs of flagged records, after
+  :func:`bridge_gaps` joined runs that only ``event_gap`` or fewer normal records part:
+  the *event rule*, which the live events stage applies to PostgreSQL events as well
+  (:mod:`smap_bench.anomaly_events`), so an evaluated segment is an operator's event.
 - **Pooling**: counts are summed over channels, then precision, recall and F1 are computed
   once from the sums (not averaged per channel).
 - **0/0**: when nothing was labeled and nothing flagged (tp = fp = fn = 0), precision,
@@ -28,6 +31,7 @@ Conventions:
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +44,7 @@ __all__ = [
     "ChannelEvaluation",
     "EventCounts",
     "as_ranges",
+    "bridge_gaps",
     "detection_latencies",
     "evaluate_channel",
     "event_counts",
@@ -116,6 +121,26 @@ def segments(flags: np.ndarray) -> list[tuple[int, int]]:
     starts = np.flatnonzero(edges == 1)
     ends = np.flatnonzero(edges == -1) - 1
     return [(int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
+
+
+def bridge_gaps(flags: np.ndarray, max_gap: int) -> np.ndarray:
+    """Record flags with every run of at most ``max_gap`` unflagged records that lies
+    *between* two flagged runs flagged too (``max_gap`` 0: unchanged).
+
+    Leading and trailing unflagged records are never flagged: bridging only joins
+    detections, it never starts an event earlier or ends it later than a detection.
+    """
+    flags = np.asarray(flags, dtype=bool)
+    if flags.ndim != 1:
+        raise ValueError(f"flags must be one-dimensional, got shape {flags.shape}")
+    if max_gap < 0:
+        raise ValueError(f"max_gap must be >= 0, got {max_gap}")
+    out = flags.copy()
+    runs = segments(flags)
+    for (_, previous_end), (next_start, _) in itertools.pairwise(runs):
+        if next_start - previous_end - 1 <= max_gap:
+            out[previous_end + 1 : next_start] = True
+    return out
 
 
 def _overlap_any(items: list[tuple[int, int]], others: list[tuple[int, int]]) -> np.ndarray:
@@ -332,6 +357,7 @@ class ChannelEvaluation:
     latencies: tuple[int, ...]
     early_tolerance: int = 0
     baseline_rate: float = DEFAULT_BASELINE_RATE
+    event_gap: int = 0  #: the event rule the flags were scored under (:func:`bridge_gaps`)
     extra: Mapping[str, Any] = field(default_factory=dict)  #: e.g. threshold, seconds
 
     @property
@@ -368,16 +394,23 @@ def evaluate_channel(
     early_tolerance: int = 0,
     baseline_rate: float = DEFAULT_BASELINE_RATE,
     baseline_seeds: Sequence[int] = DEFAULT_BASELINE_SEEDS,
+    event_gap: int = 0,
     extra: Mapping[str, Any] | None = None,
 ) -> ChannelEvaluation:
     """Score one channel's per-record flags against its labeled ranges.
 
-    ``n_records`` (the split's length) must equal ``len(record_flags)`` when given; it is
-    there so that a live replay that read back too few records fails loudly.
+    ``record_flags`` are the window rule's record decisions (the alarms); the event rule
+    (:func:`bridge_gaps` with ``event_gap``) is applied here, before segments and the
+    point-adjusted counts are taken, so offline and live callers cannot apply it
+    differently. Detection latency is measured on the alarms themselves: a bridged
+    record was not an alarm when it arrived. ``n_records`` (the split's length) must equal
+    ``len(record_flags)`` when given; it is there so that a live replay that read back
+    too few records fails loudly.
     """
     flags = np.asarray(record_flags, dtype=bool)
     if flags.ndim != 1:
         raise ValueError(f"{channel}: record flags must be one-dimensional, got {flags.shape}")
+    alarms, flags = flags, bridge_gaps(flags, event_gap)
     if n_records is not None and flags.size != n_records:
         raise ValueError(f"{channel}: {flags.size} record flags for a split of {n_records} records")
     ranges = as_ranges(labeled_ranges, flags.size)
@@ -392,9 +425,10 @@ def evaluate_channel(
             random_flag_counts(ranges, flags.size, baseline_rate, seed, channel)
             for seed in baseline_seeds
         ),
-        latencies=tuple(detection_latencies(flags, ranges, early_tolerance)),
+        latencies=tuple(detection_latencies(alarms, ranges, early_tolerance)),
         early_tolerance=early_tolerance,
         baseline_rate=baseline_rate,
+        event_gap=event_gap,
         extra=dict(extra or {}),
     )
 
@@ -412,10 +446,11 @@ def pool(channel_evaluations: Sequence[ChannelEvaluation]) -> dict[str, Any]:
     tolerances = {e.early_tolerance for e in evaluations}
     n_seeds = {len(e.random_baseline) for e in evaluations}
     rates = {e.baseline_rate for e in evaluations}
-    if len(tolerances) > 1 or len(n_seeds) > 1 or len(rates) > 1:
+    gaps = {e.event_gap for e in evaluations}
+    if len(tolerances) > 1 or len(n_seeds) > 1 or len(rates) > 1 or len(gaps) > 1:
         raise ValueError(
-            "channel evaluations disagree on early_tolerance, baseline seeds or baseline "
-            "rate; evaluate every channel with the same settings"
+            "channel evaluations disagree on early_tolerance, baseline seeds, baseline "
+            "rate or event gap; evaluate every channel with the same settings"
         )
     channels = [e.channel for e in evaluations]
     if len(set(channels)) != len(channels):
@@ -457,6 +492,7 @@ def pool(channel_evaluations: Sequence[ChannelEvaluation]) -> dict[str, Any]:
             "early_tolerance": tolerances.pop(),
             "unit": "records",
         },
+        "event_gap": gaps.pop(),
         "channels": len(evaluations),
         "records": n_records,
         "per_channel": [e.to_dict() for e in evaluations],

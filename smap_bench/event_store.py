@@ -89,9 +89,10 @@ def retryable_db_error(error: BaseException) -> bool:
 class EventStore:
     """The ``anomaly_events`` table of ``dsn``; reconnects after a lost connection."""
 
-    def __init__(self, dsn: str, actor: str = "events") -> None:
+    def __init__(self, dsn: str, actor: str = "events", gap: int = 0) -> None:
         self.dsn = dsn
         self.actor = actor
+        self.gap = gap  #: the event rule (:func:`smap_bench.anomaly_events.plan`)
         self._conn: psycopg.Connection[Any] | None = None
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -136,16 +137,17 @@ class EventStore:
         return counts
 
     def _apply_one(self, cur: psycopg.Cursor[Any], span: WindowSpan, counts: ApplyCounts) -> None:
-        # Events of a stream are disjoint and never touch, so the ones touching the span
-        # are among the few that start last at or before its end + 1.
+        # Events of a stream are disjoint and more than ``gap`` records apart, so the ones
+        # touching the span are among the few that start last at or before its
+        # end + 1 + gap.
         cur.execute(
             f"SELECT {_COLUMNS} FROM anomaly_events"
             " WHERE satellite_id = %s AND subsystem = %s AND loop = %s"
             " AND start_record_index <= %s"
             " ORDER BY start_record_index DESC LIMIT 4 FOR UPDATE",
-            (span.satellite_id, span.subsystem, span.loop, span.end_record_index + 1),
+            (span.satellite_id, span.subsystem, span.loop, span.end_record_index + 1 + self.gap),
         )
-        change = plan(span, [_event(row) for row in cur.fetchall()])
+        change = plan(span, [_event(row) for row in cur.fetchall()], self.gap)
         if change is None:
             counts.unchanged += 1
             return

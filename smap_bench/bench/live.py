@@ -46,7 +46,7 @@ from smap_bench.bench.replay import (
 from smap_bench.config import PROJECT_ROOT, Settings
 from smap_bench.data import load_channel, resolve_data_dir
 from smap_bench.data.loader import list_channels
-from smap_bench.evaluation import segments
+from smap_bench.evaluation import bridge_gaps, segments
 from smap_bench.kafka import TopicSpec, ensure_topics
 from smap_bench.metrics import VictoriaMetrics
 from smap_bench.stage import STAGE_METRICS_PORTS
@@ -244,6 +244,7 @@ class LabeledReplay:
                 flags, _ = record_flags_from_live(
                     by_channel[channel], lengths[channel], settings.window_size, settings.stride
                 )
+                flags = bridge_gaps(flags, settings.event_gap)
                 streams.append(
                     {
                         "satellite_id": satellite.satellite_id,
@@ -253,7 +254,7 @@ class LabeledReplay:
                     }
                 )
         pooled, missing = score_streams(
-            by_channel, labels, lengths, settings.window_size, settings.stride
+            by_channel, labels, lengths, settings.window_size, settings.stride, settings.event_gap
         )
         scored = sum(len(flags) for flags in live.values())
         sent = _delta(after, before, "scheduler", "produced")

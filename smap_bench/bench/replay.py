@@ -119,11 +119,14 @@ def score_streams(
     lengths: Mapping[str, int],
     window: int = 30,
     stride: int = 10,
+    event_gap: int = 0,
 ) -> tuple[dict, int]:
     """Pool the event-wise evaluation over channels from their live window flags.
 
-    ``live`` maps channel -> {window start: is_anomaly}. Returns the pooled evaluation
-    (the `evaluate` JSON fields) and the number of split windows missing from the sinks.
+    ``live`` maps channel -> {window start: is_anomaly}; ``event_gap`` is the event rule
+    (:func:`smap_bench.evaluation.bridge_gaps`), as the offline evaluation applies it.
+    Returns the pooled evaluation (the `evaluate` JSON fields) and the number of split
+    windows missing from the sinks.
     """
     results = []
     missing = 0
@@ -133,6 +136,8 @@ def score_streams(
         )
         missing += absent
         results.append(
-            evaluation.evaluate_channel(channel, flags, labels.get(channel, ()), lengths[channel])
+            evaluation.evaluate_channel(
+                channel, flags, labels.get(channel, ()), lengths[channel], event_gap=event_gap
+            )
         )
     return evaluation.pool(results), missing

@@ -212,7 +212,7 @@ def evaluate_seeds(
         _, not_found = train_channels(settings, channels, config, repository)
         selected, _ = runner.select_channels(source, channels)
         pooled, absent = runner.evaluate_repository(
-            source, selected, repository, settings.window_size, settings.stride
+            source, selected, repository, settings.window_size, settings.stride, settings.event_gap
         )
         pooled["seed"] = seed
         pooled["repository"] = str(repository)
@@ -244,6 +244,7 @@ def evaluate_seeds(
         "missing_channels": sorted(missing),
         "window": window,
         "stride": settings.stride,
+        "event_gap": settings.event_gap,
         "per_channel": _mean_rows(runs),
         "runs": runs,
     }

@@ -115,9 +115,11 @@ def evaluate_repository(
     repository: Path,
     window: int = 30,
     stride: int = 10,
+    event_gap: int = 0,
 ) -> tuple[dict[str, Any], list[str]]:
     """Score each channel's test split through its ONNX model; pooled report and the
-    channels skipped for lack of data or model."""
+    channels skipped for lack of data or model. ``event_gap`` is the event rule
+    (:func:`smap_bench.evaluation.bridge_gaps`)."""
     results = []
     missing = []
     for channel in channels:
@@ -142,6 +144,7 @@ def evaluate_repository(
                 flags,
                 data.anomalies,
                 len(data.test),
+                event_gap=event_gap,
                 extra={"threshold": float(meta["threshold"]), "seed": meta.get("seed")},
             )
         )
@@ -166,12 +169,19 @@ class ChannelScores:
 
 
 def channel_scores(
-    source: DataSource, channel: str, repository: Path, window: int = 30, stride: int = 10
+    source: DataSource,
+    channel: str,
+    repository: Path,
+    window: int = 30,
+    stride: int = 10,
+    event_gap: int = 0,
 ) -> ChannelScores:
-    """Score one channel's test split through its ONNX model."""
+    """Score one channel's test split through its ONNX model (flags under the event rule
+    :func:`smap_bench.evaluation.bridge_gaps` with ``event_gap``)."""
     data = load_channel(channel, source.path)
     meta = read_metadata(repository, channel)
     session = onnx_session(onnx_path(repository, channel))
     threshold = float(meta["threshold"])
     flags, statistic = split_flags(session, data.test, threshold, window, stride)
+    flags = evaluation.bridge_gaps(flags, event_gap)
     return ChannelScores(data, statistic, flags, threshold)

@@ -56,7 +56,14 @@ def test_every_window_sent_is_scored_once(replay: dict) -> None:
 
 def test_live_and_offline_scores_agree(live_pipeline: Settings, replay: dict) -> None:
     source = resolve_data_dir(live_pipeline.data_dir)
-    offline, skipped = evaluate_repository(source, CHANNELS, live_pipeline.model_repository)
+    offline, skipped = evaluate_repository(
+        source,
+        CHANNELS,
+        live_pipeline.model_repository,
+        live_pipeline.window_size,
+        live_pipeline.stride,
+        live_pipeline.event_gap,
+    )
     assert skipped == []
     assert abs(replay["event"]["f1"] - offline["event"]["f1"]) <= 0.01
 

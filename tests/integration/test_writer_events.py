@@ -69,6 +69,9 @@ def isolated(live_stack: Settings, tmp_path: Path) -> Iterator[Isolated]:
     settings = live_stack.model_copy(update=values)
     env = {**os.environ, **{f"SMAP_{k.upper()}": v for k, v in values.items()}}
     env["PYTHONPATH"] = str(PROJECT_ROOT)
+    # The events stage's event rule: the test's events, 10 records apart, stay two events
+    # under a gap of 5 (the unit tests cover joining; the e2e test the default gap).
+    env["SMAP_EVENT_GAP"] = "5"
     # Recent whole seconds: inside VictoriaMetrics' retention, never in the future.
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     iso = Isolated(settings, env, f"itw{tag}", t0, tmp_path)

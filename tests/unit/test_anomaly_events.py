@@ -20,7 +20,7 @@ from smap_bench.anomaly_events import (
     top_features,
 )
 from smap_bench.catalog import Subsystem
-from smap_bench.evaluation import segments
+from smap_bench.evaluation import bridge_gaps, segments
 from smap_bench.schema import NUM_FEATURES
 from smap_bench.windows import record_flags_from_windows, window_starts
 from tests.unit.result_samples import record_time, result, score_of
@@ -84,6 +84,33 @@ def test_consecutive_anomalous_windows_form_the_evaluations_segments() -> None:
     expected = [(0, first, last) for first, last in segments(record_flags)]  # inclusive
     assert ranges(book) == expected == [(0, 30, 49), (0, 60, 69), (0, 90, 119)]
     assert book.opened == [1, 2, 3]
+
+
+@pytest.mark.parametrize("gap", [10, 20, 35, 100])
+@pytest.mark.parametrize("seed", range(4))
+def test_events_under_a_gap_are_the_evaluations_bridged_segments(gap: int, seed: int) -> None:
+    rng = random.Random(seed)
+    flags = [rng.random() < 0.3 for _ in range(60)]
+    spans = spans_for(flags)
+    rng.shuffle(spans)  # workers finish windows out of order
+    book = InMemoryEvents(gap=gap)
+    for span in spans:
+        book.apply(span)
+    n_records = 30 + STRIDE * (len(flags) - 1)
+    starts = window_starts(n_records, 30, STRIDE)
+    record_flags = record_flags_from_windows(np.array(flags), starts, n_records, 30, STRIDE)
+    expected = [(0, first, last) for first, last in segments(bridge_gaps(record_flags, gap))]
+    assert ranges(book) == expected
+
+
+def test_a_gap_joins_nearby_windows_into_one_event_and_keeps_far_ones_apart() -> None:
+    # anomalous windows 3, 5 (records 50..59 and 70..79, 10 normal records apart) and 9
+    flags = [False, False, False, True, False, True, False, False, False, True]
+    book = InMemoryEvents(gap=10)
+    for span in spans_for(flags):
+        book.apply(span)
+    assert ranges(book) == [(0, 50, 79), (0, 110, 119)]
+    assert book.opened == [1, 2]
 
 
 def test_an_event_keeps_its_first_start_and_grows_its_end_and_peak() -> None:

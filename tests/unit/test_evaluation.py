@@ -14,6 +14,7 @@ from smap_bench.evaluation import (
     ChannelEvaluation,
     EventCounts,
     as_ranges,
+    bridge_gaps,
     detection_latencies,
     evaluate_channel,
     event_counts,
@@ -54,6 +55,44 @@ def flags_of(n: int, *runs: tuple[int, int]) -> np.ndarray:
 def test_segments_maximal_runs_inclusive() -> None:
     flags = np.array([1, 1, 0, 0, 1, 0, 1, 1, 1], dtype=bool)
     assert segments(flags) == [(0, 1), (4, 4), (6, 8)]
+
+
+def test_bridge_gaps_joins_runs_parted_by_at_most_the_gap() -> None:
+    flags = flags_of(40, (2, 4), (8, 9), (20, 21), (33, 33))
+    # gaps between runs: 3 (5..7), 10 (10..19), 11 (22..32)
+    assert segments(bridge_gaps(flags, 0)) == [(2, 4), (8, 9), (20, 21), (33, 33)]
+    assert segments(bridge_gaps(flags, 3)) == [(2, 9), (20, 21), (33, 33)]
+    assert segments(bridge_gaps(flags, 10)) == [(2, 21), (33, 33)]
+    assert segments(bridge_gaps(flags, 11)) == [(2, 33)]
+    assert segments(bridge_gaps(flags, 1000)) == [(2, 33)]  # never before or after a detection
+
+
+def test_bridge_gaps_leaves_edges_and_empty_flags_alone() -> None:
+    assert not bridge_gaps(np.zeros(7, dtype=bool), 5).any()
+    edge = flags_of(10, (0, 0), (9, 9))
+    assert bridge_gaps(edge, 8).all() and segments(bridge_gaps(edge, 7)) == [(0, 0), (9, 9)]
+    original = flags_of(10, (1, 1), (3, 3))
+    bridge_gaps(original, 5)
+    assert segments(original) == [(1, 1), (3, 3)]  # the input is not changed
+    with pytest.raises(ValueError, match="max_gap"):
+        bridge_gaps(original, -1)
+
+
+def test_evaluate_channel_applies_the_event_rule() -> None:
+    n = 300
+    labeled = [Labeled(100, 150)]
+    # two fragments of one detection around the range and one far false alarm
+    flags = flags_of(n, (60, 69), (130, 139), (250, 259))
+    plain = evaluate_channel("X-1", flags, labeled, n)
+    assert plain.events == EventCounts(tp=1, fp=2, fn=0)
+    joined = evaluate_channel("X-1", flags, labeled, n, event_gap=60)
+    # 60..139 is one event (60 normal records between the fragments); 250.. is 110 away
+    assert joined.events == EventCounts(tp=1, fp=1, fn=0)
+    assert joined.latencies == plain.latencies == (30,)  # the first alarm inside the range
+    assert joined.event_gap == 60 and plain.event_gap == 0
+    with pytest.raises(ValueError, match="event gap"):
+        pool([plain, evaluate_channel("X-2", flags, labeled, n, event_gap=60)])
+    assert pool([joined])["event_gap"] == 60
 
 
 def test_segments_empty_and_full() -> None:
