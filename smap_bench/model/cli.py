@@ -117,9 +117,21 @@ def train(
         json_path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def seed_repository(settings: Settings, seed: int, committed_seed: int = 0) -> Path:
-    """Repository of a training seed: the configured one for the committed seed, else a
-    cache under ``run_dir`` (so extra seeds never overwrite the served models)."""
+def seed_repository(
+    settings: Settings,
+    seed: int,
+    committed_seed: int = 0,
+    *,
+    window: int = DEFAULT_WINDOW,
+    epochs: int = DEFAULT_EPOCHS,
+) -> Path:
+    """Repository of a training seed: the configured one for the committed seed and
+    settings, else a cache under ``run_dir``, one per window and epochs, so that neither
+    extra seeds nor other settings ever overwrite the served models or each other."""
+    if (window, epochs) != (DEFAULT_WINDOW, DEFAULT_EPOCHS):
+        return (
+            settings.run_dir / "model-seeds" / f"window-{window}-epochs-{epochs}" / f"seed-{seed}"
+        )
     if seed == committed_seed:
         return settings.model_repository
     return settings.run_dir / "model-seeds" / f"seed-{seed}"
@@ -202,7 +214,11 @@ def evaluate_seeds(
     from smap_bench import evaluation
     from smap_bench.model import runner
 
-    repository_for = repository_for or seed_repository
+    if repository_for is None:
+
+        def repository_for(settings: Settings, seed: int) -> Path:
+            return seed_repository(settings, seed, window=window, epochs=epochs)
+
     source = runner.data_source(settings.data_dir)
     runs = []
     missing: set[str] = set()

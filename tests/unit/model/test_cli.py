@@ -80,5 +80,16 @@ def test_evaluate_reports_the_pooled_fields(app: typer.Typer, tmp_path: Path) ->
     assert 0.0 <= report["event"]["f1"] <= 1.0
     assert report["std_over_seeds"]["event"]["f1"] is not None
     assert len(report["runs"]) == 2
-    # the second seed trains into its own cache, never over the served repository
-    assert list_models(tmp_path / "run" / "model-seeds" / "seed-1") == ["A-1", "E-1"]
+    # settings other than the served ones (1 epoch) train into a cache of their own, one
+    # repository per seed, never over the served repository
+    cache = tmp_path / "run" / "model-seeds" / "window-30-epochs-1"
+    assert list_models(cache / "seed-0") == list_models(cache / "seed-1") == ["A-1", "E-1"]
+    assert not (tmp_path / "repo").exists()
+
+
+def test_seed_repositories_keep_settings_apart(app: typer.Typer, tmp_path: Path) -> None:
+    settings = get_settings()
+    assert cli.seed_repository(settings, 0) == settings.model_repository
+    assert cli.seed_repository(settings, 2) == tmp_path / "run" / "model-seeds" / "seed-2"
+    other = cli.seed_repository(settings, 0, window=10)
+    assert other == tmp_path / "run" / "model-seeds" / "window-10-epochs-5" / "seed-0"
