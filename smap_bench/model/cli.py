@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -31,12 +32,21 @@ ChannelsOpt = Annotated[str, typer.Option(help="'all' or a comma list such as A-
 EpochsOpt = Annotated[int, typer.Option(min=1, help="Training epochs per channel")]
 WindowOpt = Annotated[int, typer.Option(min=2, help="Window length of the model (records)")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here")]
+JobsOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="Channels trained at once, one process each (default: cores)"),
+]
 
 
 def _config(epochs: int, window: int, seed: int) -> TrainConfig:
     from smap_bench.model.train import TrainConfig
 
     return replace(TrainConfig(), epochs=epochs, window=window, seed=seed)
+
+
+def _jobs(jobs: int | None) -> int:
+    """Training processes: as asked, else one per core."""
+    return jobs if jobs is not None else max(os.cpu_count() or 1, 1)
 
 
 def _progress() -> Progress:
@@ -55,8 +65,14 @@ def train_channels(
     config: TrainConfig,
     repository: Path,
     force: bool = False,
+    jobs: int = 1,
 ) -> tuple[dict[str, runner.ChannelOutcome], list[str]]:
-    """Train the selected channels into ``repository`` with progress bars."""
+    """Train the selected channels into ``repository`` with progress bars.
+
+    With ``jobs`` > 1, channels train in that many processes at once. Each channel seeds
+    its own generators (:func:`smap_bench.model.train.seed_everything`), so the models do
+    not depend on how many run at once or in which order.
+    """
     from smap_bench.model import runner
 
     source = runner.data_source(settings.data_dir)
@@ -66,6 +82,9 @@ def train_channels(
     outcomes: dict[str, runner.ChannelOutcome] = {}
     with _progress() as progress:
         overall = progress.add_task(f"seed {config.seed}: channels", total=len(selected))
+        if jobs > 1 and len(selected) > 1:
+            done = _train_in_processes(source, selected, repository, config, force, jobs, progress)
+            return {channel: done[channel] for channel in selected}, missing
         per_channel = progress.add_task("epochs", total=config.epochs)
         for channel in selected:
             progress.update(per_channel, description=f"{channel} epochs", completed=0)
@@ -80,19 +99,55 @@ def train_channels(
     return outcomes, missing
 
 
+def _train_in_processes(
+    source: runner.DataSource,
+    selected: list[str],
+    repository: Path,
+    config: TrainConfig,
+    force: bool,
+    jobs: int,
+    progress: Progress,
+) -> dict[str, runner.ChannelOutcome]:
+    """Train channels in ``jobs`` processes; their outcomes by channel."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from smap_bench.model import runner
+
+    overall = progress.tasks[0].id
+    running = progress.add_task(f"{jobs} processes", total=None)
+    done: dict[str, runner.ChannelOutcome] = {}
+    context = multiprocessing.get_context("spawn")  # torch and fork do not mix
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {
+            pool.submit(runner.train_one, source, channel, repository, config, force): channel
+            for channel in selected
+        }
+        for future in as_completed(futures):
+            channel = futures[future]
+            done[channel] = future.result()
+            progress.update(running, description=f"{jobs} processes: {channel} done")
+            progress.advance(overall)
+    progress.update(running, visible=False)
+    return done
+
+
 def train(
     channels: ChannelsOpt = "all",
     seed: Annotated[int, typer.Option(help="Training seed (torch, numpy)")] = 0,
     epochs: EpochsOpt = DEFAULT_EPOCHS,
     window: WindowOpt = DEFAULT_WINDOW,
     force: Annotated[bool, typer.Option(help="Retrain channels that are up to date")] = False,
+    jobs: JobsOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Train one TranAD model per channel into the model repository (resumable)."""
     settings = get_settings()
     started = time.perf_counter()
     config = _config(epochs, window, seed)
-    outcomes, missing = train_channels(settings, channels, config, settings.model_repository, force)
+    outcomes, missing = train_channels(
+        settings, channels, config, settings.model_repository, force, _jobs(jobs)
+    )
     total = time.perf_counter() - started
     trained = sum(not o.skipped for o in outcomes.values())
     console.print(
@@ -112,6 +167,7 @@ def train(
             },
             "missing_channels": missing,
             "seconds_total": round(total, 3),
+            "jobs": _jobs(jobs),
             "repository": str(settings.model_repository),
         }
         json_path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -207,6 +263,7 @@ def evaluate_seeds(
     epochs: int = DEFAULT_EPOCHS,
     window: int = DEFAULT_WINDOW,
     repository_for: Callable[[Settings, int], Path] | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Train (or reuse) each seed's models and score the test splits as the live pipeline
     does; returns the ``evaluate`` JSON (headline as mean/std over seeds, per-channel rows,
@@ -225,7 +282,7 @@ def evaluate_seeds(
     for seed in range(seeds):
         repository = repository_for(settings, seed)
         config = _config(epochs, window, seed)
-        _, not_found = train_channels(settings, channels, config, repository)
+        _, not_found = train_channels(settings, channels, config, repository, jobs=jobs)
         selected, _ = runner.select_channels(source, channels)
         pooled, absent = runner.evaluate_repository(
             source, selected, repository, settings.window_size, settings.stride, settings.event_gap
@@ -271,11 +328,12 @@ def evaluate(
     seeds: Annotated[int, typer.Option(min=1, help="Training seeds 0..N-1")] = 3,
     epochs: EpochsOpt = DEFAULT_EPOCHS,
     window: WindowOpt = DEFAULT_WINDOW,
+    jobs: JobsOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Train (or reuse) models for each seed and score the test splits as the live pipeline
     does: windows of 30 every 10 records, event-wise metrics pooled over channels."""
-    report = evaluate_seeds(get_settings(), channels, seeds, epochs, window)
+    report = evaluate_seeds(get_settings(), channels, seeds, epochs, window, jobs=_jobs(jobs))
     console.print(evaluation_table(report))
     if report["missing_channels"]:
         console.print(f"[yellow]missing channels:[/] {', '.join(report['missing_channels'])}")

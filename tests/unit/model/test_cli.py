@@ -93,3 +93,21 @@ def test_seed_repositories_keep_settings_apart(app: typer.Typer, tmp_path: Path)
     assert cli.seed_repository(settings, 2) == tmp_path / "run" / "model-seeds" / "seed-2"
     other = cli.seed_repository(settings, 0, window=10)
     assert other == tmp_path / "run" / "model-seeds" / "window-10-epochs-5" / "seed-0"
+
+
+def test_training_in_processes_gives_the_same_models(
+    app: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["train", "--channels", "A-1,E-1", "--epochs", "1"]
+    alone = CliRunner().invoke(app, [*args, "--jobs", "1"])
+    assert alone.exit_code == 0, alone.output
+    first = {c: read_metadata(tmp_path / "repo", c) for c in ("A-1", "E-1")}
+    monkeypatch.setenv("SMAP_MODEL_REPOSITORY", str(tmp_path / "repo2"))
+    get_settings.cache_clear()
+    together = CliRunner().invoke(app, [*args, "--jobs", "2"])
+    assert together.exit_code == 0, together.output
+    for channel, meta in first.items():
+        other = read_metadata(tmp_path / "repo2", channel)
+        assert other["threshold"] == meta["threshold"]
+        assert other["metrics"]["train_loss_by_epoch"] == meta["metrics"]["train_loss_by_epoch"]
+        assert other["settings_hash"] == meta["settings_hash"]
