@@ -87,18 +87,20 @@ def test_telemetry_and_results_are_in_victoria_metrics(
 
 
 def test_detected_segments_become_anomaly_events(live_pipeline: Settings, replay: dict) -> None:
-    """Each predicted segment of a split starts an anomaly event at the same record."""
+    """Each predicted segment of a split is one anomaly event with the same records: the
+    events stage applies the evaluation's event rule (``event_gap``)."""
     with psycopg.connect(live_pipeline.postgres_dsn) as conn:
         rows = conn.execute(
-            "SELECT satellite_id, subsystem, start_record_index FROM anomaly_events"
-            " WHERE satellite_id = ANY(%s)",
+            "SELECT satellite_id, subsystem, start_record_index, end_record_index"
+            " FROM anomaly_events WHERE satellite_id = ANY(%s)",
             (replay["satellites"],),
         ).fetchall()
-    starts = set(rows)
+    evaluated = {(stream["satellite_id"], stream["subsystem"]) for stream in replay["streams"]}
+    stored = {row for row in rows if (row[0], row[1]) in evaluated}
     expected = {
-        (stream["satellite_id"], stream["subsystem"], segment[0])
+        (stream["satellite_id"], stream["subsystem"], segment[0], segment[1])
         for stream in replay["streams"]
         for segment in stream["segments"]
     }
     assert expected, "the replay detected nothing: no event to check"
-    assert expected <= starts
+    assert stored == expected
