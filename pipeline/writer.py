@@ -10,7 +10,11 @@ it; while VictoriaMetrics is down the write is retried with backoff, without lim
 Run::
 
     python -m pipeline.writer                              # group "writer", metrics on :9104
-    python -m pipeline.writer --batch-size 2000 --max-wait-ms 50
+    python -m pipeline.writer --batch-size 2000 --batch-wait-ms 20
+
+A batch is what has been fetched when its first message arrives (up to
+``--batch-size``): under light load each result is written at once, under heavy load the
+batches grow by themselves. ``--batch-wait-ms`` waits that much longer for more.
 
 Several writers in one group share the partitions of both topics.
 """
@@ -44,6 +48,7 @@ def run(
     group: str = STAGE,
     batch_size: int = 500,
     max_wait_ms: float = 25.0,
+    batch_wait_ms: float = 0.0,
     max_lines: int = 20_000,
     metrics_port: int | None = None,
 ) -> MetricsWriter:
@@ -63,14 +68,14 @@ def run(
             sleep=stop.event.wait,
         )
         log.info(
-            "%s: group %s, %s + %s -> %s, batches of %d messages / %.0f ms, metrics on %s",
+            "%s: group %s, %s + %s -> %s, batches of %d messages / +%.0f ms, metrics on %s",
             STAGE,
             group,
             settings.topic_raw,
             settings.topic_results,
             settings.victoria_url,
             batch_size,
-            max_wait_ms,
+            batch_wait_ms,
             port or "-",
         )
         try:
@@ -83,6 +88,7 @@ def run(
                 stop,
                 batch_size=batch_size,
                 poll_timeout_s=max_wait_ms / 1000.0,
+                batch_wait_s=batch_wait_ms / 1000.0,
                 on_tick=writer.tick,
                 consumer_overrides={"max.poll.interval.ms": MAX_POLL_INTERVAL_MS},
             )
@@ -112,7 +118,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--group", default=STAGE, help="Kafka consumer group (default: writer)")
     parser.add_argument("--batch-size", type=int, default=500, help="messages per Kafka batch")
     parser.add_argument(
-        "--max-wait-ms", type=float, default=25.0, help="longest wait to fill a batch"
+        "--max-wait-ms",
+        type=float,
+        default=25.0,
+        help="idle poll period; latency lines wait at most this long for the next write",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="wait this long after a batch's first message for more (default: none)",
     )
     parser.add_argument("--max-lines", type=int, default=20_000, help="lines per HTTP request")
     parser.add_argument(
@@ -128,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         group=args.group,
         batch_size=args.batch_size,
         max_wait_ms=args.max_wait_ms,
+        batch_wait_ms=args.batch_wait_ms,
         max_lines=args.max_lines,
         metrics_port=args.metrics_port,
     )

@@ -182,6 +182,7 @@ def run_kafka_stage(
     commit_offsets: Callable[[], list[TopicPartition]] | None = None,
     consumer_overrides: dict[str, Any] | None = None,
     discover_every_s: float | None = None,
+    batch_wait_s: float = 0.0,
 ) -> None:
     """Consume ``topics`` as group ``stage`` until stopped, at least once.
 
@@ -189,6 +190,11 @@ def run_kafka_stage(
     (dead letters included). Offsets are committed only after the producer has flushed,
     so a crash between the two re-delivers the batch rather than losing it. ``on_tick``
     runs after every poll, batch or not (timers, periodic flushes).
+
+    Batches (:func:`next_batch`): a batch is handed on as soon as its first message is
+    there, with whatever else has already been fetched (up to ``batch_size``), waiting
+    ``batch_wait_s`` more for stragglers only when asked; ``poll_timeout_s`` bounds the
+    wait for a first message, so it is also the period of ``on_tick`` when idle.
 
     A stage that holds consumed records in memory beyond the batch (the scheduler's
     window buffers) passes ``commit_offsets``: it returns, per partition, the offset of
@@ -211,7 +217,7 @@ def run_kafka_stage(
         while not stop.stopped:
             if assigner is not None:
                 assigner.refresh()
-            batch = consumer.consume(batch_size, timeout=poll_timeout_s)
+            batch = next_batch(consumer, batch_size, poll_timeout_s, batch_wait_s)
             good = []
             for message in batch:
                 error = message.error()
@@ -239,6 +245,25 @@ def run_kafka_stage(
         producer.flush(30)
         consumer.close()
         log.info("%s: stopped", stage)
+
+
+def next_batch(
+    consumer: Consumer, batch_size: int, poll_timeout_s: float, batch_wait_s: float = 0.0
+) -> list[Message]:
+    """The next batch: at most ``poll_timeout_s`` waiting for a first message, then what
+    has already been fetched, up to ``batch_size`` (``batch_wait_s`` more for the rest).
+
+    ``Consumer.consume(n, timeout)`` returns only when ``n`` messages are there or the
+    timeout has passed, so under light load every batch waited the full timeout, and that
+    wait was each stage's latency. Under load the drain still makes large batches: what
+    arrived while the last batch was handled is taken at once.
+    """
+    first = consumer.poll(poll_timeout_s)
+    if first is None:
+        return []
+    if batch_size <= 1:
+        return [first]
+    return [first, *consumer.consume(batch_size - 1, timeout=batch_wait_s)]
 
 
 class TopicAssigner:
