@@ -10,10 +10,12 @@ still needs, so a restart loses no window and re-forms none that was sent.
 Run::
 
     python -m pipeline.scheduler                      # all subsystem topics, group "scheduler"
-    python -m pipeline.scheduler --max-windows 32 --poll-ms 25
+    python -m pipeline.scheduler --max-windows 32 --batch-wait-ms 10
 
-Micro-batching: one Kafka poll collects records for up to ``--poll-ms`` milliseconds (or
-``--batch-size`` records); its windows go out in messages of up to ``--max-windows``.
+Micro-batching: a batch is the records already fetched when its first one arrives (up to
+``--batch-size``, ``--batch-wait-ms`` more when asked); its windows go out in messages of
+up to ``--max-windows``, spread over at least ``SMAP_WORKERS`` messages so that every
+worker takes a share of a burst (all streams complete a window on the same second).
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ def run(
     queue: str = DEFAULT_QUEUE,
     max_windows: int = 32,
     poll_ms: float = 25.0,
+    batch_wait_ms: float = 0.0,
+    min_messages: int | None = None,
     batch_size: int = 5000,
     metrics_port: int | None = None,
 ) -> WindowScheduler:
@@ -109,6 +113,7 @@ def run(
     metrics, stop, producer, dead_letter, port = start_stage(settings, STAGE, metrics_port)
     core = WindowScheduler(settings.window_size, settings.stride, known_models=ModelIndex(settings))
     dispatch = make_dispatch(queue, metrics)
+    spread = settings.workers if min_messages is None else min_messages
 
     def handle(batch: Sequence[Message]) -> None:
         tasks = []
@@ -124,7 +129,7 @@ def run(
                 dead_letter.send(message.value(), outcome.rejected, message)
             elif outcome.task is not None:
                 tasks.append(outcome.task)
-        for chunk in batch_tasks(tasks, max_windows):
+        for chunk in batch_tasks(tasks, max_windows, spread):
             dispatch(chunk)
             metrics.produced(len(chunk))
         for task in tasks:
@@ -136,13 +141,15 @@ def run(
         return [TopicPartition(t, p, o) for (t, p), o in core.commit_positions().items()]
 
     log.info(
-        "%s: group %s, queue %s, windows %d/%d, up to %d windows per task, metrics on %d",
+        "%s: group %s, queue %s, windows %d/%d, up to %d windows per task over at least %d"
+        " tasks, metrics on %d",
         STAGE,
         group,
         queue,
         settings.window_size,
         settings.stride,
         max_windows,
+        spread,
         port,
     )
     run_kafka_stage(
@@ -154,6 +161,7 @@ def run(
         stop,
         batch_size=batch_size,
         poll_timeout_s=poll_ms / 1000.0,
+        batch_wait_s=batch_wait_ms / 1000.0,
         commit_offsets=commit_offsets,
         consumer_overrides={"group.id": group},
         # One scheduler per group: it assigns itself every telemetry partition and finds a
@@ -180,7 +188,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--group", default=STAGE, help="Kafka consumer group")
     parser.add_argument("--queue", default=DEFAULT_QUEUE, help="RabbitMQ queue of the tasks")
     parser.add_argument("--max-windows", type=int, default=32, help="windows per Celery message")
-    parser.add_argument("--poll-ms", type=float, default=25.0, help="micro-batch collection time")
+    parser.add_argument("--poll-ms", type=float, default=25.0, help="idle poll period")
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="wait this long after a batch's first record for more (default: none)",
+    )
+    parser.add_argument(
+        "--min-messages",
+        type=int,
+        default=None,
+        help="spread a batch's windows over at least this many tasks (default SMAP_WORKERS)",
+    )
     parser.add_argument("--batch-size", type=int, default=5000, help="records per poll at most")
     parser.add_argument("--metrics-port", type=int, default=None)
     args = parser.parse_args(argv)
@@ -192,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         queue=args.queue,
         max_windows=args.max_windows,
         poll_ms=args.poll_ms,
+        batch_wait_ms=args.batch_wait_ms,
+        min_messages=args.min_messages,
         batch_size=args.batch_size,
         metrics_port=args.metrics_port,
     )

@@ -357,16 +357,27 @@ def encode_tasks(tasks: Sequence[InferenceTask]) -> str:
     return _TASK_LIST.dump_json(list(tasks)).decode()
 
 
-def batch_tasks(tasks: Iterable[InferenceTask], max_windows: int) -> list[list[InferenceTask]]:
-    """Pack tasks into Celery messages of at most ``max_windows`` windows each.
+def batch_tasks(
+    tasks: Iterable[InferenceTask], max_windows: int, min_messages: int = 1
+) -> list[list[InferenceTask]]:
+    """Pack tasks into Celery messages of at most ``max_windows`` windows each, and into
+    at least ``min_messages`` messages (while there are windows to spread), of even sizes.
 
     Windows of one model go together (the worker makes one backend call per model and
-    message); within a model the arrival order is kept.
+    message); within a model the arrival order is kept. ``min_messages`` is the number
+    of workers: every stream completes a window on the same second, so a burst packed
+    into one message would be scored by one worker while the others idle.
     """
     if max_windows < 1:
         raise ValueError(f"max_windows must be at least 1, got {max_windows}")
+    if min_messages < 1:
+        raise ValueError(f"min_messages must be at least 1, got {min_messages}")
     by_model: dict[str, list[InferenceTask]] = {}
     for task in tasks:
         by_model.setdefault(task.model_name, []).append(task)
     ordered: Sequence[InferenceTask] = [t for group in by_model.values() for t in group]
-    return [list(ordered[i : i + max_windows]) for i in range(0, len(ordered), max_windows)]
+    if not ordered:
+        return []
+    messages = max(math.ceil(len(ordered) / max_windows), min(min_messages, len(ordered)))
+    size = math.ceil(len(ordered) / messages)
+    return [list(ordered[i : i + size]) for i in range(0, len(ordered), size)]

@@ -283,3 +283,16 @@ def test_batch_tasks_groups_by_model_and_caps_the_size() -> None:
     assert batch_tasks([], 4) == []
     with pytest.raises(ValueError, match="max_windows"):
         batch_tasks(tasks, 0)
+
+
+def test_batch_tasks_spreads_a_burst_over_the_workers_in_even_messages() -> None:
+    tasks = feed(WindowScheduler(30, 10), range(100))  # 8 windows of SMAP_T-1
+    other = feed(WindowScheduler(30, 10), range(50), channel="T-2")  # 3 of SMAP_T-2
+    batches = batch_tasks([*tasks, *other], 32, min_messages=2)
+    assert [len(b) for b in batches] == [6, 5]
+    assert [t.job_id for b in batches for t in b] == [t.job_id for t in [*tasks, *other]]
+    # the cap still holds, and fewer windows than workers make one message each
+    assert [len(b) for b in batch_tasks([*tasks, *other], 4, min_messages=2)] == [4, 4, 3]
+    assert [len(b) for b in batch_tasks(other, 32, min_messages=8)] == [1, 1, 1]
+    with pytest.raises(ValueError, match="min_messages"):
+        batch_tasks(tasks, 4, min_messages=0)
