@@ -15,20 +15,30 @@ task returns only after the Kafka producer flushed its results: a worker killed 
 that leaves the message to RabbitMQ, which re-delivers it (``task_reject_on_worker_lost``).
 Windows whose model is unavailable for now are retried with backoff; windows that can
 never be scored go to the dead-letter topic with their reason.
+
+Warm-up: a model's first inference costs 50 to 250 ms (Triton's model instance, ONNX
+Runtime's first run) against 4 ms after, so each process scores one window of zeros
+with every model of the repository before it takes tasks (:func:`warm_up`); the first
+burst of windows after a start then meets warm models. ``SMAP_WORKER_WARMUP=0`` skips it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_process_shutdown
 from confluent_kafka import KafkaError, Message, Producer
 
 from smap_bench.config import Settings, get_settings
 from smap_bench.inference import InferenceBackend, make_backend
+from smap_bench.inference.base import BackendUnavailableError, InferenceError
+from smap_bench.inference.repository import find_onnx_models
 from smap_bench.scheduling import DEFAULT_QUEUE, TASK_NAME, encode_tasks
 from smap_bench.schema import encode
 from smap_bench.scoring import (
@@ -97,6 +107,9 @@ class _Process:
         )
         self.thresholds = MetadataThresholds(settings.model_repository)
         self.delivery_errors: list[str] = []
+        if os.environ.get("SMAP_WORKER_WARMUP", "1") != "0":
+            warmed, seconds = warm_up(self.backend, find_onnx_models(settings.model_repository))
+            log.info("%s %d: %d models warmed up in %.1f s", STAGE, self.index, warmed, seconds)
         log.info(
             "%s %d: backend %s, results to %s, metrics on %d",
             STAGE,
@@ -113,6 +126,31 @@ class _Process:
     def close(self) -> None:
         self.producer.flush(30)
         self.backend.close()
+
+
+def warm_up(
+    backend: InferenceBackend, models: Iterable[str], budget_s: float = 60.0
+) -> tuple[int, float]:
+    """Score one window of zeros with each model, so that no task pays a model's first
+    call; returns (models warmed, seconds). A model that fails is skipped (its tasks will
+    meet the error and be retried or dead-lettered); an unreachable server ends it; past
+    ``budget_s`` the rest are left to warm on first use."""
+    started = time.monotonic()
+    warmed = 0
+    for model in models:
+        if time.monotonic() - started > budget_s:
+            break
+        try:
+            signature = backend.signature(model)
+            backend.infer(model, np.zeros((1, signature.window, signature.features), np.float32))
+        except BackendUnavailableError as error:  # no server: nothing to warm
+            log.warning("%s: warm-up stopped: %s", STAGE, error)
+            break
+        except InferenceError as error:
+            log.warning("%s: warm-up of %s failed: %s", STAGE, model, error)
+            continue
+        warmed += 1
+    return warmed, time.monotonic() - started
 
 
 _process: _Process | None = None
