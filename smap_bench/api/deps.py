@@ -2,7 +2,9 @@
 client, replay control, and the bearer token that every mutating route requires.
 
 Everything is built once by :func:`smap_bench.api.main.create_app`'s lifespan and kept
-on ``app.state``; these functions only hand it out per request.
+on ``app.state``; these functions only hand it out per request. Those that only look
+something up are coroutines: FastAPI runs a plain function dependency in a worker
+thread, a hop that costs more than the lookup.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from psycopg_pool import ConnectionPool
 from smap_bench.api.auth import AuthFailure, check_bearer
 from smap_bench.api.models import OPERATOR_PATTERN
 from smap_bench.api.replay_service import ReplayLauncher, ReplayMonitor
+from smap_bench.api.victoria import AsyncVictoria
 from smap_bench.config import Settings
 from smap_bench.metrics import VictoriaMetrics
 from smap_bench.simulation import SimulatorControl
@@ -41,7 +44,18 @@ def get_db(request: Request) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-def get_victoria(request: Request) -> VictoriaMetrics:
+async def get_pool(request: Request) -> ConnectionPool:
+    """The connection pool itself, for a coroutine route that runs a query in a thread."""
+    pool: ConnectionPool = request.app.state.pool
+    return pool
+
+
+async def get_victoria_async(request: Request) -> AsyncVictoria:
+    victoria: AsyncVictoria = request.app.state.victoria_async
+    return victoria
+
+
+async def get_victoria(request: Request) -> VictoriaMetrics:
     victoria: VictoriaMetrics = request.app.state.victoria
     return victoria
 
@@ -55,7 +69,7 @@ class Replay:
     launcher: ReplayLauncher
 
 
-def get_replay(request: Request) -> Replay:
+async def get_replay(request: Request) -> Replay:
     replay: Replay = request.app.state.replay
     return replay
 
@@ -95,8 +109,14 @@ def require_token(
     return Operator(name)
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def settings_dependency(request: Request) -> Settings:
+    return get_settings(request)
+
+
+SettingsDep = Annotated[Settings, Depends(settings_dependency)]
 DbDep = Annotated[psycopg.Connection[Any], Depends(get_db)]
 VictoriaDep = Annotated[VictoriaMetrics, Depends(get_victoria)]
+VictoriaAsyncDep = Annotated[AsyncVictoria, Depends(get_victoria_async)]
+PoolDep = Annotated[ConnectionPool, Depends(get_pool)]
 ReplayDep = Annotated[Replay, Depends(get_replay)]
 TokenDep = Annotated[Operator, Depends(require_token)]

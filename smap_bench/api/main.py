@@ -27,6 +27,7 @@ from smap_bench.api.deps import Replay
 from smap_bench.api.queries import QueryError
 from smap_bench.api.replay_service import ReplayLauncher, ReplayMonitor, SubprocessLauncher
 from smap_bench.api.routes import events, fleet, health, replay, series
+from smap_bench.api.victoria import AsyncVictoria
 from smap_bench.config import Settings, get_settings
 from smap_bench.metrics import VictoriaMetrics
 
@@ -165,11 +166,13 @@ def create_app(
         # Not waiting: the API starts (and reports 503s) while PostgreSQL is still down.
         pool.open(wait=False)
         victoria = VictoriaMetrics(settings.victoria_url, timeout_s=5.0)
+        victoria_async = AsyncVictoria(settings.victoria_url, timeout_s=5.0)
         monitor = ReplayMonitor(settings)
         monitor.start()
         control = SimulatorControl(settings, simulator_id=None)
         app.state.pool = pool
         app.state.victoria = victoria
+        app.state.victoria_async = victoria_async
         app.state.replay = Replay(control, monitor, launcher or SubprocessLauncher(settings))
         log.info(
             "API ready: PostgreSQL %s, VictoriaMetrics %s",
@@ -182,6 +185,7 @@ def create_app(
             monitor.close()
             control.close()
             victoria.close()
+            await victoria_async.aclose()
             pool.close()
 
     app = FastAPI(

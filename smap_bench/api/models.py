@@ -142,6 +142,15 @@ class SeriesData(BaseModel):
         )
 
 
+class StreamViewParams(SeriesParams):
+    """A stream's timeline range, and optionally the heatmap's (both ends or neither)."""
+
+    heatmap_start: datetime | None = Field(
+        default=None, description="Start of the heatmap's range; unset: the newest window"
+    )
+    heatmap_end: datetime | None = Field(default=None, description="End of the heatmap's range")
+
+
 class SeriesPublic(BaseModel):
     kind: SeriesKind
     metric: str
@@ -151,6 +160,21 @@ class SeriesPublic(BaseModel):
     end: datetime
     step: float | None
     series: list[SeriesData]
+
+
+class StreamLatest(BaseModel):
+    """A stream's newest telemetry sample and its latest window's detection."""
+
+    satellite_id: str
+    subsystem: Subsystem
+    last_time: datetime | None = Field(description="Record time of the newest telemetry sample")
+    detected: float | None = Field(description="Latest window flagged (1) or not (0)")
+    detected_time: datetime | None = Field(description="End of that window (record time)")
+
+
+class FleetLatestPublic(BaseModel):
+    data: list[StreamLatest]
+    lookback_s: float = Field(description="How far back from now samples were looked for")
 
 
 # --------------------------------------------------------------------------- events
@@ -181,6 +205,26 @@ class EventPublic(BaseModel):
 class EventsPublic(BaseModel):
     data: list[EventPublic]
     count: int = Field(description="Events matching the filters (before limit and offset)")
+
+
+class StreamViewPublic(BaseModel):
+    """A stream's timeline and heatmap in one answer (see smap_bench.api.stream_view)."""
+
+    satellite_id: str
+    subsystem: Subsystem
+    start: datetime
+    end: datetime
+    telemetry: list[SeriesData]
+    scores: list[SeriesData]
+    thresholds: list[SeriesData]
+    detections: list[SeriesData]
+    record_index: list[SeriesData]
+    events: list[EventPublic] = Field(description="The stream's events starting up to 1 h before")
+    heatmap_start: datetime | None
+    heatmap_end: datetime | None
+    heat_input: list[SeriesData] = Field(description="Every feature's telemetry in the heatmap")
+    heat_output: list[SeriesData] = Field(description="Every feature's reconstruction there")
+    server_ms: float = Field(description="Time the API spent on this answer")
 
 
 class AlarmHistoryPublic(BaseModel):

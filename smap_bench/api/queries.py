@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Literal
 
 from smap_bench.catalog import Subsystem
 from smap_bench.schema import NUM_FEATURES
@@ -43,6 +44,7 @@ class SeriesKind(StrEnum):
     THRESHOLDS = "thresholds"
     RECONSTRUCTIONS = "reconstructions"
     DETECTIONS = "detections"
+    RECORD_INDEX = "record_index"
 
 
 #: Kind -> metric name (smap_bench.metrics' schema).
@@ -52,10 +54,13 @@ METRIC_OF: dict[SeriesKind, str] = {
     SeriesKind.THRESHOLDS: "inference_threshold",
     SeriesKind.RECONSTRUCTIONS: "inference_reconstruction",
     SeriesKind.DETECTIONS: "inference_anomaly_detected",
+    SeriesKind.RECORD_INDEX: "record_index",
 }
 
 #: Kinds with one series per feature (label ``feature_index``).
 PER_FEATURE: frozenset[SeriesKind] = frozenset({SeriesKind.TELEMETRY, SeriesKind.RECONSTRUCTIONS})
+#: Kinds with one series per satellite (no ``subsystem`` label): the simulator's position.
+PER_SATELLITE: frozenset[SeriesKind] = frozenset({SeriesKind.RECORD_INDEX})
 
 
 def describe_span(span: timedelta) -> str:
@@ -91,17 +96,21 @@ def series_selector(
     kind: SeriesKind,
     satellite_id: str,
     subsystem: Subsystem,
-    features: Sequence[int] | None = None,
+    features: Sequence[int] | Literal["all"] | None = None,
 ) -> str:
     """The series selector of one stream's ``kind``, e.g.
     ``smap_feature{satellite_id="sat1",subsystem="ACS",feature_index=~"0|3"}``.
 
-    ``features`` applies to per-feature kinds only (default: feature 0).
+    ``features`` applies to per-feature kinds only (default: feature 0; ``"all"``: every
+    feature, with no ``feature_index`` matcher). Per-satellite kinds (the record index)
+    ignore ``subsystem``: every subsystem of a satellite shares the satellite's position.
     """
     if not _SATELLITE_ID.fullmatch(satellite_id):
         raise QueryError(f"satellite_id {satellite_id!r} does not match {SATELLITE_ID_PATTERN}")
-    matchers = [f"satellite_id={_quote(satellite_id)}", f"subsystem={_quote(subsystem.value)}"]
-    if kind in PER_FEATURE:
+    matchers = [f"satellite_id={_quote(satellite_id)}"]
+    if kind not in PER_SATELLITE:
+        matchers.append(f"subsystem={_quote(subsystem.value)}")
+    if kind in PER_FEATURE and features != "all":
         chosen = check_features(features if features is not None else [0])
         if len(chosen) == 1:
             matchers.append(f'feature_index="{chosen[0]}"')

@@ -18,7 +18,7 @@ NAME_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 
 
 @router.get("/live", response_model=Liveness)
-def live() -> Liveness:
+async def live() -> Liveness:
     """The API process answers (used by container and supervisor health checks)."""
     return Liveness()
 

@@ -110,8 +110,11 @@ def _answer(
 
 
 @router.get("", response_model=ReplayPublic)
-def get_replay(replay: ReplayDep, simulator_id: SimulatorId = DEFAULT_SIMULATOR_ID) -> ReplayPublic:
-    """The simulator's latest state: running or paused, speed, split, position."""
+async def get_replay(
+    replay: ReplayDep, simulator_id: SimulatorId = DEFAULT_SIMULATOR_ID
+) -> ReplayPublic:
+    """The simulator's latest state: running or paused, speed, split, position (a lookup
+    of what the background follower of the status topic last saw, no Kafka round trip)."""
     state = replay.monitor.latest(simulator_id)
     detail = "" if state else (replay.monitor.error or "no state published in the last 10 s")
     return ReplayPublic(

@@ -187,3 +187,25 @@ def test_health_reports_down_services_instead_of_failing(client: TestClient) -> 
     assert body["queues"][0]["detail"].startswith("RabbitMQ")
     assert body["triton"]["ready"] is False and "Triton" in body["triton"]["detail"]
     assert body["ingestion_rate"] is None
+
+
+def test_a_view_with_half_a_heatmap_range_is_a_422(client: TestClient) -> None:
+    answer = client.get(
+        "/api/series/view",
+        params={"satellite_id": "sat1", "subsystem": "ACS", "heatmap_start": "2026-01-01T00:00"},
+    )
+    assert answer.status_code == 422
+    assert "give both, or neither" in answer.json()["detail"]
+    answer = client.get("/api/fleet/latest", params={"lookback_s": 1})
+    assert answer.status_code == 422
+
+
+def test_view_and_latest_with_victoria_down_are_503s(client: TestClient) -> None:
+    for path, params in (
+        ("/api/series/view", {"satellite_id": "sat1", "subsystem": "ACS"}),
+        ("/api/series/record_index", {"satellite_id": "sat1", "subsystem": "ACS"}),
+        ("/api/fleet/latest", {}),
+    ):
+        answer = client.get(path, params=params)
+        assert answer.status_code == 503, (path, answer.text)
+        assert answer.json()["detail"].startswith("VictoriaMetrics unavailable"), path

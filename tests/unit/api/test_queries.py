@@ -12,6 +12,7 @@ from smap_bench.api.queries import (
     MAX_RAW_RANGE,
     METRIC_OF,
     PER_FEATURE,
+    PER_SATELLITE,
     QueryError,
     SeriesKind,
     check_features,
@@ -46,10 +47,27 @@ def test_per_feature_kinds_default_to_feature_0() -> None:
     )
 
 
-@pytest.mark.parametrize("kind", [k for k in SeriesKind if k not in PER_FEATURE])
+@pytest.mark.parametrize(
+    "kind", [k for k in SeriesKind if k not in PER_FEATURE and k not in PER_SATELLITE]
+)
 def test_per_stream_kinds_ignore_features(kind: SeriesKind) -> None:
     selector = series_selector(kind, "sat2", Subsystem.TCS, [5, 6])
     assert selector == f'{METRIC_OF[kind]}{{satellite_id="sat2",subsystem="TCS"}}'
+
+
+def test_the_record_index_is_the_satellites_whatever_the_subsystem() -> None:
+    for subsystem in (Subsystem.ACS, Subsystem.TCS):
+        assert (
+            series_selector(SeriesKind.RECORD_INDEX, "sat3", subsystem, [4])
+            == 'record_index{satellite_id="sat3"}'
+        )
+
+
+def test_all_features_is_no_feature_matcher() -> None:
+    assert (
+        series_selector(SeriesKind.TELEMETRY, "sat1", Subsystem.ACS, "all")
+        == 'smap_feature{satellite_id="sat1",subsystem="ACS"}'
+    )
 
 
 def test_metric_names_follow_the_writers_schema() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,7 +47,14 @@ def test_summary_separates_errors_and_counts_late_sends() -> None:
     summary = summarize(samples, rps=5, elapsed_s=1.0)
     assert (summary["p50"], summary["max"]) == (20.0, 30.0)
     assert (summary["requests"], summary["errors"], summary["late"]) == (5, 2, 1)
-    assert summary["paths"]["/a"] == {"requests": 2, "p50": 20.0, "p99": 29.8}
+    assert summary["paths"]["/a"] == {
+        "requests": 2,
+        "errors": 0,
+        "p50": 20.0,
+        "p99": 29.8,
+        "max": 30.0,
+    }
+    assert summary["paths"]["/b"]["errors"] == 2
     assert summary["achieved_rps"] == 5.0
 
 
@@ -93,4 +101,50 @@ def test_a_short_run_sends_every_scheduled_request(server: str) -> None:
     assert result["requests"] == 20
     assert result["errors"] == 10
     assert result["paths"]["/ok"]["requests"] == 10
+    assert result["paths"]["/missing"]["errors"] == 10
     assert 0 < result["p50"] <= result["p99"] <= result["max"] < 1000
+
+
+class _KeepAlive(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive, closing each connection after two answers (as a server
+    closes idle connections): the client must reopen rather than report errors."""
+
+    protocol_version = "HTTP/1.1"
+    answered: dict[int, int] = {}
+
+    def do_GET(self) -> None:
+        body = b'{"status":"ok"}'
+        key = id(self.connection)
+        self.answered[key] = self.answered.get(key, 0) + 1
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        if self.answered[key] >= 2:
+            self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_connections_closed_by_the_server_are_reopened_not_counted_as_errors() -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAlive)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        result = bench_api(url, rps=50, duration_s=0.4, paths=["/ok"], connections=1)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert (result["requests"], result["errors"]) == (20, 0)
+    assert result["connections"] >= 10  # about one per two requests
+
+
+def test_nothing_listening_is_every_request_an_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = bench_api(f"http://127.0.0.1:{port}", rps=20, duration_s=0.25, paths=["/x"])
+    assert result["requests"] == 5 and result["errors"] == 5
+    assert result["p99"] is None

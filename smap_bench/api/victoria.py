@@ -1,0 +1,97 @@
+"""The API's asynchronous reader of VictoriaMetrics: raw samples and range queries.
+
+The routes that read series run on the event loop and await VictoriaMetrics here,
+rather than holding a worker thread per request: on a small machine, a thread per
+request waiting for the GIL behind other requests' JSON work is what made the tail
+latency (see ``smap-bench bench-api``). Results are :class:`smap_bench.metrics.Series`,
+the same as the synchronous client's.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from smap_bench.metrics import Series
+
+
+def parse_export(text: str) -> list[Series]:
+    """Series of an ``/api/v1/export`` answer (one JSON object per line; ms timestamps)."""
+    found = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        item = json.loads(line)
+        pairs = zip(item["timestamps"], item["values"], strict=True)
+        samples = [(ts / 1000.0, float(v)) for ts, v in pairs]
+        found.append(Series(labels=item["metric"], samples=samples))
+    return found
+
+
+def parse_matrix(payload: dict[str, Any]) -> list[Series]:
+    """Series of a ``query_range`` answer (``data.result`` of ``[time, "value"]`` pairs)."""
+    return [
+        Series(labels=r["metric"], samples=[(float(t), float(v)) for t, v in r["values"]])
+        for r in payload["data"]["result"]
+    ]
+
+
+class AsyncVictoria:
+    """Reads of the single-node VictoriaMetrics HTTP API over one pooled async client."""
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout_s,
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def export(self, match: str, start: float, end: float) -> list[Series]:
+        """Raw samples of the series matching ``match`` between ``start`` and ``end``."""
+        response = await self._http.get(
+            "/api/v1/export", params={"match[]": match, "start": start, "end": end}
+        )
+        response.raise_for_status()
+        return parse_export(response.text)
+
+    async def export_many(self, matches: list[str], start: float, end: float) -> list[Series]:
+        """Raw samples of every series matching any of ``matches``, in one request (each
+        series keeps its ``__name__`` label, so the caller can tell the metrics apart)."""
+        response = await self._http.get(
+            "/api/v1/export",
+            params=[("match[]", m) for m in matches] + [("start", start), ("end", end)],
+        )
+        response.raise_for_status()
+        return parse_export(response.text)
+
+    async def query_range(self, query: str, start: float, end: float, step: str) -> list[Series]:
+        """A MetricsQL range query on a ``step`` grid."""
+        response = await self._http.get(
+            "/api/v1/query_range",
+            params={"query": query, "start": start, "end": end, "step": step},
+        )
+        response.raise_for_status()
+        return parse_matrix(response.json())
+
+    async def query(
+        self, query: str, time: float | None = None, *, fresh: bool = False
+    ) -> list[Series]:
+        """An instant query at ``time`` (default now); ``fresh`` includes the newest second
+        that the server's ``-search.latencyOffset`` otherwise hides from queries."""
+        params: dict[str, Any] = {"query": query}
+        if time is not None:
+            params["time"] = time
+        if fresh:
+            params["latency_offset"] = "0s"
+        response = await self._http.get("/api/v1/query", params=params)
+        response.raise_for_status()
+        return [
+            Series(labels=r["metric"], samples=[(float(r["value"][0]), float(r["value"][1]))])
+            for r in response.json()["data"]["result"]
+        ]

@@ -1,0 +1,82 @@
+"""`smap-bench bench-api`: API read latency at a fixed rate, as a command with a table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from smap_bench.bench.api import DEFAULT_PATHS, bench_api
+from smap_bench.config import get_settings
+
+
+def results_table(result: dict[str, Any]) -> Table:
+    """One row per path (requests, errors, p50, p99, max), then the overall row."""
+    table = Table(
+        title=f"API reads at {result['rps']:g} req/s for {result['duration_s']:g} s "
+        f"({result['base_url']})"
+    )
+    for name in ("path", "requests", "errors", "p50 ms", "p99 ms", "max ms"):
+        table.add_column(name, justify="left" if name == "path" else "right")
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    for path, data in result["paths"].items():
+        table.add_row(
+            path,
+            str(data["requests"]),
+            str(data["errors"]),
+            ms(data["p50"]),
+            ms(data["p99"]),
+            ms(data["max"]),
+        )
+    table.add_row(
+        "[bold]all[/bold]",
+        str(result["requests"]),
+        str(result["errors"]),
+        ms(result["p50"]),
+        ms(result["p99"]),
+        ms(result["max"]),
+        end_section=True,
+    )
+    return table
+
+
+def bench_api_command(
+    rps: Annotated[float, typer.Option(min=0.1, max=2000, help="Requests per second")] = 50,
+    duration: Annotated[float, typer.Option(min=1, max=3600, help="Seconds measured")] = 20,
+    url: Annotated[
+        str | None,
+        typer.Option(help="API base URL (loopback only); default the local API's port"),
+    ] = None,
+    path: Annotated[
+        list[str] | None,
+        typer.Option("--path", help="A path to read (repeat); default the dashboard's reads"),
+    ] = None,
+    connections: Annotated[
+        int, typer.Option(min=1, max=64, help="Keep-alive connections opened up front")
+    ] = 4,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the result here")
+    ] = None,
+) -> None:
+    """Read the operations API at a fixed rate (open loop) and report p50/p99 latency per
+    route and overall, with the error count (the target: p99 < 20 ms at 50 req/s)."""
+    settings = get_settings()
+    base = url or f"http://{settings.host}:{settings.api_port}"
+    try:
+        result = bench_api(
+            base, rps=rps, duration_s=duration, paths=path or DEFAULT_PATHS, connections=connections
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    Console().print(results_table(result))
+    if result["late"]:
+        Console().print(f"[yellow]{result['late']} requests were sent late (client overload)")
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
