@@ -80,3 +80,48 @@ def bench_api_command(
         Console().print(f"[yellow]{result['late']} requests were sent late (client overload)")
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def bench_dashboard_command(
+    satellite: Annotated[str, typer.Option(help="Satellite of the stream")] = "sat1",
+    subsystem: Annotated[str, typer.Option(help="Subsystem of the stream")] = "ACS",
+    window: Annotated[int, typer.Option(min=30, max=3600, help="Seconds shown")] = 600,
+    repeats: Annotated[int, typer.Option(min=1, max=10_000, help="Refreshes timed")] = 100,
+    period: Annotated[
+        float, typer.Option(min=0, max=60, help="Seconds between refreshes (0: back to back)")
+    ] = 0.0,
+    views: Annotated[
+        bool, typer.Option(help="Also redraw the timeline and heatmap views' models")
+    ] = True,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the result here")
+    ] = None,
+) -> None:
+    """Time the dashboard's refresh of one stream's timeline and heatmap in the Panel
+    server (fetch, apply and redraw, derived values), p50/p90/p99 per phase (the target:
+    p99 < 100 ms for the last 10 minutes)."""
+    from smap_bench.dashboard.bench import bench_refresh
+
+    result = bench_refresh(
+        get_settings(),
+        satellite_id=satellite,
+        subsystem=subsystem,
+        window_s=window,
+        repeats=repeats,
+        period_s=period,
+        views=views,
+    )
+    table = Table(
+        title=f"Dashboard refresh of {satellite}/{subsystem}, last {window} s, "
+        f"{result['records']} records shown ({repeats} refreshes)"
+    )
+    for name in ("phase", "p50 ms", "p90 ms", "p99 ms", "max ms"):
+        table.add_column(name, justify="left" if name == "phase" else "right")
+    for phase, stats in result["phases"].items():
+        table.add_row(
+            phase,
+            *("-" if stats[k] is None else f"{stats[k]:.1f}" for k in ("p50", "p90", "p99", "max")),
+        )
+    Console().print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")

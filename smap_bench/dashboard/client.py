@@ -37,6 +37,18 @@ _SATELLITE_ID = re.compile(SATELLITE_ID_PATTERN)
 CORE_KINDS = frozenset({TELEMETRY, SCORES, THRESHOLDS, RECONSTRUCTIONS, DETECTIONS})
 #: Newest sample and detection of every stream (see :meth:`ApiClient.latest`).
 LATEST_ROUTE = "/api/fleet/latest"
+#: A stream's timeline and heatmap in one answer (see :meth:`ApiClient.stream_view`).
+VIEW_ROUTE = "/api/series/view"
+#: Series of a view answer -> the store's frame names.
+VIEW_SERIES = {
+    "telemetry": "telemetry",
+    "scores": "scores",
+    "thresholds": "thresholds",
+    "detections": "detections",
+    "record_index": "record_index",
+    "heat_input": "heat_input",
+    "heat_output": "heat_output",
+}
 #: How far around now the stop-gap for a missing latest route looks.
 FALLBACK_LOOKBACK = timedelta(minutes=30)
 #: Replay commands the API accepts (``smap_bench.simulation`` control commands, plus start).
@@ -84,6 +96,21 @@ class DashboardApi(Protocol):
 
     def latest(self) -> pd.DataFrame:
         """Per stream its newest sample time and whether its latest window was flagged."""
+        ...
+
+    def stream_view(
+        self,
+        satellite_id: str,
+        subsystem: str,
+        start: datetime,
+        end: datetime,
+        features: Sequence[int] = (0,),
+        heatmap: tuple[datetime, datetime] | None = None,
+    ) -> dict[str, Any]:
+        """A stream's timeline and heatmap in one call: frames ``telemetry``, ``scores``,
+        ``thresholds``, ``detections``, ``record_index``, ``stream_events``, ``heat_input``,
+        ``heat_output``, and ``heatmap`` (the range shown, or None). Without ``heatmap``
+        the newest flagged window (else the newest window) is shown."""
         ...
 
     def events(
@@ -257,6 +284,27 @@ class ApiClient:
             return frames.empty_series()
         return frames.series_frame(payload)
 
+    def stream_view(
+        self,
+        satellite_id: str,
+        subsystem: str,
+        start: datetime,
+        end: datetime,
+        features: Sequence[int] = (0,),
+        heatmap: tuple[datetime, datetime] | None = None,
+    ) -> dict[str, Any]:
+        params: list[tuple[str, Any]] = [
+            ("satellite_id", satellite_id),
+            ("subsystem", subsystem),
+            ("start", _iso(start)),
+            ("end", _iso(end)),
+        ]
+        params += [("features", int(f)) for f in features]
+        if heatmap is not None:
+            params += [("heatmap_start", _iso(heatmap[0])), ("heatmap_end", _iso(heatmap[1]))]
+        payload = self._get(VIEW_ROUTE, f"view of {satellite_id}/{subsystem}", params)
+        return view_frames(payload)
+
     def latest(self) -> pd.DataFrame:
         if LATEST_ROUTE not in self._missing:
             try:
@@ -380,6 +428,23 @@ class ApiClient:
             mutating=True,
         )
         return result
+
+
+def view_frames(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The frames of a ``StreamViewPublic`` answer (see :meth:`DashboardApi.stream_view`)."""
+    got: dict[str, Any] = {
+        name: frames.series_frame({"series": payload.get(key) or []})
+        for key, name in VIEW_SERIES.items()
+    }
+    got["stream_events"] = frames.events_frame(payload.get("events") or [])
+    start, end = payload.get("heatmap_start"), payload.get("heatmap_end")
+    got["heatmap"] = (
+        (frames.to_utc(start).to_pydatetime(), frames.to_utc(end).to_pydatetime())
+        if start and end
+        else None
+    )
+    got["server_ms"] = payload.get("server_ms")
+    return got
 
 
 def _detail(response: httpx.Response) -> str:

@@ -28,16 +28,7 @@ from smap_bench.alarms import AlarmState
 from smap_bench.catalog import SUBSYSTEMS
 from smap_bench.config import Settings
 from smap_bench.dashboard import frames
-from smap_bench.dashboard.client import (
-    DETECTIONS,
-    RECONSTRUCTIONS,
-    RECORD_INDEX,
-    SCORES,
-    TELEMETRY,
-    THRESHOLDS,
-    ApiError,
-    ApiUnavailable,
-)
+from smap_bench.dashboard.client import ApiError, ApiUnavailable
 from smap_bench.schema import NUM_FEATURES
 
 #: The longest heatmap, in records (a long event shows its last records).
@@ -79,7 +70,11 @@ class DashboardStore(pn.viewable.Viewer):
     features = param.ListSelector(default=[0], objects=list(range(NUM_FEATURES)))
     window_s = param.Integer(default=600, bounds=(30, 3600), doc="Length of the time range")
     end = param.Date(default=None, allow_None=True, doc="End of the range; None: follow live")
-    refresh_period_ms = param.Integer(default=2000, bounds=(250, 60_000))
+    refresh_period_ms = param.Integer(
+        default=1000,
+        bounds=(250, 60_000),
+        doc="Period of the live refresh (a new detection shows within about one period)",
+    )
     event_id = param.Integer(default=None, allow_None=True, doc="Event of the heatmap")
     focus_time = param.Date(default=None, allow_None=True, doc="Window end of the heatmap")
     alarm_states = param.ListSelector(
@@ -514,34 +509,16 @@ class DashboardStore(pn.viewable.Viewer):
         client, sat, sub = self.client, self.satellite_id, self.subsystem
         start, end = self.time_range()
         features = tuple(sorted(self.features)) or (0,)
-        calls: dict[str, Callable[[], Any]] = {
-            "telemetry": lambda: client.series(TELEMETRY, sat, sub, start, end, features),
-            "scores": lambda: client.series(SCORES, sat, sub, start, end),
-            "thresholds": lambda: client.series(THRESHOLDS, sat, sub, start, end),
-            "detections": lambda: client.series(DETECTIONS, sat, sub, start, end),
-            "stream_events": lambda: client.events(
-                satellite_id=sat, subsystem=sub, start=start - timedelta(hours=1), end=end
-            ),
-        }
-        if self.labeled_ranges():
-            calls["record_index"] = lambda: client.series(RECORD_INDEX, sat, sub, start, end)
-        got = self._fetch(calls)
-        got.setdefault("record_index", frames.empty_series())
-        # The heatmap range follows from what was just fetched (the latest flagged window).
-        window = self._heatmap_range(got["stream_events"], got["detections"], got["scores"])
-        got["heat_input"] = got["heat_output"] = frames.empty_series()
-        if window is not None:
-            every = tuple(range(NUM_FEATURES))
-            got.update(
-                self._fetch(
-                    {
-                        "heat_input": lambda: client.series(TELEMETRY, sat, sub, *window, every),
-                        "heat_output": lambda: client.series(
-                            RECONSTRUCTIONS, sat, sub, *window, every
-                        ),
-                    }
-                )
-            )
+        # A chosen event or window fixes the heatmap's range; otherwise the API shows the
+        # newest flagged window of what it reads (the same rule as heatmap_range).
+        chosen = self.event_id is not None or self.focus_time is not None
+        heatmap = (
+            self._heatmap_range(self.stream_events, self.detections, self.scores)
+            if chosen
+            else None
+        )
+        got = client.stream_view(sat, sub, start, end, features, heatmap=heatmap)
+        got = {k: v for k, v in got.items() if k not in ("heatmap", "server_ms")}
         got["elapsed_s"] = time.perf_counter() - began
         return got
 

@@ -105,6 +105,37 @@ class FakeApi:
             inside &= frame["feature"].isin(list(features))
         return frame[inside].reset_index(drop=True)
 
+    def stream_view(
+        self, satellite_id, subsystem, start, end, features=(0,), heatmap=None
+    ) -> dict[str, Any]:
+        """The view from this fake's series and events, the heatmap chosen by the API's
+        rule (newest flagged window, else the newest window)."""
+        self._record("stream_view", satellite_id, subsystem, start, end, tuple(features))
+        got: dict[str, Any] = {
+            "telemetry": self.series("telemetry", satellite_id, subsystem, start, end, features),
+            "scores": self.series("scores", satellite_id, subsystem, start, end),
+            "thresholds": self.series("thresholds", satellite_id, subsystem, start, end),
+            "detections": self.series("detections", satellite_id, subsystem, start, end),
+            "record_index": self.series("record_index", satellite_id, subsystem, start, end),
+            "stream_events": self.events(satellite_id=satellite_id, subsystem=subsystem),
+        }
+        if heatmap is None:
+            flagged = got["detections"].loc[got["detections"]["value"] > 0.5, "time"]
+            newest = flagged.max() if len(flagged) else frames.latest_time(got["scores"])
+            if newest is not None and not pd.isna(newest):
+                period = frames.record_period_s(got["scores"])
+                heatmap = frames.window_around(newest, 30, period)
+        every = range(25)
+        got["heat_input"] = got["heat_output"] = frames.empty_series()
+        if heatmap is not None:
+            got["heat_input"] = self.series("telemetry", satellite_id, subsystem, *heatmap, every)
+            got["heat_output"] = self.series(
+                "reconstructions", satellite_id, subsystem, *heatmap, every
+            )
+        got["heatmap"] = heatmap
+        got["server_ms"] = 0.0
+        return got
+
     def events(
         self, *, satellite_id=None, subsystem=None, states=(), start=None, end=None, limit=200
     ) -> pd.DataFrame:

@@ -195,3 +195,31 @@ def test_a_connection_closed_under_the_client_is_tried_once_more() -> None:
     api, seen = client(answer)
     assert api.replay("pause") == {"command": "pause"}
     assert len(seen) == 2
+
+
+def test_stream_view_is_one_call_with_the_heatmap_range_when_given() -> None:
+    one = [{"feature_index": None, "timestamps": [T.timestamp()], "values": [0.5]}]
+    body = {
+        "telemetry": [{"feature_index": 0, "timestamps": [T.timestamp()], "values": [1.0]}],
+        "scores": one,
+        "thresholds": one,
+        "detections": one,
+        "record_index": one,
+        "events": [],
+        "heatmap_start": "2026-01-01T11:59:30Z",
+        "heatmap_end": "2026-01-01T12:00:00Z",
+        "heat_input": [{"feature_index": 3, "timestamps": [T.timestamp()], "values": [2.0]}],
+        "heat_output": [],
+        "server_ms": 4.2,
+    }
+    api, seen = client(lambda r: httpx.Response(200, json=body))
+    got = api.stream_view("sat1", "ACS", T, T, features=(0, 4))
+    assert [r.url.path for r in seen] == ["/api/series/view"]
+    assert "heatmap_start" not in seen[0].url.params
+    assert seen[0].url.params.get_list("features") == ["0", "4"]
+    assert got["scores"]["value"].tolist() == [0.5]
+    assert got["heat_input"]["feature"].tolist() == [3] and got["heat_output"].empty
+    assert got["stream_events"].empty
+    assert got["heatmap"] == (datetime(2026, 1, 1, 11, 59, 30, tzinfo=UTC), T)
+    api.stream_view("sat1", "ACS", T, T, heatmap=(T, T))
+    assert seen[1].url.params["heatmap_start"] == seen[1].url.params["heatmap_end"]
