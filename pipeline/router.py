@@ -28,6 +28,7 @@ from smap_bench.catalog import satellite_ids
 from smap_bench.config import Settings, get_settings
 from smap_bench.routing import STAGE, TelemetryRouter
 from smap_bench.stage import (
+    COMMIT_EVERY_S,
     StageMetrics,
     run_kafka_stage,
     start_stage,
@@ -146,6 +147,7 @@ def run(
         batch_size=batch_size,
         poll_timeout_s=0.05,
         on_tick=fleet.tick,
+        commit_every_s=COMMIT_EVERY_S,
         consumer_overrides={"group.id": group},
     )
     counts = metrics.counts

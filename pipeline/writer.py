@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from smap_bench.config import Settings, get_settings
 from smap_bench.metrics import VictoriaMetrics
 from smap_bench.stage import (
+    COMMIT_EVERY_S,
     STAGE_METRICS_PORTS,
     run_kafka_stage,
     start_stage,
@@ -90,6 +91,7 @@ def run(
                 poll_timeout_s=max_wait_ms / 1000.0,
                 batch_wait_s=batch_wait_ms / 1000.0,
                 on_tick=writer.tick,
+                commit_every_s=COMMIT_EVERY_S,
                 consumer_overrides={"max.poll.interval.ms": MAX_POLL_INTERVAL_MS},
             )
             writer.flush()  # latency lines still waiting

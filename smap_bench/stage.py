@@ -55,6 +55,10 @@ STAGE_METRICS_PORTS = {
     "worker": 9110,
 }
 
+#: How often the router, scheduler and writer commit offsets (asynchronously; see
+#: :func:`run_kafka_stage`).
+COMMIT_EVERY_S = 1.0
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -183,6 +187,7 @@ def run_kafka_stage(
     consumer_overrides: dict[str, Any] | None = None,
     discover_every_s: float | None = None,
     batch_wait_s: float = 0.0,
+    commit_every_s: float | None = None,
 ) -> None:
     """Consume ``topics`` as group ``stage`` until stopped, at least once.
 
@@ -195,6 +200,14 @@ def run_kafka_stage(
     there, with whatever else has already been fetched (up to ``batch_size``), waiting
     ``batch_wait_s`` more for stragglers only when asked; ``poll_timeout_s`` bounds the
     wait for a first message, so it is also the period of ``on_tick`` when idle.
+
+    Commits: by default each batch's offsets are committed synchronously after its flush.
+    With ``commit_every_s`` they are committed asynchronously, at most that often, and
+    synchronously when the loop stops: still only offsets whose output was flushed, but
+    the loop no longer waits on the broker once per batch (a commit to the local Tansu
+    broker queues behind the consumer's pending fetch, up to its ``fetch.wait.max.ms``).
+    A crash then re-delivers up to ``commit_every_s`` more, which the sinks' idempotence
+    and the job ids absorb.
 
     A stage that holds consumed records in memory beyond the batch (the scheduler's
     window buffers) passes ``commit_offsets``: it returns, per partition, the offset of
@@ -213,6 +226,7 @@ def run_kafka_stage(
     else:
         assigner = TopicAssigner(consumer, topics, discover_every_s)
     log.info("%s: consuming %s", stage, ", ".join(topics))
+    committer = Committer(consumer, commit_offsets, commit_every_s)
     try:
         while not stop.stopped:
             if assigner is not None:
@@ -233,18 +247,69 @@ def run_kafka_stage(
                 remaining = producer.flush(30)
                 if remaining:
                     raise RuntimeError(f"{stage}: {remaining} messages not delivered in 30 s")
-                if commit_offsets is None:
-                    consumer.commit(asynchronous=False)
-                else:
-                    offsets = commit_offsets()
-                    if offsets:
-                        consumer.commit(offsets=offsets, asynchronous=False)
+                committer.flushed()
             else:
                 producer.poll(0)
+                committer.idle()
+        committer.final()
     finally:
         producer.flush(30)
         consumer.close()
         log.info("%s: stopped", stage)
+
+
+class Committer:
+    """Commits what was consumed and flushed: every batch synchronously (``every_s``
+    None), or asynchronously at most every ``every_s`` seconds and once more at the end.
+    """
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        offsets: Callable[[], list[TopicPartition]] | None,
+        every_s: float | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.consumer = consumer
+        self.offsets = offsets
+        self.every_s = every_s
+        self.clock = clock
+        self.pending = False
+        self._last = clock()
+
+    def flushed(self) -> None:
+        """A batch's output was flushed: its offsets may be committed."""
+        self.pending = True
+        if self.every_s is None:
+            self._commit(asynchronous=False)
+        elif self.clock() - self._last >= self.every_s:
+            self._commit(asynchronous=True)
+
+    def idle(self) -> None:
+        """Nothing came: commit what is pending once its time has come."""
+        if self.pending and self.every_s is not None and self.clock() - self._last >= self.every_s:
+            self._commit(asynchronous=True)
+
+    def final(self) -> None:
+        """The loop ended cleanly: commit what is pending, and wait for it."""
+        if self.pending:
+            self._commit(asynchronous=False)
+
+    def _commit(self, asynchronous: bool) -> None:
+        self._last = self.clock()
+        self.pending = False
+        offsets = None if self.offsets is None else self.offsets()
+        if offsets == []:
+            return
+        if asynchronous:
+            if offsets is None:
+                self.consumer.commit(asynchronous=True)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+        elif offsets is None:
+            self.consumer.commit(asynchronous=False)
+        else:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
 
 
 def next_batch(
