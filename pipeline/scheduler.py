@@ -42,6 +42,7 @@ from smap_bench.scheduling import (
 from smap_bench.schema import InferenceTask
 from smap_bench.scoring import elapsed_since
 from smap_bench.stage import (
+    COMMIT_EVERY_S,
     StageMetrics,
     run_kafka_stage,
     start_stage,
@@ -107,6 +108,7 @@ def run(
     batch_wait_ms: float = 0.0,
     min_messages: int | None = None,
     batch_size: int = 5000,
+    fetch_wait_ms: int = 250,
     metrics_port: int | None = None,
 ) -> WindowScheduler:
     """Run the scheduler until SIGTERM/SIGINT; returns its state (counts) at the end."""
@@ -163,10 +165,14 @@ def run(
         poll_timeout_s=poll_ms / 1000.0,
         batch_wait_s=batch_wait_ms / 1000.0,
         commit_offsets=commit_offsets,
-        consumer_overrides={"group.id": group},
+        commit_every_s=COMMIT_EVERY_S,
+        # Each fetch costs the local Tansu broker work for every assigned partition (seven
+        # per satellite), with or without data, and it answers a fetch early when data
+        # comes: a longer wait cuts the idle fetches, not the latency.
+        consumer_overrides={"group.id": group, "fetch.wait.max.ms": fetch_wait_ms},
         # One scheduler per group: it assigns itself every telemetry partition and finds a
-        # new satellite's topics within two seconds, with no group rebalance to wait on.
-        discover_every_s=2.0,
+        # new satellite's topics within five seconds, with no group rebalance to wait on.
+        discover_every_s=5.0,
     )
     counts = core.counts
     log.info(
@@ -202,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="spread a batch's windows over at least this many tasks (default SMAP_WORKERS)",
     )
     parser.add_argument("--batch-size", type=int, default=5000, help="records per poll at most")
+    parser.add_argument(
+        "--fetch-wait-ms", type=int, default=250, help="Kafka fetch.wait.max.ms of the consumer"
+    )
     parser.add_argument("--metrics-port", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -215,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch_wait_ms=args.batch_wait_ms,
         min_messages=args.min_messages,
         batch_size=args.batch_size,
+        fetch_wait_ms=args.fetch_wait_ms,
         metrics_port=args.metrics_port,
     )
 

@@ -7,6 +7,11 @@ are sampled. End-to-end latency is read back from VictoriaMetrics: for every win
 ``smap_e2e_latency_seconds{stage="writer"}`` is the time from its newest record's
 production to its result being stored (queryable). The fleet replay that `make up`
 starts is paused meanwhile so that the counters move for the benchmark alone.
+
+Afterwards the benchmark satellites are marked inactive in PostgreSQL (``keep=False``);
+their topics stay (see :meth:`LoadBenchmark._retire`), and the result reports how many
+telemetry partitions the scheduler was reading (``telemetry_partitions``), since each
+costs the broker work on every fetch.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from smap_bench.config import PROJECT_ROOT, Settings
 from smap_bench.data import resolve_data_dir
 from smap_bench.data.loader import list_channels
 from smap_bench.data.synthetic import SYNTHETIC_CHANNELS
-from smap_bench.kafka import TopicSpec, ensure_topics
+from smap_bench.kafka import TopicSpec, admin_client, ensure_topics
 from smap_bench.metrics import VictoriaMetrics
 from smap_bench.stack import Supervisor
 from smap_bench.stage import STAGE_METRICS_PORTS
@@ -55,6 +60,10 @@ class LoadBenchmark:
     duration_s: float
     drain_s: float = 30.0
     sample_every_s: float = 2.0
+    #: Consumer lag is sampled less often: it lists every partition's offsets, which
+    #: costs the broker the most of what the benchmark asks of it.
+    lag_every_s: float = 10.0
+    keep: bool = False
 
     def run(self, report: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
         settings = self.settings
@@ -63,6 +72,7 @@ class LoadBenchmark:
         prefix = f"b{tag}-"
         mapping = self._fleet(prefix)
         self._register(mapping)
+        partitions = _telemetry_partitions(settings)
         with fleet_replay_paused(settings):
             before = self._counters()
             supervised = Supervisor(settings).programs()
@@ -74,6 +84,8 @@ class LoadBenchmark:
             processes["simulator (bench)"] = psutil.Process(simulator.pid)
             cpu_before["simulator (bench)"] = 0.0
             lags: list[int] = []
+            lag_at = 0.0
+            admin = admin_client(settings)
             depths: list[int] = []
             rss: dict[str, float] = {name: 0.0 for name in processes}
             rss["simulator (bench)"] = 0.0
@@ -84,7 +96,9 @@ class LoadBenchmark:
                         raise RuntimeError(
                             f"the benchmark simulator exited ({simulator.returncode})"
                         )
-                    lags.append(_total_lag(settings))
+                    if not lags or elapsed - lag_at >= self.lag_every_s:
+                        lags.append(_total_lag(settings, admin))
+                        lag_at = elapsed
                     depths.append(_queue_depth(settings))
                     for name, process in processes.items():
                         rss[name] = max(rss[name], _rss_mb(process))
@@ -98,10 +112,13 @@ class LoadBenchmark:
             self._drain(before, say)
             after = self._counters()
         latency = self._latencies(prefix, started_wall)
+        if not self.keep:
+            self._retire(mapping)
         sent = _delta(after, before, "scheduler", "produced")
         results = _delta(after, before, "worker", "produced")
         return {
             "satellites": self.satellites,
+            "telemetry_partitions": partitions,
             "duration_s": round(measured_s, 1),
             "subsystem_records_per_s": round(
                 _delta(after_run, before, "router", "produced") / measured_s, 1
@@ -163,6 +180,25 @@ class LoadBenchmark:
             ],
             timeout_s=300,
         )
+
+    def _retire(self, mapping: dict[str, dict[str, str]]) -> None:
+        """Mark the run's satellites inactive, so the router's fleet no longer holds them.
+
+        Their topics stay: deleting a topic that a consumer is reading crashes it (SIGSEGV
+        in librdkafka 2.16 on the Tansu broker, reproduced with a bare consumer), and the
+        scheduler reads every telemetry topic. Each one left costs the broker work on
+        every scheduler fetch, so results of runs after many others are pessimistic.
+        """
+        import psycopg
+
+        try:
+            with psycopg.connect(self.settings.postgres_dsn, connect_timeout=5) as conn:
+                conn.execute(
+                    "UPDATE satellites SET active = false WHERE satellite_id = ANY(%s)",
+                    (list(mapping),),
+                )
+        except psycopg.Error as error:
+            log.warning("could not retire the benchmark satellites: %s", error)
 
     def _start_simulator(self, mapping: dict[str, dict[str, str]]) -> subprocess.Popen[bytes]:
         import json
@@ -277,10 +313,17 @@ def _rss_mb(process: psutil.Process) -> float:
         return 0.0
 
 
-def _total_lag(settings: Settings) -> int:
+def _telemetry_partitions(settings: Settings) -> int:
+    """Partitions of the subsystem topics (all of which the scheduler reads)."""
+    prefix = settings.subsystem_topic("ACS", "x").split(".", 1)[0] + "."
+    topics = admin_client(settings).list_topics(timeout=30).topics
+    return sum(len(t.partitions) for name, t in topics.items() if name.startswith(prefix))
+
+
+def _total_lag(settings: Settings, admin: Any = None) -> int:
     from smap_bench.api.monitor import consumer_lag
 
-    return sum(row["lag"] or 0 for row in consumer_lag(settings, GROUPS))
+    return sum(row["lag"] or 0 for row in consumer_lag(settings, GROUPS, admin))
 
 
 def _queue_depth(settings: Settings) -> int:
