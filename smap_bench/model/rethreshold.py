@@ -77,9 +77,14 @@ def train_config_from(settings: dict[str, Any]) -> TrainConfig:
 
 
 def run_selection(
-    data_dir: Path | None, repository: Path, channels: list[str], seed: int = 0
+    data_dir: Path | None,
+    repository: Path,
+    channels: list[str],
+    seed: int = 0,
+    event_gap: int = 0,
 ) -> tuple[list[selection.Outcome], list[str]]:
-    """Judge every candidate of :func:`selection.candidate_grid` on the held-out halves."""
+    """Judge every candidate of :func:`selection.candidate_grid` on the held-out halves,
+    under the event rule ``event_gap``."""
     from smap_bench.model.repository import read_metadata
 
     material, skipped = [], []
@@ -103,7 +108,10 @@ def run_selection(
         except ValueError as exc:
             log.warning("%s left out of the selection: %s", channel, exc)
             skipped.append(channel)
-    return [selection.judge(c, material) for c in selection.candidate_grid()], skipped
+    outcomes = [
+        selection.judge(c, material, event_gap=event_gap) for c in selection.candidate_grid()
+    ]
+    return outcomes, skipped
 
 
 def refit_metadata(
@@ -171,13 +179,14 @@ def select_command(
     settings = get_settings()
     repository = settings.model_repository
     data_dir, names = _channels(channels)
-    outcomes, skipped = run_selection(data_dir, repository, names)
+    outcomes, skipped = run_selection(data_dir, repository, names, event_gap=settings.event_gap)
     best = selection.select(outcomes, records_per_anomaly)
     rates = (576.0, float(selection.RECORDS_PER_ANOMALY), 8640.0)
     report = {
         "criterion": f"expected event-wise F1 at one anomaly per {records_per_anomaly:g} records",
         "repository": str(repository),
         "channels": len(names) - len(skipped),
+        "event_gap": settings.event_gap,
         "skipped": skipped,
         "chosen": best.as_dict(rates),
         "best_at_other_rates": {

@@ -348,8 +348,11 @@ def judge(
     material: Sequence[ChannelMaterial],
     window: int = 30,
     stride: int = 10,
+    event_gap: int = 0,
 ) -> Outcome:
-    """Pooled held-out recall and false alarms of one candidate over all channels."""
+    """Pooled held-out recall and false alarms of one candidate over all channels, with
+    predicted segments formed by the event rule (:func:`smap_bench.evaluation.bridge_gaps`
+    with ``event_gap``), as the evaluation and the events stage form them."""
     statistic = STATISTICS[candidate.statistic]
     detected = injected = fps = records = 0
     by_kind: dict[str, int] = {}
@@ -360,11 +363,13 @@ def judge(
                 fit_stat, statistic(fold.threshold_scores), candidate.threshold
             ).value
             clean = flags_of(fold.clean, statistic, value, window, stride)
-            fps += len(evaluation.segments(clean))
+            fps += len(evaluation.segments(evaluation.bridge_gaps(clean, event_gap)))
             records += fold.clean.n_records
             for item in fold.injected:
                 assert item.anomaly is not None
-                flags = flags_of(item, statistic, value, window, stride)
+                flags = evaluation.bridge_gaps(
+                    flags_of(item, statistic, value, window, stride), event_gap
+                )
                 hit = evaluation.event_counts(evaluation.segments(flags), [item.anomaly]).tp
                 injected += 1
                 detected += hit

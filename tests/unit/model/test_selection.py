@@ -83,6 +83,21 @@ def test_judge_counts_injected_spikes_and_clean_false_alarms() -> None:
     assert out_strict.false_positives <= out_loose.false_positives
 
 
+def test_judge_forms_segments_by_the_event_rule() -> None:
+    # A clean half of 9 windows (records 0..109) whose windows 2, 4 and 6 score high: three
+    # false-alarm segments 10 records apart, one event under a gap of 10.
+    starts = windows.window_starts(110, 30, 10)
+    scores = np.full((starts.size, 30), 1e-3)
+    scores[[2, 4, 6]] = 1.0
+    clean = selection.Judged(scores, starts, 110)
+    fold = selection.Fold(threshold_scores=np.full((50, 30), 1e-3), clean=clean)
+    material = [selection.ChannelMaterial("X-1", np.full((200, 30), 1e-3), [fold])]
+    (candidate,) = selection.candidate_grid(["mean"], qs=[1e-4], floor_factors=[2.0])
+    assert selection.judge(candidate, material).false_positives == 3
+    assert selection.judge(candidate, material, event_gap=9).false_positives == 3
+    assert selection.judge(candidate, material, event_gap=10).false_positives == 1
+
+
 def test_expected_f1_follows_the_assumed_rarity() -> None:
     candidate = selection.candidate_grid(["mean"], qs=[1e-4], floor_factors=[1.0])[0]
     outcome = selection.Outcome(candidate, 5, 10, 2, 10_000, {})
