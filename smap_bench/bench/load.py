@@ -78,6 +78,7 @@ class LoadBenchmark:
             supervised = Supervisor(settings).programs()
             processes = _processes(supervised)
             cpu_before = {name: _cpu_seconds(p) for name, p in processes.items()}
+            host_before = _host_busy_seconds()
             started_wall = time.time()
             started = time.monotonic()
             simulator = self._start_simulator(mapping)
@@ -105,6 +106,7 @@ class LoadBenchmark:
                     time.sleep(self.sample_every_s)
                 measured_s = time.monotonic() - started
                 cpu_after = {name: _cpu_seconds(p) for name, p in processes.items()}
+                host_busy = _host_busy_seconds() - host_before
             finally:
                 simulator.terminate()
                 simulator.wait(timeout=30)
@@ -139,6 +141,8 @@ class LoadBenchmark:
                 "max": max(depths, default=0),
                 "last": depths[-1] if depths else 0,
             },
+            # The machine is shared: what else ran during the measurement is part of it.
+            "host": _host_report(host_busy, cpu_before, cpu_after, measured_s),
             "stages": {
                 name: {
                     "cpu_percent": round(
@@ -311,6 +315,26 @@ def _rss_mb(process: psutil.Process) -> float:
         return total / 2**20
     except psutil.NoSuchProcess:
         return 0.0
+
+
+def _host_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores, all processes)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def _host_report(
+    busy_s: float, before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, Any]:
+    """Cores, load average, and CPU% of the pipeline's processes and of everything else."""
+    pipeline = sum(after[name] - before[name] for name in after)
+    return {
+        "cores": psutil.cpu_count() or 1,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "cpu_percent": round(100 * busy_s / seconds, 1),
+        "pipeline_cpu_percent": round(100 * pipeline / seconds, 1),
+        "other_cpu_percent": round(100 * max(busy_s - pipeline, 0.0) / seconds, 1),
+    }
 
 
 def _telemetry_partitions(settings: Settings) -> int:

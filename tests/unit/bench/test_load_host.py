@@ -1,0 +1,20 @@
+"""What the load benchmark says about the machine it shared."""
+
+from __future__ import annotations
+
+from smap_bench.bench.load import _host_report
+
+
+def test_host_cpu_is_split_into_the_pipeline_and_everything_else() -> None:
+    before = {"router": 10.0, "scheduler": 20.0}
+    after = {"router": 13.0, "scheduler": 26.0}  # 9 CPU seconds over 30 s: 30 %
+    report = _host_report(busy_s=45.0, before=before, after=after, seconds=30.0)
+    assert report["cpu_percent"] == 150.0
+    assert report["pipeline_cpu_percent"] == 30.0
+    assert report["other_cpu_percent"] == 120.0
+    assert report["cores"] >= 1
+
+
+def test_other_cpu_is_never_negative() -> None:
+    report = _host_report(busy_s=1.0, before={"a": 0.0}, after={"a": 2.0}, seconds=10.0)
+    assert report["other_cpu_percent"] == 0.0
