@@ -20,6 +20,12 @@ Warm-up: a model's first inference costs 50 to 250 ms (Triton's model instance, 
 Runtime's first run) against 4 ms after, so each process scores one window of zeros
 with every model of the repository before it takes tasks (:func:`warm_up`); the first
 burst of windows after a start then meets warm models. ``SMAP_WORKER_WARMUP=0`` skips it.
+
+Concurrency: a task's windows are scored one backend call per model, and those calls
+run on ``SMAP_WORKER_BACKEND_THREADS`` threads (default 4), so that the process waits
+on Triton for several models at once rather than one after the other: every stream
+completes a window on the same second, and at small fleets each window has its own
+model.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -40,9 +47,10 @@ from smap_bench.inference import InferenceBackend, make_backend
 from smap_bench.inference.base import BackendUnavailableError, InferenceError
 from smap_bench.inference.repository import find_onnx_models
 from smap_bench.scheduling import DEFAULT_QUEUE, TASK_NAME, encode_tasks
-from smap_bench.schema import encode
+from smap_bench.schema import InferenceTask, encode
 from smap_bench.scoring import (
     STAGE,
+    BatchOutcome,
     MetadataThresholds,
     elapsed_since,
     parse_tasks,
@@ -107,6 +115,8 @@ class _Process:
         )
         self.thresholds = MetadataThresholds(settings.model_repository)
         self.delivery_errors: list[str] = []
+        threads = int(os.environ.get("SMAP_WORKER_BACKEND_THREADS") or 4)
+        self.pool = ThreadPoolExecutor(max(threads, 1), thread_name_prefix="backend")
         if os.environ.get("SMAP_WORKER_WARMUP", "1") != "0":
             warmed, seconds = warm_up(self.backend, find_onnx_models(settings.model_repository))
             log.info("%s %d: %d models warmed up in %.1f s", STAGE, self.index, warmed, seconds)
@@ -125,6 +135,7 @@ class _Process:
 
     def close(self) -> None:
         self.producer.flush(30)
+        self.pool.shutdown()
         self.backend.close()
 
 
@@ -151,6 +162,33 @@ def warm_up(
             continue
         warmed += 1
     return warmed, time.monotonic() - started
+
+
+def score_concurrently(
+    tasks: list[InferenceTask],
+    backend: InferenceBackend,
+    thresholds: Callable[[str], float],
+    stride: int,
+    pool: Executor,
+) -> BatchOutcome:
+    """:func:`~smap_bench.scoring.score_tasks`, one model's windows per thread of ``pool``;
+    the outcomes merged in the order of the models' first windows, as ``score_tasks``
+    orders them."""
+    by_model: dict[str, list[InferenceTask]] = {}
+    for task in tasks:
+        by_model.setdefault(task.model_name, []).append(task)
+    if len(by_model) <= 1:
+        return score_tasks(tasks, backend, thresholds, stride=stride)
+    parts = pool.map(
+        lambda group: score_tasks(group, backend, thresholds, stride=stride), by_model.values()
+    )
+    merged = BatchOutcome()
+    for part in parts:
+        merged.results += part.results
+        merged.rejected += part.rejected
+        merged.deferred += part.deferred
+        merged.deferred_reason = merged.deferred_reason or part.deferred_reason
+    return merged
 
 
 _process: _Process | None = None
@@ -184,7 +222,9 @@ def run_inference_task(self: Task, payload: Any) -> int:
     state = process_state()
     tasks, rejected = parse_tasks(payload)
     state.metrics.received(len(tasks) + len(rejected))
-    outcome = score_tasks(tasks, state.backend, state.thresholds, stride=state.settings.stride)
+    outcome = score_concurrently(
+        tasks, state.backend, state.thresholds, state.settings.stride, state.pool
+    )
     topic = state.settings.topic_results
     state.delivery_errors.clear()
     for result in outcome.results:

@@ -1,16 +1,22 @@
-"""The inference worker's warm-up: one window per model before the first task."""
+"""The inference worker: warm-up before the first task, one thread per model's call."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import numpy as np
 
-from pipeline.worker import warm_up
+from pipeline.worker import score_concurrently, warm_up
 from smap_bench.inference.base import (
     BackendUnavailableError,
     InferenceBackend,
     ModelSignature,
     UnknownModelError,
 )
+from smap_bench.inference.onnx_backend import OnnxBackend
+from smap_bench.scoring import MetadataThresholds, score_tasks
+from tests.unit.test_scoring import make_task, repository  # noqa: F401 (a fixture)
 
 
 class FakeBackend(InferenceBackend):
@@ -58,3 +64,24 @@ def test_past_the_budget_the_rest_warm_on_first_use() -> None:
     backend = FakeBackend()
     assert warm_up(backend, ["SMAP_A-1", "SMAP_A-2"], budget_s=-1.0)[0] == 0
     assert backend.calls == []
+
+
+def test_scoring_one_thread_per_model_gives_what_scoring_in_turn_gives(
+    repository: Path,  # noqa: F811 (the fixture)
+) -> None:
+    backend = OnnxBackend(repository)
+    thresholds = MetadataThresholds(repository)
+    tasks = [make_task(0, "SMAP_T-2"), make_task(0), make_task(10), make_task(10, "SMAP_T-2")]
+    tasks.append(make_task(20, "SMAP_T-3"))  # no such model: rejected with its reason
+    in_turn = score_tasks(tasks, backend, thresholds, stride=10)
+    with ThreadPoolExecutor(4) as pool:
+        threaded = score_concurrently(tasks, backend, thresholds, 10, pool)
+    assert [r.job_id for r in threaded.results] == [r.job_id for r in in_turn.results]
+    models = [r.model_name for r in threaded.results]
+    assert models == ["SMAP_T-2", "SMAP_T-2", "SMAP_T-1", "SMAP_T-1"]
+    for a, b in zip(threaded.results, in_turn.results, strict=True):
+        assert a.anomaly_scores == b.anomaly_scores and a.is_anomaly == b.is_anomaly
+    assert [(r.job_id, r.reason) for r in threaded.rejected] == [
+        (r.job_id, r.reason) for r in in_turn.rejected
+    ]
+    assert len(threaded.rejected) == 1
