@@ -511,6 +511,7 @@ class ReconstructionHeatmap(StoreView):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
+        self._following = False
         self.choice = pn.widgets.Select(label="Show", options=self.choices(), value=0, width=340)
         self.choice.param.watch(self._choose, "value")
         self.store.param.watch(self._update_choices, ["stream_events", "event_id"])
@@ -533,9 +534,24 @@ class ReconstructionHeatmap(StoreView):
     def _update_choices(self, *_: Any) -> None:
         options = self.choices()
         chosen = self.store.event_id if self.store.event_id in options.values() else 0
-        self.choice.param.update(options=options, value=chosen)
+        changes: dict[str, Any] = {}
+        if options != self.choice.options:  # unchanged options are not re-sent (no re-render)
+            changes["options"] = options
+        if chosen != self.choice.value:
+            changes["value"] = chosen
+        if not changes:
+            return
+        # Following the store is not an operator's choice: an event chosen elsewhere (the
+        # alarm list) that this stream's options do not hold yet must stay chosen.
+        self._following = True
+        try:
+            self.choice.param.update(**changes)
+        finally:
+            self._following = False
 
     def _choose(self, event: param.parameterized.Event) -> None:
+        if self._following:
+            return
         if (event.new or None) != self.store.event_id:
             self.store.param.update(event_id=event.new or None, focus_time=None)
 
@@ -649,8 +665,9 @@ class AlarmList(StoreView):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
+        self._replacing = False
         self.table = pn.widgets.Tabulator(
-            self.store.alarm_table(),
+            self._keyed(self.store.alarm_table()),
             selectable=1,
             disabled=True,
             show_index=False,
@@ -680,7 +697,7 @@ class AlarmList(StoreView):
         for button in self.buttons.values():
             button.on_click(self._clicked)
         self.table.param.watch(self._on_select, "selection")
-        self.store.param.watch(self._refresh_table, ["alarms"])
+        self.store.param.watch(self._refresh_table, ["alarms", "event_id"])
         self.store.param.watch(self._sync_buttons, ["alarms", "event_id"])
         self._sync_buttons()
         self.history = self._text_pane(self.history_text, ["event_detail"], margin=(0, 8))
@@ -691,19 +708,54 @@ class AlarmList(StoreView):
     def _colour_state(column: pd.Series) -> list[str]:
         return [f"color: {ALARM_COLORS.get(v, 'black')}; font-weight: bold" for v in column]
 
+    def _keyed(self, table: pd.DataFrame) -> pd.DataFrame:
+        """The table indexed by event id, so that Tabulator carries a selection over to a
+        new value by event (its index), not by position: when an old alarm leaves the
+        list, the rows after it move up, and a position would then name another alarm.
+
+        The chosen alarm sorts first (rank -1) whatever its state: acting on it must not
+        send it out of sight below the urgent ones (the list shows about eight rows).
+        """
+        keyed = table.copy()
+        keyed.index = pd.Index(table["event_id"].to_numpy(), name=None)
+        if self.store.event_id is not None and len(keyed):
+            keyed.loc[keyed["event_id"] == self.store.event_id, "rank"] = -1
+        return keyed
+
     def _refresh_table(self, *_: Any) -> None:
-        table = self.store.alarm_table()
-        self.table.value = table
-        if self.store.event_id is not None:
-            hit = table.index[table["event_id"] == self.store.event_id].tolist()
-            self.table.selection = hit[:1]
+        table = self._keyed(self.store.alarm_table())
+        current = self.table.value
+        # Rewriting an unchanged table would re-render it in the browser on every refresh,
+        # and a click landing during the re-render selects nothing (or another row).
+        if current is None or not table.equals(current) or not table.index.equals(current.index):
+            self._replacing = True
+            try:
+                self.table.value = table
+            finally:
+                self._replacing = False
+        self._select_chosen()
+
+    def _select_chosen(self) -> None:
+        """Show the store's chosen event as the table's selection (positions)."""
+        table = self.table.value
+        wanted = (
+            np.flatnonzero(table["event_id"].to_numpy() == self.store.event_id).tolist()[:1]
+            if self.store.event_id is not None and len(table)
+            else []
+        )
+        if wanted and self.table.selection != wanted:
+            self._replacing = True
+            try:
+                self.table.selection = wanted
+            finally:
+                self._replacing = False
 
     def _on_select(self, event: param.parameterized.Event) -> None:
-        if not event.new:
-            return
+        if self._replacing or not event.new:
+            return  # the table following the store, or a row deselected: nothing chosen
         table = self.table.value
         row = event.new[0]
-        if row < len(table):
+        if 0 <= row < len(table):
             self.store.select_event(int(table["event_id"].iloc[row]))
             self.store.refresh_event_detail()
 

@@ -238,3 +238,44 @@ def test_padded_range() -> None:
     assert padded_range(pd.Series([], dtype=float)) == (0.0, 1.0)
     assert padded_range(pd.Series([0.0, 10.0])) == (-0.8, 10.8)
     assert padded_range(pd.Series([0.2, 0.4]), floor=0.0) == (0.0, pytest.approx(0.432))
+
+
+def test_a_chosen_alarm_stays_chosen_when_older_alarms_leave_the_list(store, api) -> None:
+    # Rows are in id order; when an old alarm leaves the list (cleared, or past the
+    # list's limit) the rows after it move up: the choice must follow the alarm, not the
+    # position (it used to jump to the next alarm, or to nothing when it was the last row).
+    api.event_items = [event_payload(i, satellite_id=f"sat{i}") for i in range(1, 6)]
+    store.refresh_fleet()
+    view = AlarmList(store=store)
+    view.table.selection = [4]
+    assert store.event_id == 5
+    api.event_items = [event_payload(i, satellite_id=f"sat{i}") for i in range(2, 7)]
+    store.refresh_fleet()
+    assert store.event_id == 5
+    assert view.table.value["event_id"].iloc[view.table.selection[0]] == 5
+    assert not view.buttons["acknowledge"].disabled
+
+
+def test_an_unchanged_alarm_list_is_not_rewritten(store, api) -> None:
+    api.event_items = [event_payload(4), event_payload(5)]
+    store.refresh_fleet()
+    view = AlarmList(store=store)
+    shown = view.table.value
+    store.refresh_fleet()  # the same alarms again: the browser's table is left alone
+    assert view.table.value is shown
+    api.event_items[0]["state"] = "acknowledged"
+    store.refresh_fleet()
+    assert view.table.value is not shown
+    assert view.table.value["state"].tolist() == ["acknowledged", "open"]
+
+
+def test_the_chosen_alarm_sorts_first_whatever_its_state(store, api) -> None:
+    api.event_items = [event_payload(4), event_payload(5), event_payload(6, state="acknowledged")]
+    store.refresh_fleet()
+    view = AlarmList(store=store)
+    ranks = dict(zip(view.table.value["event_id"], view.table.value["rank"], strict=True))
+    assert ranks[6] > ranks[4] == ranks[5] >= 0
+    store.select_event(6)
+    ranks = dict(zip(view.table.value["event_id"], view.table.value["rank"], strict=True))
+    assert ranks[6] == -1 and min(ranks[4], ranks[5]) >= 0
+    assert view.table.value["event_id"].iloc[view.table.selection[0]] == 6
