@@ -145,8 +145,11 @@ class LoadBenchmark:
             "host": _host_report(host_busy, cpu_before, cpu_after, measured_s),
             "stages": {
                 name: {
-                    "cpu_percent": round(
-                        100 * (cpu_after[name] - cpu_before[name]) / measured_s, 1
+                    # None: the process was restarted during the run (not measured)
+                    "cpu_percent": (
+                        round(100 * (cpu_after[name] - cpu_before[name]) / measured_s, 1)
+                        if cpu_after[name] >= cpu_before[name]
+                        else None
                     ),
                     "rss_mb": round(rss[name], 1),
                     "latency_ms": latency.get(_stage_of(name), {}).get("p50"),
@@ -327,7 +330,7 @@ def _host_report(
     busy_s: float, before: dict[str, float], after: dict[str, float], seconds: float
 ) -> dict[str, Any]:
     """Cores, load average, and CPU% of the pipeline's processes and of everything else."""
-    pipeline = sum(after[name] - before[name] for name in after)
+    pipeline = sum(max(after[name] - before[name], 0.0) for name in after)
     return {
         "cores": psutil.cpu_count() or 1,
         "load_avg_1m": round(os.getloadavg()[0], 2),

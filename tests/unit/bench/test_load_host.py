@@ -18,3 +18,9 @@ def test_host_cpu_is_split_into_the_pipeline_and_everything_else() -> None:
 def test_other_cpu_is_never_negative() -> None:
     report = _host_report(busy_s=1.0, before={"a": 0.0}, after={"a": 2.0}, seconds=10.0)
     assert report["other_cpu_percent"] == 0.0
+
+
+def test_a_process_restarted_during_the_run_counts_nothing() -> None:
+    report = _host_report(busy_s=10.0, before={"a": 5.0}, after={"a": 1.0}, seconds=10.0)
+    assert report["pipeline_cpu_percent"] == 0.0
+    assert report["other_cpu_percent"] == 100.0
