@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from smap_bench.bench.load import _host_report
+from smap_bench.bench.load import _host_report, _lag_summary
 
 
 def test_host_cpu_is_split_into_the_pipeline_and_everything_else() -> None:
@@ -24,3 +24,13 @@ def test_a_process_restarted_during_the_run_counts_nothing() -> None:
     report = _host_report(busy_s=10.0, before={"a": 5.0}, after={"a": 1.0}, seconds=10.0)
     assert report["pipeline_cpu_percent"] == 0.0
     assert report["other_cpu_percent"] == 100.0
+
+
+def test_lag_is_summed_over_groups_and_kept_per_group() -> None:
+    samples = [{"router": 0, "scheduler": 700}, {"router": 30, "scheduler": 650}]
+    assert _lag_summary(samples) == {
+        "max": 700,
+        "last": 680,
+        "max_by_group": {"router": 30, "scheduler": 700},
+    }
+    assert _lag_summary([]) == {"max": 0, "last": 0, "max_by_group": {}}
