@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -296,3 +297,176 @@ def bench_api(
     result["base_url"] = base_url
     result["duration_s"] = duration_s
     return result
+
+
+# --------------------------------------------------------------------------- visibility
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """A window's detection first returned by the API, and when its record was produced."""
+
+    satellite_id: str
+    subsystem: str
+    window_end: float  #: record time of the window's newest record (Unix seconds)
+    detected: float
+    produced_at: float  #: wall clock of that record's production (the simulator's stamp)
+    seen_at: float  #: wall clock when the API first returned the window
+
+    @property
+    def latency_s(self) -> float:
+        return self.seen_at - self.produced_at
+
+
+class ProductionClock:
+    """Follows the raw telemetry topic from its end and remembers, per (satellite, record
+    time), the wall clock at which the simulator produced the record (``stages.simulator``)."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.produced: dict[tuple[str, float], float] = {}
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="production-clock", daemon=True)
+        self.error: str | None = None
+
+    def __enter__(self) -> ProductionClock:
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise RuntimeError(f"could not follow {self.settings.topic_raw}: {self.error}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        import json
+        import uuid
+        from datetime import datetime
+
+        from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+        from smap_bench.kafka import consumer_config
+
+        topic = self.settings.topic_raw
+        consumer = Consumer(consumer_config(self.settings, f"bench-visibility-{uuid.uuid4().hex}"))
+        try:
+            metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if metadata is None or not metadata.partitions:
+                self.error = f"topic {topic} missing"
+                return
+            consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in metadata.partitions])
+            self._ready.set()
+            while not self._stop.is_set():
+                for message in consumer.consume(500, timeout=0.1):
+                    if message.error() is not None:
+                        continue
+                    try:
+                        record = json.loads(message.value() or b"{}")
+                        when = datetime.fromisoformat(record["timestamp"]).timestamp()
+                        key = (str(record["satellite_id"]), round(when, 3))
+                        self.produced[key] = float(record["stages"]["simulator"])
+                    except (KeyError, TypeError, ValueError):
+                        continue
+        except Exception as exc:  # reported by __enter__ or the result
+            self.error = f"{exc.__class__.__name__}: {exc}"
+        finally:
+            consumer.close()
+
+
+def bench_visibility(
+    settings: Any,
+    duration_s: float = 120,
+    poll_s: float = 0.1,
+    base_url: str | None = None,
+) -> dict[str, Any]:
+    """How soon a window's detection is returned by the API the dashboard polls
+    (``/api/fleet/latest``, which colours the fleet grid every refresh), counted from the
+    production of the window's newest record, for every window of every live stream
+    and, apart, for the windows flagged anomalous.
+
+    The API is polled every ``poll_s`` (the first sighting is late by at most that); a
+    dashboard shows a sighting at its next refresh, so the figure a user sees is this
+    plus at most one refresh period and the refresh's own time.
+    """
+    base = (base_url or f"http://{settings.host}:{settings.api_port}").rstrip("/")
+    check_loopback(base)
+    known: set[tuple[str, str, float]] = set()
+    pending: dict[tuple[str, str, float], tuple[float, float]] = {}
+    with ProductionClock(settings) as clock, httpx_client(base) as http:
+
+        def poll() -> list[dict[str, Any]]:
+            answer = http.get("/api/fleet/latest", params={"lookback_s": 60})
+            answer.raise_for_status()
+            rows: list[dict[str, Any]] = answer.json()["data"]
+            return rows
+
+        from datetime import datetime
+
+        for row in poll():  # windows already visible before the run are not counted
+            if row.get("detected_time"):
+                at = datetime.fromisoformat(row["detected_time"]).timestamp()
+                known.add((row["satellite_id"], row["subsystem"], round(at, 3)))
+        deadline = time.monotonic() + duration_s
+        polls = 0
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            rows = poll()
+            seen = time.time()
+            polls += 1
+            for row in rows:
+                if not row.get("detected_time"):
+                    continue
+                at = datetime.fromisoformat(row["detected_time"]).timestamp()
+                key = (row["satellite_id"], row["subsystem"], round(at, 3))
+                if key not in known:
+                    known.add(key)
+                    pending[key] = (float(row["detected"] or 0.0), seen)
+            time.sleep(max(0.0, poll_s - (time.monotonic() - began)))
+        produced = dict(clock.produced)
+    sightings = [
+        Sighting(sat, sub, end, detected, produced[(sat, end)], seen)
+        for (sat, sub, end), (detected, seen) in pending.items()
+        if (sat, end) in produced
+    ]
+    flagged = [s for s in sightings if s.detected > 0.5]
+
+    def stats(items: Sequence[Sighting]) -> dict[str, Any]:
+        values = [s.latency_s for s in items]
+        return {
+            "windows": len(values),
+            "p50": _ms(percentile(values, 50)),
+            "p99": _ms(percentile(values, 99)),
+            "max": _ms(max(values, default=None)),
+            "within_2s": sum(1 for v in values if v <= 2.0),
+        }
+
+    return {
+        "unit": "ms",
+        "duration_s": duration_s,
+        "poll_s": poll_s,
+        "polls": polls,
+        "route": "/api/fleet/latest",
+        "windows_seen": len(pending),
+        "windows_matched": len(sightings),
+        "streams": len({(s.satellite_id, s.subsystem) for s in sightings}),
+        "all_windows": stats(sightings),
+        "flagged_windows": stats(flagged),
+        "flagged": [
+            {
+                "satellite_id": s.satellite_id,
+                "subsystem": s.subsystem,
+                "window_end": s.window_end,
+                "latency_ms": round(s.latency_s * 1000, 1),
+            }
+            for s in flagged
+        ],
+    }
+
+
+def httpx_client(base_url: str) -> Any:
+    """A short-timeout HTTP client of the API (for the slower, sequential probes)."""
+    import httpx
+
+    return httpx.Client(base_url=base_url, timeout=5.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from typing import ClassVar
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -110,7 +111,7 @@ class _KeepAlive(BaseHTTPRequestHandler):
     closes idle connections): the client must reopen rather than report errors."""
 
     protocol_version = "HTTP/1.1"
-    answered: dict[int, int] = {}
+    answered: ClassVar[dict[int, int]] = {}
 
     def do_GET(self) -> None:
         body = b'{"status":"ok"}'
