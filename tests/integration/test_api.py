@@ -461,6 +461,70 @@ def test_series_read_back_what_victoria_holds(api: Api) -> None:
         assert too_long.status_code == 422 and "longer than the maximum" in too_long.text
 
 
+def test_a_stream_view_and_the_fleets_latest_read_back_what_victoria_holds(api: Api) -> None:
+    satellite = unique_satellite()
+    base_ms = int((time.time() - 40) * 1000)
+    labels = {"satellite_id": satellite, "subsystem": "TCS", "model_name": "SMAP_T-1"}
+    lines = []
+    for i in range(40):
+        ts = base_ms + i * 1000
+        for feature in range(25):
+            tele = {"satellite_id": satellite, "subsystem": "TCS", "feature_index": feature}
+            lines.append(prometheus_line("smap_feature", tele, float(i + feature), ts))
+            recon = {**labels, "feature_index": feature}
+            lines.append(prometheus_line("inference_reconstruction", recon, float(i), ts))
+        lines.append(prometheus_line("inference_anomaly_score", labels, i / 40, ts))
+        lines.append(prometheus_line("record_index", {"satellite_id": satellite}, 100 + i, ts))
+        if i % 10 == 9:  # windows end every 10 records; the one ending at record 19 flagged
+            lines.append(prometheus_line("inference_anomaly_detected", labels, float(i == 19), ts))
+            lines.append(prometheus_line("inference_threshold", labels, 0.5, ts))
+    with VictoriaMetrics(api.settings.victoria_url) as victoria:
+        victoria.import_prometheus(lines)
+    params: dict[str, Any] = {
+        "satellite_id": satellite,
+        "subsystem": "TCS",
+        "start": (base_ms - 1000) / 1000,
+        "end": (base_ms + 41_000) / 1000,
+        "features": [0, 3],
+    }
+    with api.client() as client:
+
+        def view() -> dict[str, Any] | None:
+            answer = client.get("/api/series/view", params=params)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            complete = body["scores"] and len(body["scores"][0]["values"]) == 40
+            return body if complete and len(body["heat_output"]) == 25 else None
+
+        body = wait_for("the stream's samples in VictoriaMetrics", view)
+        assert [s["feature_index"] for s in body["telemetry"]] == [0, 3]
+        assert body["record_index"][0]["values"] == [100.0 + i for i in range(40)]
+        assert body["detections"][0]["values"] == [0.0, 1.0, 0.0, 0.0]
+        # the heatmap: the newest flagged window (records 0..19 end at 19; 30 wide)
+        assert body["heatmap_end"].startswith(
+            datetime.fromtimestamp((base_ms + 19_500) / 1000, UTC).isoformat()[:19]
+        )
+        assert len(body["heat_input"]) == 25
+        assert {len(s["values"]) for s in body["heat_input"]} == {20}  # records 0..19 exist
+        assert body["server_ms"] > 0
+        explicit = client.get(
+            "/api/series/view",
+            params={
+                **params,
+                "heatmap_start": (base_ms + 29_500) / 1000,
+                "heatmap_end": (base_ms + 39_500) / 1000,
+            },
+        ).json()
+        assert {len(s["values"]) for s in explicit["heat_output"]} == {10}
+        index = client.get("/api/series/record_index", params=params).json()
+        assert index["series"][0]["values"][-1] == 139.0
+        latest = client.get("/api/fleet/latest", params={"lookback_s": 120}).json()["data"]
+        mine = [r for r in latest if r["satellite_id"] == satellite]
+        assert [(r["subsystem"], r["detected"]) for r in mine] == [("TCS", 0.0)]
+        newest = datetime.fromisoformat(mine[0]["last_time"]).timestamp()
+        assert newest == (base_ms + 39_000) / 1000
+
+
 # --------------------------------------------------------------------------- health
 
 
