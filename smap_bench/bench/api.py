@@ -397,7 +397,7 @@ def bench_visibility(
     with ProductionClock(settings) as clock, httpx_client(base) as http:
 
         def poll() -> list[dict[str, Any]]:
-            answer = http.get("/api/fleet/latest", params={"lookback_s": 60})
+            answer = http.get("/api/fleet/latest")
             answer.raise_for_status()
             rows: list[dict[str, Any]] = answer.json()["data"]
             return rows

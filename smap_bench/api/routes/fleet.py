@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -22,6 +22,7 @@ from smap_bench.api.models import (
     StreamLatest,
     SubsystemPublic,
 )
+from smap_bench.api.queries import SATELLITE_ID_PATTERN
 from smap_bench.catalog import Subsystem
 from smap_bench.metrics import Series
 
@@ -79,42 +80,55 @@ def get_model(
     return crud.get_model(db, settings.model_repository, model_name)
 
 
+#: Satellites the latest route looks at: those the API serves series for (the catalog's
+#: ``sat<N>``), as a label regex (anchored, as Prometheus label regexes are).
+FLEET_SATELLITES = SATELLITE_ID_PATTERN.removeprefix("^").removesuffix("$")
+
+
 @router.get("/latest", response_model=FleetLatestPublic)
 async def latest(
     victoria: VictoriaAsyncDep,
     lookback_s: Annotated[
-        float, Query(ge=5, le=3600, description="Look this far around now (seconds)")
-    ] = 60,
+        float, Query(ge=10, le=86_400, description="Look this far back from now (seconds)")
+    ] = 21_600,
 ) -> FleetLatestPublic:
     """Every stream's newest telemetry sample and its latest window's detection (the
-    fleet grid's colours): one raw read of feature 0 and the detections of every stream
-    within ``lookback_s`` of now (a stream with nothing there has no row)."""
-    now = time.time()
-    found = await victoria.export_many(
-        ['smap_feature{feature_index="0"}', "inference_anomaly_detected"],
-        now - lookback_s,
-        now + lookback_s,
+    fleet grid's colours, and where a live timeline ends), from three instant queries
+    over the last ``lookback_s``. Record times are the simulated clock, which falls
+    behind the wall clock by every pause: hence the long default lookback."""
+    window = f"{round(lookback_s)}s"
+    sats = f'satellite_id=~"{FLEET_SATELLITES}"'
+    telemetry = f'smap_feature{{feature_index="0",{sats}}}'
+    detections = f"inference_anomaly_detected{{{sats}}}"
+    newest, flagged, flagged_at = await asyncio.gather(
+        victoria.query(f"tlast_over_time({telemetry}[{window}])", fresh=True),
+        victoria.query(f"last_over_time({detections}[{window}])", fresh=True),
+        victoria.query(f"tlast_over_time({detections}[{window}])", fresh=True),
     )
-    return FleetLatestPublic(data=stream_latest(found), lookback_s=lookback_s)
+    return FleetLatestPublic(data=stream_latest(newest, flagged, flagged_at), lookback_s=lookback_s)
 
 
-def stream_latest(found: list[Series]) -> list[StreamLatest]:
-    """One row per stream of a raw read of ``smap_feature`` (feature 0) and
-    ``inference_anomaly_detected``: the newest sample of each, in natural satellite order;
-    streams of unknown subsystems are left out."""
-    known = {s.value for s in Subsystem}
-    newest: dict[tuple[str, str], float] = {}
-    flagged: dict[tuple[str, str], tuple[float, float]] = {}
+def _by_stream(found: list[Series]) -> dict[tuple[str, str], float]:
+    values = {}
     for series in found:
         key = (series.labels.get("satellite_id", ""), series.labels.get("subsystem", ""))
-        if not key[0] or key[1] not in known or not series.samples:
-            continue
-        last = max(series.samples)
-        if series.labels.get("__name__") == "inference_anomaly_detected":
-            flagged[key] = max(last, flagged.get(key, last))
-        else:
-            newest[key] = max(last[0], newest.get(key, last[0]))
-    keys = sorted({*newest, *flagged}, key=lambda k: (len(k[0]), k[0], k[1]))
+        if series.samples:
+            values[key] = series.samples[-1][1]
+    return values
+
+
+def stream_latest(
+    newest: list[Series], flagged: list[Series], flagged_at: list[Series]
+) -> list[StreamLatest]:
+    """One row per stream of the three instant-query answers of :func:`latest` (newest
+    telemetry time, latest detection, its time), in natural satellite order; streams of
+    unknown subsystems are left out."""
+    times, values, ends = _by_stream(newest), _by_stream(flagged), _by_stream(flagged_at)
+    known = {s.value for s in Subsystem}
+    keys = sorted(
+        {k for k in (*times, *values, *ends) if k[0] and k[1] in known},
+        key=lambda k: (len(k[0]), k[0], k[1]),
+    )
 
     def when(value: float | None) -> datetime | None:
         return datetime.fromtimestamp(value, UTC) if value is not None else None
@@ -123,9 +137,9 @@ def stream_latest(found: list[Series]) -> list[StreamLatest]:
         StreamLatest(
             satellite_id=sat,
             subsystem=Subsystem(sub),
-            last_time=when(newest.get((sat, sub))),
-            detected=flagged[(sat, sub)][1] if (sat, sub) in flagged else None,
-            detected_time=when(flagged[(sat, sub)][0]) if (sat, sub) in flagged else None,
+            last_time=when(times.get((sat, sub))),
+            detected=values.get((sat, sub)),
+            detected_time=when(ends.get((sat, sub))),
         )
         for sat, sub in keys
     ]

@@ -66,20 +66,14 @@ def test_window_around_spans_window_size_records() -> None:
     assert end - start == timedelta(seconds=2.0 * 30)
 
 
-def test_latest_per_stream_from_one_raw_read() -> None:
-    found = [
-        series("smap_feature", [(T0, 1.0), (T0 + 3, 1.0)], satellite_id="sat10", subsystem="ACS"),
-        series("smap_feature", [(T0 + 1, 1.0)], satellite_id="sat2", subsystem="EPS"),
-        series(
-            "inference_anomaly_detected",
-            [(T0 - 10, 0.0), (T0, 1.0)],
-            satellite_id="sat2",
-            subsystem="EPS",
-        ),
-        series("smap_feature", [(T0, 1.0)], satellite_id="sat3", subsystem="NOPE"),
-        series("smap_feature", [], satellite_id="sat4", subsystem="ACS"),
-    ]
-    rows = stream_latest(found)
+def test_latest_per_stream_from_the_instant_queries() -> None:
+    def row(sat: str, sub: str, value: float) -> Series:
+        return Series(labels={"satellite_id": sat, "subsystem": sub}, samples=[(T0 + 99, value)])
+
+    newest = [row("sat10", "ACS", T0 + 3), row("sat2", "EPS", T0 + 1), row("sat3", "NOPE", T0)]
+    flagged = [row("sat2", "EPS", 1.0)]
+    flagged_at = [row("sat2", "EPS", T0)]
+    rows = stream_latest(newest, flagged, flagged_at)
     assert [(r.satellite_id, r.subsystem) for r in rows] == [
         ("sat2", Subsystem.EPS),
         ("sat10", Subsystem.ACS),
@@ -89,3 +83,12 @@ def test_latest_per_stream_from_one_raw_read() -> None:
     assert (sat2.detected, sat2.detected_time) == (1.0, datetime.fromtimestamp(T0, UTC))
     assert sat10.last_time == datetime.fromtimestamp(T0 + 3, UTC)
     assert sat10.detected is None and sat10.detected_time is None
+
+
+def test_the_latest_route_looks_at_the_catalogs_satellites_only() -> None:
+    import re
+
+    from smap_bench.api.routes.fleet import FLEET_SATELLITES
+
+    assert re.fullmatch(FLEET_SATELLITES, "sat12")
+    assert not re.fullmatch(FLEET_SATELLITES, "b8cfb9-1")
