@@ -98,10 +98,12 @@ async def latest(
     behind the wall clock by every pause: hence the long default lookback."""
     window = f"{round(lookback_s)}s"
     sats = f'satellite_id=~"{FLEET_SATELLITES}"'
-    telemetry = f'smap_feature{{feature_index="0",{sats}}}'
+    # The newest record of a satellite is the newest of each of its subsystems (a record
+    # carries them all): one record_index series per satellite, not one per stream.
+    records = f"record_index{{{sats}}}"
     detections = f"inference_anomaly_detected{{{sats}}}"
     newest, flagged, flagged_at = await asyncio.gather(
-        victoria.query(f"tlast_over_time({telemetry}[{window}])", fresh=True),
+        victoria.query(f"tlast_over_time({records}[{window}])", fresh=True),
         victoria.query(f"last_over_time({detections}[{window}])", fresh=True),
         victoria.query(f"tlast_over_time({detections}[{window}])", fresh=True),
     )
@@ -120,11 +122,14 @@ def _by_stream(found: list[Series]) -> dict[tuple[str, str], float]:
 def stream_latest(
     newest: list[Series], flagged: list[Series], flagged_at: list[Series]
 ) -> list[StreamLatest]:
-    """One row per stream of the three instant-query answers of :func:`latest` (newest
-    telemetry time, latest detection, its time), in natural satellite order; streams of
+    """One row per stream of the three instant-query answers of :func:`latest` (each
+    satellite's newest record time, each stream's latest detection and its time), every
+    subsystem of a satellite with a record, in natural satellite order; streams of
     unknown subsystems are left out."""
-    times, values, ends = _by_stream(newest), _by_stream(flagged), _by_stream(flagged_at)
+    values, ends = _by_stream(flagged), _by_stream(flagged_at)
     known = {s.value for s in Subsystem}
+    by_satellite = {sat: t for (sat, _), t in _by_stream(newest).items()}
+    times = {(sat, sub.value): t for sat, t in by_satellite.items() for sub in Subsystem}
     keys = sorted(
         {k for k in (*times, *values, *ends) if k[0] and k[1] in known},
         key=lambda k: (len(k[0]), k[0], k[1]),

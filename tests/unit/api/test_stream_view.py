@@ -70,15 +70,20 @@ def test_latest_per_stream_from_the_instant_queries() -> None:
     def row(sat: str, sub: str, value: float) -> Series:
         return Series(labels={"satellite_id": sat, "subsystem": sub}, samples=[(T0 + 99, value)])
 
-    newest = [row("sat10", "ACS", T0 + 3), row("sat2", "EPS", T0 + 1), row("sat3", "NOPE", T0)]
-    flagged = [row("sat2", "EPS", 1.0)]
+    def satellite(sat: str, value: float) -> Series:
+        return Series(labels={"satellite_id": sat}, samples=[(T0 + 99, value)])
+
+    newest = [satellite("sat10", T0 + 3), satellite("sat2", T0 + 1)]
+    flagged = [row("sat2", "EPS", 1.0), row("sat3", "NOPE", 1.0)]
     flagged_at = [row("sat2", "EPS", T0)]
     rows = stream_latest(newest, flagged, flagged_at)
     assert [(r.satellite_id, r.subsystem) for r in rows] == [
-        ("sat2", Subsystem.EPS),
-        ("sat10", Subsystem.ACS),
+        *(("sat2", s) for s in sorted(Subsystem, key=lambda s: s.value)),
+        *(("sat10", s) for s in sorted(Subsystem, key=lambda s: s.value)),
     ]
-    sat2, sat10 = rows
+    sat2 = next(r for r in rows if (r.satellite_id, r.subsystem) == ("sat2", Subsystem.EPS))
+    sat10 = next(r for r in rows if (r.satellite_id, r.subsystem) == ("sat10", Subsystem.ACS))
+    assert all(r.last_time == sat2.last_time for r in rows if r.satellite_id == "sat2")
     assert sat2.last_time == datetime.fromtimestamp(T0 + 1, UTC)
     assert (sat2.detected, sat2.detected_time) == (1.0, datetime.fromtimestamp(T0, UTC))
     assert sat10.last_time == datetime.fromtimestamp(T0 + 3, UTC)
