@@ -88,7 +88,9 @@ class Run:
 
     @property
     def topic(self) -> str:
-        return self.settings.subsystem_topic("TCS", self.satellite)
+        # Not a telemetry.* name: the stack's own scheduler reads every telemetry topic,
+        # and deleting a topic a consumer reads crashes it (librdkafka on Tansu).
+        return f"it-{self.tag}.TCS.{self.satellite}"
 
     @property
     def results_topic(self) -> str:
@@ -119,7 +121,7 @@ class Run:
     def start_scheduler(self, metrics_port: int) -> subprocess.Popen[bytes]:
         command = [
             sys.executable, "-m", "pipeline.scheduler",
-            "--topics", f"^telemetry\\.TCS\\.{self.satellite}$",
+            "--topics", self.topic,
             "--group", self.group,
             "--queue", self.queue,
             "--metrics-port", str(metrics_port),
@@ -204,7 +206,7 @@ def run(live_stack: Settings, tmp_path: Path) -> Iterator[Run]:
 
         with app.connection_for_write() as connection:  # the test's queue, empty by now
             connection.default_channel.queue_delete(this.queue)
-        # a leftover telemetry.* topic would feed the stack's own scheduler later
+        # the test's topics are its own (no other consumer reads them): safe to delete
         topics = [this.topic, this.results_topic, this.dead_topic]
         admin = admin_client(live_stack)  # kept alive until the futures are done
         for future in admin.delete_topics(topics, operation_timeout=30).values():
