@@ -71,9 +71,13 @@ class DashboardStore(pn.viewable.Viewer):
     window_s = param.Integer(default=600, bounds=(30, 3600), doc="Length of the time range")
     end = param.Date(default=None, allow_None=True, doc="End of the range; None: follow live")
     refresh_period_ms = param.Integer(
-        default=1000,
+        default=2000,
         bounds=(250, 60_000),
-        doc="Period of the live refresh (a new detection shows within about one period)",
+        doc=(
+            "Period of the live refresh (a new detection shows within about one period);"
+            " each refresh redraws the views for ~0.2 s of a core, so 2 s leaves the"
+            " shared cores to the pipeline and the page responsive to clicks"
+        ),
     )
     event_id = param.Integer(default=None, allow_None=True, doc="Event of the heatmap")
     focus_time = param.Date(default=None, allow_None=True, doc="Window end of the heatmap")
