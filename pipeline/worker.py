@@ -19,11 +19,12 @@ never be scored go to the dead-letter topic with their reason.
 Warm-up: a model's first inference costs 50 to 250 ms (Triton's model instance, ONNX
 Runtime's first run) against 4 ms after, so each process scores one window of zeros
 with every model of the repository before it takes tasks (:func:`warm_up`); the first
-burst of windows after a start then meets warm models. ``SMAP_WORKER_WARMUP=0`` skips it.
+burst of windows after a start then meets warm models. ``SMAP_WORKER_WARMUP=false``
+(setting ``worker_warmup``) skips it.
 
 Concurrency: a task's windows are scored one backend call per model, and those calls
-run on ``SMAP_WORKER_BACKEND_THREADS`` threads (default 4), so that the process waits
-on Triton for several models at once rather than one after the other: every stream
+run on ``SMAP_WORKER_BACKEND_THREADS`` threads (setting, default 4), so that the process
+waits on Triton for several models at once rather than one after the other: every stream
 completes a window on the same second, and at small fleets each window has its own
 model.
 """
@@ -32,29 +33,25 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_process_shutdown
 from confluent_kafka import KafkaError, Message, Producer
 
 from smap_bench.config import Settings, get_settings
 from smap_bench.inference import InferenceBackend, make_backend
-from smap_bench.inference.base import BackendUnavailableError, InferenceError
 from smap_bench.inference.repository import find_onnx_models
 from smap_bench.scheduling import DEFAULT_QUEUE, TASK_NAME, encode_tasks
-from smap_bench.schema import InferenceTask, encode
+from smap_bench.schema import encode
 from smap_bench.scoring import (
     STAGE,
-    BatchOutcome,
     MetadataThresholds,
     elapsed_since,
     parse_tasks,
-    score_tasks,
+    score_concurrently,
+    warm_up,
     worker_index,
 )
 from smap_bench.stage import STAGE_METRICS_PORTS, DeadLetter, StageMetrics, make_producer
@@ -115,9 +112,10 @@ class _Process:
         )
         self.thresholds = MetadataThresholds(settings.model_repository)
         self.delivery_errors: list[str] = []
-        threads = int(os.environ.get("SMAP_WORKER_BACKEND_THREADS") or 4)
-        self.pool = ThreadPoolExecutor(max(threads, 1), thread_name_prefix="backend")
-        if os.environ.get("SMAP_WORKER_WARMUP", "1") != "0":
+        self.pool = ThreadPoolExecutor(
+            settings.worker_backend_threads, thread_name_prefix="backend"
+        )
+        if settings.worker_warmup:
             warmed, seconds = warm_up(self.backend, find_onnx_models(settings.model_repository))
             log.info("%s %d: %d models warmed up in %.1f s", STAGE, self.index, warmed, seconds)
         log.info(
@@ -137,58 +135,6 @@ class _Process:
         self.producer.flush(30)
         self.pool.shutdown()
         self.backend.close()
-
-
-def warm_up(
-    backend: InferenceBackend, models: Iterable[str], budget_s: float = 60.0
-) -> tuple[int, float]:
-    """Score one window of zeros with each model, so that no task pays a model's first
-    call; returns (models warmed, seconds). A model that fails is skipped (its tasks will
-    meet the error and be retried or dead-lettered); an unreachable server ends it; past
-    ``budget_s`` the rest are left to warm on first use."""
-    started = time.monotonic()
-    warmed = 0
-    for model in models:
-        if time.monotonic() - started > budget_s:
-            break
-        try:
-            signature = backend.signature(model)
-            backend.infer(model, np.zeros((1, signature.window, signature.features), np.float32))
-        except BackendUnavailableError as error:  # no server: nothing to warm
-            log.warning("%s: warm-up stopped: %s", STAGE, error)
-            break
-        except InferenceError as error:
-            log.warning("%s: warm-up of %s failed: %s", STAGE, model, error)
-            continue
-        warmed += 1
-    return warmed, time.monotonic() - started
-
-
-def score_concurrently(
-    tasks: list[InferenceTask],
-    backend: InferenceBackend,
-    thresholds: Callable[[str], float],
-    stride: int,
-    pool: Executor,
-) -> BatchOutcome:
-    """:func:`~smap_bench.scoring.score_tasks`, one model's windows per thread of ``pool``;
-    the outcomes merged in the order of the models' first windows, as ``score_tasks``
-    orders them."""
-    by_model: dict[str, list[InferenceTask]] = {}
-    for task in tasks:
-        by_model.setdefault(task.model_name, []).append(task)
-    if len(by_model) <= 1:
-        return score_tasks(tasks, backend, thresholds, stride=stride)
-    parts = pool.map(
-        lambda group: score_tasks(group, backend, thresholds, stride=stride), by_model.values()
-    )
-    merged = BatchOutcome()
-    for part in parts:
-        merged.results += part.results
-        merged.rejected += part.rejected
-        merged.deferred += part.deferred
-        merged.deferred_reason = merged.deferred_reason or part.deferred_reason
-    return merged
 
 
 _process: _Process | None = None

@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Replay speed of `make up`'s simulator"
     )
 
+    worker_backend_threads: int = Field(
+        default=4, ge=1, description="Backend calls a worker process makes at once (one per model)"
+    )
+    worker_warmup: bool = Field(
+        default=True, description="Score a window with every model before taking tasks"
+    )
+
     # --- inference -------------------------------------------------------------------
     inference_backend: Literal["triton-grpc", "triton-http", "onnx"] = "triton-grpc"
     triton_host: str | None = Field(default=None, description="Triton for clients; unset: host")

@@ -292,6 +292,36 @@ class Series:
     samples: list[tuple[float, float]]
 
 
+def parse_export(text: str) -> list[Series]:
+    """Series of an ``/api/v1/export`` answer (one JSON object per line; ms timestamps)."""
+    found = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        item = json.loads(line)
+        pairs = zip(item["timestamps"], item["values"], strict=True)
+        found.append(
+            Series(labels=item["metric"], samples=[(ts / 1000.0, float(v)) for ts, v in pairs])
+        )
+    return found
+
+
+def parse_matrix(payload: dict[str, Any]) -> list[Series]:
+    """Series of a ``query_range`` answer (``data.result`` of ``[time, "value"]`` pairs)."""
+    return [
+        Series(labels=r["metric"], samples=[(float(t), float(v)) for t, v in r["values"]])
+        for r in payload["data"]["result"]
+    ]
+
+
+def parse_vector(payload: dict[str, Any]) -> list[Series]:
+    """Series of an instant ``query`` answer (one ``[time, "value"]`` sample each)."""
+    return [
+        Series(labels=r["metric"], samples=[(float(r["value"][0]), float(r["value"][1]))])
+        for r in payload["data"]["result"]
+    ]
+
+
 class VictoriaMetrics:
     """Client for the single-node VictoriaMetrics HTTP API."""
 
@@ -326,15 +356,7 @@ class VictoriaMetrics:
             params["end"] = end
         response = self._http.get("/api/v1/export", params=params)
         response.raise_for_status()
-        series = []
-        for line in response.text.splitlines():
-            item = json.loads(line)
-            samples = [
-                (ts / 1000.0, float(v))
-                for ts, v in zip(item["timestamps"], item["values"], strict=True)
-            ]
-            series.append(Series(labels=item["metric"], samples=samples))
-        return series
+        return parse_export(response.text)
 
     def query_range(self, query: str, start: float, end: float, step: str = "1s") -> list[Series]:
         """A PromQL/MetricsQL range query."""
@@ -343,10 +365,7 @@ class VictoriaMetrics:
             params={"query": query, "start": start, "end": end, "step": step},
         )
         response.raise_for_status()
-        return [
-            Series(labels=r["metric"], samples=[(float(t), float(v)) for t, v in r["values"]])
-            for r in response.json()["data"]["result"]
-        ]
+        return parse_matrix(response.json())
 
     def query(self, query: str, time: float | None = None) -> list[Series]:
         """An instant query."""
@@ -355,7 +374,4 @@ class VictoriaMetrics:
             params["time"] = time
         response = self._http.get("/api/v1/query", params=params)
         response.raise_for_status()
-        return [
-            Series(labels=r["metric"], samples=[(float(r["value"][0]), float(r["value"][1]))])
-            for r in response.json()["data"]["result"]
-        ]
+        return parse_vector(response.json())

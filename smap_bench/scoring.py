@@ -27,9 +27,11 @@ topic; a window whose model is only unavailable for now (server down, model load
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,8 +64,10 @@ __all__ = [
     "load_threshold",
     "parse_tasks",
     "responsible_rows",
+    "score_concurrently",
     "score_tasks",
     "threshold_from_metadata",
+    "warm_up",
     "window_is_anomalous",
     "windows_anomalous",
     "worker_index",
@@ -71,6 +75,7 @@ __all__ = [
 
 #: Stage name (logger, metric label, ``stages`` key) and the seed's ``service`` field.
 STAGE = "worker"
+log = logging.getLogger(f"smap_bench.{STAGE}")
 SERVICE = "inference-worker"
 
 #: Decimals kept of reconstructed values: float32 holds about 7 significant digits, and
@@ -350,6 +355,63 @@ def _score_group(
                 feature_errors=errors[i].tolist(),
             )
         )
+
+
+# --------------------------------------------------------------------------------------
+# A worker process: warm-up and concurrent backend calls
+# --------------------------------------------------------------------------------------
+
+
+def warm_up(
+    backend: InferenceBackend, models: Iterable[str], budget_s: float = 60.0
+) -> tuple[int, float]:
+    """Score one window of zeros with each model, so that no task pays a model's first
+    call; returns (models warmed, seconds). A model that fails is skipped (its tasks will
+    meet the error and be retried or dead-lettered); an unreachable server ends it; past
+    ``budget_s`` the rest are left to warm on first use."""
+    started = time.monotonic()
+    warmed = 0
+    for model in models:
+        if time.monotonic() - started > budget_s:
+            break
+        try:
+            signature = backend.signature(model)
+            backend.infer(model, np.zeros((1, signature.window, signature.features), np.float32))
+        except BackendUnavailableError as error:  # no server: nothing to warm
+            log.warning("%s: warm-up stopped: %s", STAGE, error)
+            break
+        except InferenceError as error:
+            log.warning("%s: warm-up of %s failed: %s", STAGE, model, error)
+            continue
+        warmed += 1
+    return warmed, time.monotonic() - started
+
+
+def score_concurrently(
+    tasks: list[InferenceTask],
+    backend: InferenceBackend,
+    thresholds: Callable[[str], float],
+    stride: int,
+    pool: Executor,
+) -> BatchOutcome:
+    """:func:`~smap_bench.scoring.score_tasks`, one model's windows per thread of ``pool``;
+    the outcomes merged in the order of the models' first windows, as ``score_tasks``
+    orders them."""
+    by_model: dict[str, list[InferenceTask]] = {}
+    for task in tasks:
+        by_model.setdefault(task.model_name, []).append(task)
+    if len(by_model) <= 1:
+        return score_tasks(tasks, backend, thresholds, stride=stride)
+    parts = pool.map(
+        lambda group: score_tasks(group, backend, thresholds, stride=stride), by_model.values()
+    )
+    merged = BatchOutcome()
+    for part in parts:
+        merged.results += part.results
+        merged.rejected += part.rejected
+        merged.deferred += part.deferred
+        merged.deferred_reason = merged.deferred_reason or part.deferred_reason
+    return merged
 
 
 # --------------------------------------------------------------------------------------

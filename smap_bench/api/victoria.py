@@ -9,33 +9,13 @@ the same as the synchronous client's.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
 
-from smap_bench.metrics import Series
+from smap_bench.metrics import Series, parse_export, parse_matrix, parse_vector
 
-
-def parse_export(text: str) -> list[Series]:
-    """Series of an ``/api/v1/export`` answer (one JSON object per line; ms timestamps)."""
-    found = []
-    for line in text.splitlines():
-        if not line:
-            continue
-        item = json.loads(line)
-        pairs = zip(item["timestamps"], item["values"], strict=True)
-        samples = [(ts / 1000.0, float(v)) for ts, v in pairs]
-        found.append(Series(labels=item["metric"], samples=samples))
-    return found
-
-
-def parse_matrix(payload: dict[str, Any]) -> list[Series]:
-    """Series of a ``query_range`` answer (``data.result`` of ``[time, "value"]`` pairs)."""
-    return [
-        Series(labels=r["metric"], samples=[(float(t), float(v)) for t, v in r["values"]])
-        for r in payload["data"]["result"]
-    ]
+__all__ = ["AsyncVictoria", "parse_export", "parse_matrix"]
 
 
 class AsyncVictoria:
@@ -91,7 +71,4 @@ class AsyncVictoria:
             params["latency_offset"] = "0s"
         response = await self._http.get("/api/v1/query", params=params)
         response.raise_for_status()
-        return [
-            Series(labels=r["metric"], samples=[(float(r["value"][0]), float(r["value"][1]))])
-            for r in response.json()["data"]["result"]
-        ]
+        return parse_vector(response.json())

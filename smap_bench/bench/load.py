@@ -121,8 +121,9 @@ class LoadBenchmark:
             after_run = self._counters()
             self._drain(before, say)
             after = self._counters()
-        latency = self._latencies(prefix, started_wall, self.startup_cut_s)
-        whole_run = self._latencies(prefix, started_wall)
+        series = self._latency_series(prefix, started_wall)
+        latency = latency_summary(series, self.startup_cut_s)
+        whole_run = latency_summary(series)
         if not self.keep:
             self._retire(mapping)
         sent = _delta(after, before, "scheduler", "produced")
@@ -261,16 +262,15 @@ class LoadBenchmark:
                 return
             time.sleep(1.0)
 
-    def _latencies(
-        self, prefix: str, since: float, startup_s: float = 0.0
-    ) -> dict[str, dict[str, float]]:
+    def _latency_series(
+        self, prefix: str, since: float
+    ) -> list[tuple[str, list[tuple[float, float]]]]:
+        """The run's ``(stage, samples)`` latency series, read once from VictoriaMetrics."""
         with VictoriaMetrics(self.settings.victoria_url) as vm:
             series = vm.export(
                 f'smap_e2e_latency_seconds{{satellite_id=~"{prefix}.*"}}', start=since - 120
             )
-        return latency_summary(
-            [(item.labels.get("stage", "?"), item.samples) for item in series], startup_s
-        )
+        return [(item.labels.get("stage", "?"), item.samples) for item in series]
 
 
 def latency_summary(

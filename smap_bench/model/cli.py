@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from smap_bench.config import Settings, get_settings
@@ -83,7 +90,9 @@ def train_channels(
     with _progress() as progress:
         overall = progress.add_task(f"seed {config.seed}: channels", total=len(selected))
         if jobs > 1 and len(selected) > 1:
-            done = _train_in_processes(source, selected, repository, config, force, jobs, progress)
+            done = _train_in_processes(
+                source, selected, repository, config, force, jobs, progress, overall
+            )
             return {channel: done[channel] for channel in selected}, missing
         per_channel = progress.add_task("epochs", total=config.epochs)
         for channel in selected:
@@ -107,6 +116,7 @@ def _train_in_processes(
     force: bool,
     jobs: int,
     progress: Progress,
+    overall: TaskID,
 ) -> dict[str, runner.ChannelOutcome]:
     """Train channels in ``jobs`` processes; their outcomes by channel."""
     import multiprocessing
@@ -114,7 +124,6 @@ def _train_in_processes(
 
     from smap_bench.model import runner
 
-    overall = progress.tasks[0].id
     running = progress.add_task(f"{jobs} processes", total=None)
     done: dict[str, runner.ChannelOutcome] = {}
     context = multiprocessing.get_context("spawn")  # torch and fork do not mix

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.worker import score_concurrently, warm_up
 from smap_bench.inference.base import (
     BackendUnavailableError,
     InferenceBackend,
@@ -15,7 +14,7 @@ from smap_bench.inference.base import (
     UnknownModelError,
 )
 from smap_bench.inference.onnx_backend import OnnxBackend
-from smap_bench.scoring import MetadataThresholds, score_tasks
+from smap_bench.scoring import MetadataThresholds, score_concurrently, score_tasks, warm_up
 from tests.unit.test_scoring import make_task, repository  # noqa: F401 (a fixture)
 
 
