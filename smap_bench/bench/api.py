@@ -2,8 +2,12 @@
 
 Open loop: requests are sent on a fixed schedule (``rps`` per second for ``duration_s``),
 whatever the answers' speed, so a slow answer does not slow the sending down and hide
-itself. Latency is measured per request from the moment it is sent to the end of its
-body. The read paths rotate over the API's routes a dashboard refresh uses.
+itself. Latency is measured per request from the moment it was due on the schedule to
+the end of its body (coordinated omission corrected, as wrk2 does: a request the client
+sent late, because it or the machine was busy, counts its wait); the time from the
+actual send is reported beside it as ``service``. The read paths rotate over the API's
+routes a dashboard refresh uses. The client's own CPU time is reported, since on a
+small machine it shares the cores with the server it measures.
 
 The client is one asyncio loop speaking plain HTTP/1.1 over a few keep-alive
 connections (what wrk does, in Python): it spends a fraction of a millisecond per
@@ -37,6 +41,10 @@ DEFAULT_PATHS: tuple[str, ...] = (
 LATE_S = 0.010
 #: Status code recorded for a request that got no answer (refused, reset, timed out).
 NO_ANSWER = 0
+#: An idle keep-alive connection older than this is closed rather than reused: servers
+#: close idle connections (uvicorn after 5 s by default), and a request written into one
+#: the server is closing fails.
+MAX_IDLE_S = 4.0
 
 
 def check_loopback(base_url: str) -> None:
@@ -76,9 +84,15 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 @dataclass(frozen=True)
 class Sample:
     path: str
-    latency_s: float
+    latency_s: float  #: from the request's slot on the schedule to the end of its answer
     status: int  #: NO_ANSWER when the request failed without an answer
-    late_s: float
+    late_s: float  #: how long after its slot the request was sent
+    error: str = ""  #: why a request failed: ``HTTP <status>`` or the exception's name
+
+    @property
+    def service_s(self) -> float:
+        """From the actual send to the end of the answer (lateness left out)."""
+        return self.latency_s - self.late_s
 
 
 def _ms(value: float | None) -> float | None:
@@ -90,6 +104,13 @@ def summarize(samples: Sequence[Sample], rps: float, elapsed_s: float) -> dict[s
     lateness counts. Latencies of answered requests only (errors are counted apart)."""
     ok = [s for s in samples if 200 <= s.status < 400]
     latencies = [s.latency_s for s in ok]
+    service = [s.service_s for s in ok]
+    lateness = [s.late_s for s in samples]
+    kinds: dict[str, int] = {}
+    for sample in samples:
+        if not 200 <= sample.status < 400:
+            reason = sample.error or f"HTTP {sample.status}"
+            kinds[reason] = kinds.get(reason, 0) + 1
     by_path: dict[str, dict[str, Any]] = {}
     for path in sorted({s.path for s in samples}):
         mine = [s.latency_s for s in ok if s.path == path]
@@ -99,6 +120,7 @@ def summarize(samples: Sequence[Sample], rps: float, elapsed_s: float) -> dict[s
             "p50": _ms(percentile(mine, 50)),
             "p99": _ms(percentile(mine, 99)),
             "max": _ms(max(mine, default=None)),
+            "service_p99": _ms(percentile([s.service_s for s in ok if s.path == path], 99)),
         }
     return {
         "p50": _ms(percentile(latencies, 50)),
@@ -110,6 +132,14 @@ def summarize(samples: Sequence[Sample], rps: float, elapsed_s: float) -> dict[s
         "requests": len(samples),
         "errors": len(samples) - len(ok),
         "late": sum(1 for s in samples if s.late_s > LATE_S),
+        "late_p99": _ms(percentile(lateness, 99)),
+        "late_max": _ms(max(lateness, default=None)),
+        "service": {
+            "p50": _ms(percentile(service, 50)),
+            "p99": _ms(percentile(service, 99)),
+            "max": _ms(max(service, default=None)),
+        },
+        "error_kinds": dict(sorted(kinds.items())),
         "paths": by_path,
     }
 
@@ -124,6 +154,7 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.reusable = True
+        self.idle_since = time.monotonic()
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
@@ -179,16 +210,25 @@ class ConnectionPool:
         self.host, self.port = host, port
         self.idle: list[Connection] = []
         self.opened = 0
+        self.expired = 0  #: idle connections closed for their age
+        self.retried = 0  #: requests sent again after a reused connection was found closed
 
-    async def take(self) -> tuple[Connection, bool]:
-        """A connection, and whether it was used before (it may have been closed since)."""
-        if self.idle:
-            return self.idle.pop(), True
+    async def take(self, fresh: bool = False) -> tuple[Connection, bool]:
+        """A connection, and whether it was used before (it may have been closed since);
+        ``fresh``: a new one. Connections idle longer than :data:`MAX_IDLE_S` are closed."""
+        now = time.monotonic()
+        while self.idle and not fresh:
+            connection = self.idle.pop()
+            if now - connection.idle_since <= MAX_IDLE_S:
+                return connection, True
+            connection.close()
+            self.expired += 1
         self.opened += 1
         return await Connection.open(self.host, self.port), False
 
     def give(self, connection: Connection) -> None:
         if connection.reusable:
+            connection.idle_since = time.monotonic()
             self.idle.append(connection)
         else:
             connection.close()
@@ -208,7 +248,7 @@ def _closed_before_answer(error: BaseException) -> bool:
 
 async def _run(
     base_url: str, offsets: Sequence[float], paths: Sequence[str], timeout_s: float, warm: int
-) -> tuple[list[Sample], float, int]:
+) -> tuple[list[Sample], float, ConnectionPool]:
     parts = urlsplit(base_url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or 80
@@ -221,10 +261,11 @@ async def _run(
         sent = time.perf_counter()
         connection: Connection | None = None
         status = NO_ANSWER
+        error_kind = ""
         try:
             async with asyncio.timeout(timeout_s):
                 for attempt in (1, 2):
-                    connection, reused = await pool.take()
+                    connection, reused = await pool.take(fresh=attempt == 2)
                     try:
                         status, _ = await connection.get(prefix + path, host_header)
                         break
@@ -232,18 +273,24 @@ async def _run(
                         connection.reusable = False
                         pool.give(connection)
                         connection = None
-                        # The server closed an idle keep-alive connection: one fresh try
-                        # (as any HTTP client does); a fresh connection's failure counts.
+                        # The server closed an idle keep-alive connection: one try on a
+                        # new connection (as any HTTP client does); a new one's failure
+                        # counts.
                         if not reused or attempt == 2 or not _closed_before_answer(error):
                             raise
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, HttpError, ValueError):
+                        pool.retried += 1
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, HttpError, ValueError) as exc:
+            error_kind = exc.__class__.__name__
             if connection is not None:
                 connection.reusable = False
         finally:
             if connection is not None:
                 pool.give(connection)
         if record:
-            samples.append(Sample(path, time.perf_counter() - sent, status, sent - due))
+            if not error_kind and not 200 <= status < 400:
+                error_kind = f"HTTP {status}"
+            end = time.perf_counter()
+            samples.append(Sample(path, end - due, status, sent - due, error_kind))
 
     try:
         # Warm-up: connections opened and every route called once, unrecorded (connection
@@ -265,7 +312,7 @@ async def _run(
         elapsed = time.perf_counter() - start
     finally:
         pool.close()
-    return samples, elapsed, pool.opened
+    return samples, elapsed, pool
 
 
 def bench_api(
@@ -289,11 +336,18 @@ def bench_api(
     if connections < 1:
         raise ValueError(f"connections must be at least 1, got {connections}")
     offsets = schedule(rps, duration_s)
-    samples, elapsed, opened = asyncio.run(
+    cpu = time.process_time()
+    samples, elapsed, pool = asyncio.run(
         _run(base_url, offsets, list(paths), timeout_s, connections)
     )
+    cpu = time.process_time() - cpu
     result = summarize(samples, rps, elapsed)
-    result["connections"] = opened
+    result["connections"] = pool.opened
+    result["connections_expired"] = pool.expired
+    result["retried"] = pool.retried
+    # The load generator's own CPU (warm-up included), beside the server it measures.
+    result["client_cpu_s"] = round(cpu, 3)
+    result["client_cpu_ms_per_request"] = round(1000 * cpu / max(len(samples), 1), 3)
     result["base_url"] = base_url
     result["duration_s"] = duration_s
     return result
