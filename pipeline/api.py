@@ -25,6 +25,9 @@ from smap_bench.config import get_settings
 
 log = logging.getLogger("smap_bench.api")
 
+#: Seconds an idle keep-alive connection stays open (uvicorn's default is 5).
+KEEP_ALIVE_S = 75
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = get_settings()
@@ -55,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         forwarded_allow_ips="127.0.0.1",
         log_level=args.log_level,
         access_log=False,
+        # Longer than nginx's keepalive_timeout for its upstream connections (60 s), so
+        # that nginx, not the API, closes an idle one: never mid-request.
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 

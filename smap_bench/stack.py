@@ -418,11 +418,20 @@ http {{
     uwsgi_temp_path {run}/tmp/uwsgi;
     scgi_temp_path {run}/tmp/scgi;
     map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    # Kept-alive connections to the API: a new one per request costs the API a connection
+    # set-up each time. Idle ones close before the API's own keep-alive timeout (75 s).
+    upstream smap_api {{
+        server {settings.host}:{settings.api_port};
+        keepalive 8;
+        keepalive_timeout 60s;
+    }}
     server {{
         listen {settings.host}:{settings.nginx_port};
         location = /healthz {{ default_type text/plain; return 200 "ok\\n"; }}
         location /api {{
-            proxy_pass http://{settings.host}:{settings.api_port};
+            proxy_pass http://smap_api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         }}

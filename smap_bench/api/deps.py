@@ -10,14 +10,15 @@ thread, a hop that costs more than the lookup.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import psycopg
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
 
 from smap_bench.api.auth import AuthFailure, check_bearer
 from smap_bench.api.models import OPERATOR_PATTERN
@@ -26,6 +27,8 @@ from smap_bench.api.victoria import AsyncVictoria
 from smap_bench.config import Settings
 from smap_bench.metrics import VictoriaMetrics
 from smap_bench.simulation import SimulatorControl
+
+T = TypeVar("T")
 
 #: Who acts when neither the X-Operator header nor the request body names anyone.
 DEFAULT_OPERATOR = "operator"
@@ -48,6 +51,22 @@ async def get_pool(request: Request) -> ConnectionPool:
     """The connection pool itself, for a coroutine route that runs a query in a thread."""
     pool: ConnectionPool = request.app.state.pool
     return pool
+
+
+async def in_db(pool: ConnectionPool, read: Callable[..., T], *args: Any) -> T:
+    """``read(conn, *args)`` on a pooled connection, in one trip to a worker thread.
+
+    A plain-function route with a generator dependency (:func:`get_db`) costs several
+    trips (the dependency's enter and exit, the route, each a thread wake-up and a hand
+    over of the GIL); on a busy small machine every trip waits for a core. Read routes
+    are coroutines that make exactly one, here.
+    """
+
+    def run() -> T:
+        with pool.connection() as conn:
+            return read(conn, *args)
+
+    return await run_in_threadpool(run)
 
 
 async def get_victoria_async(request: Request) -> AsyncVictoria:

@@ -9,7 +9,9 @@ the same as the synchronous client's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -32,10 +34,20 @@ class AsyncVictoria:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def _post(self, path: str, form: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> Any:
+        """The parameters as a form body (VictoriaMetrics reads them from either): the
+        standard library encodes a body in microseconds, where httpx checks a long query
+        string character by character (about 2 ms of CPU for the latest route's query)."""
+        return await self._http.post(
+            path,
+            content=urlencode(form, doseq=True).encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+
     async def export(self, match: str, start: float, end: float) -> list[Series]:
         """Raw samples of the series matching ``match`` between ``start`` and ``end``."""
-        response = await self._http.get(
-            "/api/v1/export", params={"match[]": match, "start": start, "end": end}
+        response = await self._post(
+            "/api/v1/export", {"match[]": match, "start": start, "end": end}
         )
         response.raise_for_status()
         return parse_export(response.text)
@@ -43,18 +55,17 @@ class AsyncVictoria:
     async def export_many(self, matches: list[str], start: float, end: float) -> list[Series]:
         """Raw samples of every series matching any of ``matches``, in one request (each
         series keeps its ``__name__`` label, so the caller can tell the metrics apart)."""
-        response = await self._http.get(
+        response = await self._post(
             "/api/v1/export",
-            params=[("match[]", m) for m in matches] + [("start", start), ("end", end)],
+            [("match[]", m) for m in matches] + [("start", start), ("end", end)],
         )
         response.raise_for_status()
         return parse_export(response.text)
 
     async def query_range(self, query: str, start: float, end: float, step: str) -> list[Series]:
         """A MetricsQL range query on a ``step`` grid."""
-        response = await self._http.get(
-            "/api/v1/query_range",
-            params={"query": query, "start": start, "end": end, "step": step},
+        response = await self._post(
+            "/api/v1/query_range", {"query": query, "start": start, "end": end, "step": step}
         )
         response.raise_for_status()
         return parse_matrix(response.json())
@@ -69,6 +80,6 @@ class AsyncVictoria:
             params["time"] = time
         if fresh:
             params["latency_offset"] = "0s"
-        response = await self._http.get("/api/v1/query", params=params)
+        response = await self._post("/api/v1/query", params)
         response.raise_for_status()
         return parse_vector(response.json())

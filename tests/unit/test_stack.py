@@ -77,7 +77,9 @@ def test_supervisord_conf_parses_and_quotes(settings: Settings) -> None:
 def test_nginx_conf_routes_dashboard_api_and_health(settings: Settings) -> None:
     text = stack.nginx_conf(settings)
     assert f"listen 127.0.0.1:{settings.nginx_port};" in text
-    assert f"proxy_pass http://127.0.0.1:{settings.api_port};" in text
+    # The API behind an upstream with kept-alive connections (HTTP/1.1, no Connection: close).
+    assert f"server 127.0.0.1:{settings.api_port};" in text and "keepalive 8;" in text
+    assert "proxy_pass http://smap_api;" in text and 'proxy_set_header Connection "";' in text
     assert f"proxy_pass http://127.0.0.1:{settings.panel_port};" in text
     assert "proxy_set_header Upgrade $http_upgrade;" in text
     assert "location = /healthz" in text

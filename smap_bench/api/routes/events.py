@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Query
 
 from smap_bench.alarms import AlarmState
 from smap_bench.api import crud
-from smap_bench.api.deps import DbDep, TokenDep
+from smap_bench.api.deps import DbDep, PoolDep, TokenDep, in_db
 from smap_bench.api.models import (
     AlarmTransitionCreate,
     CommentCreate,
@@ -35,8 +35,8 @@ CONFLICT: Responses = {409: {"model": Message, "description": "Not allowed from 
 
 
 @router.get("", response_model=EventsPublic)
-def list_events(
-    db: DbDep,
+async def list_events(
+    pool: PoolDep,
     state: Annotated[AlarmState | None, Query(description="Alarm state as seen now")] = None,
     satellite_id: SatelliteId | None = None,
     subsystem: Subsystem | None = None,
@@ -55,14 +55,14 @@ def list_events(
         limit=limit,
         offset=offset,
     )
-    rows, total = crud.list_events(db, filters)
+    rows, total = await in_db(pool, crud.list_events, filters)
     return EventsPublic.model_validate({"data": rows, "count": total})
 
 
 @router.get("/{event_id}", response_model=EventDetail, responses=NOT_FOUND)
-def get_event(db: DbDep, event_id: EventId) -> crud.Row:
+async def get_event(pool: PoolDep, event_id: EventId) -> crud.Row:
     """One event with its full alarm history, oldest first."""
-    return crud.get_event(db, event_id)
+    return await in_db(pool, crud.get_event, event_id)
 
 
 @router.post(
