@@ -130,20 +130,30 @@ def wide(frame: pd.DataFrame) -> pd.DataFrame:
     """A series frame as one column per feature, indexed by time (duplicates: the last)."""
     if frame.empty:
         return pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC", name="time"))
-    unique = frame.drop_duplicates(["time", "feature"], keep="last")
-    table = unique.pivot(index="time", columns="feature", values="value")
-    table.columns = [int(c) for c in table.columns]
-    return table.sort_index()
+    stamps = pd.DatetimeIndex(frame["time"]).as_unit("ns").asi8
+    times, row = np.unique(stamps, return_inverse=True)
+    features, column = np.unique(frame["feature"].to_numpy(dtype="int64"), return_inverse=True)
+    cell = row * len(features) + column
+    # The last sample of a (time, feature) cell wins: the first of the reversed order.
+    _, first_reversed = np.unique(cell[::-1], return_index=True)
+    last = len(cell) - 1 - first_reversed
+    table = np.full(len(times) * len(features), np.nan)
+    table[cell[last]] = frame["value"].to_numpy(dtype="float64")[last]
+    return pd.DataFrame(
+        table.reshape(len(times), len(features)),
+        index=pd.DatetimeIndex(times.view("datetime64[ns]"), tz="UTC", name="time"),
+        columns=[int(f) for f in features],
+    )
 
 
 def record_period_s(frame: pd.DataFrame, default: float = 1.0) -> float:
     """Typical seconds between two records of a series (median spacing), or ``default``."""
-    times = frame["time"].drop_duplicates().sort_values()
+    if len(frame) < 2:
+        return default
+    times = np.unique(pd.DatetimeIndex(frame["time"]).as_unit("ns").asi8)  # sorted, distinct
     if len(times) < 2:
         return default
-    spacing = times.diff().dropna().dt.total_seconds()
-    spacing = spacing[spacing > 0]
-    return float(spacing.median()) if len(spacing) else default
+    return float(np.median(np.diff(times))) / 1e9
 
 
 def latest_time(*frames: pd.DataFrame) -> pd.Timestamp | None:
@@ -255,16 +265,23 @@ def labeled_spans(
 
 
 def empty_events() -> pd.DataFrame:
-    frame = pd.DataFrame({c: pd.Series([], dtype="object") for c in EVENT_COLUMNS})
-    for column in ("start_time", "end_time", "shelved_until", "updated_at"):
-        frame[column] = pd.Series([], dtype="datetime64[ns, UTC]")
-    return frame
+    times = ("start_time", "end_time", "shelved_until", "updated_at")
+    return pd.DataFrame(
+        {
+            c: pd.Series([], dtype="datetime64[ns, UTC]" if c in times else "object")
+            for c in EVENT_COLUMNS
+        }
+    )
+
+
+#: The frame of no events, copied rather than built (building it costs a few ms).
+_NO_EVENTS = empty_events()
 
 
 def events_frame(items: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Anomaly events (``EventPublic`` payloads) as a frame, newest first."""
     if not items:
-        return empty_events()
+        return _NO_EVENTS.copy()
     frame = pd.DataFrame([{c: item.get(c) for c in EVENT_COLUMNS} for item in items])
     for column in ("start_time", "end_time", "shelved_until", "updated_at"):
         frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
@@ -332,7 +349,11 @@ def error_matrix(telemetry: pd.DataFrame, reconstruction: pd.DataFrame) -> pd.Da
 
     Both inputs are long series frames; only (time, feature) cells present in both count.
     """
-    inputs, outputs = wide(telemetry), wide(reconstruction)
+    return wide_error_matrix(wide(telemetry), wide(reconstruction))
+
+
+def wide_error_matrix(inputs: pd.DataFrame, outputs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`error_matrix` of frames already made wide (:func:`wide`)."""
     columns = sorted(set(inputs.columns) & set(outputs.columns))
     times = inputs.index.intersection(outputs.index)
     if not columns or times.empty:

@@ -120,10 +120,31 @@ class DashboardStore(pn.viewable.Viewer):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self._errors_cache: tuple[tuple[int, int], pd.DataFrame] | None = None
-        self._spans_cache: tuple[tuple[Any, ...], pd.DataFrame] | None = None
+        self._memos: dict[str, tuple[tuple[Any, ...], tuple[Any, ...], Any]] = {}
         self._running: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="dashboard-fetch")
+
+    def _memo(
+        self,
+        name: str,
+        objects: tuple[Any, ...],
+        values: tuple[Any, ...],
+        compute: Callable[[], Any],
+    ) -> Any:
+        """``compute()`` once per ``objects`` (the very objects: the frames fetched, which a
+        refresh replaces) and ``values`` (compared equal): several views ask for the same
+        derived value on every refresh. The objects are held, so their ids are not reused."""
+        held = self._memos.get(name)
+        if (
+            held is not None
+            and len(held[0]) == len(objects)
+            and all(a is b for a, b in zip(held[0], objects, strict=True))
+            and held[1] == values
+        ):
+            return held[2]
+        result = compute()
+        self._memos[name] = (objects, values, result)
+        return result
 
     @classmethod
     def from_settings(cls, settings: Settings, **params: Any) -> DashboardStore:
@@ -152,8 +173,12 @@ class DashboardStore(pn.viewable.Viewer):
     @param.depends("streams", "satellite_id", "subsystem")
     def channel(self) -> str | None:
         """The SMAP channel the selected stream replays."""
-        hit = self._stream_rows(self.streams)
-        return str(hit["channel"].iloc[0]) if len(hit) else None
+
+        def find() -> str | None:
+            hit = self._stream_rows(self.streams)
+            return str(hit["channel"].iloc[0]) if len(hit) else None
+
+        return self._memo("channel", (self.streams,), (self.satellite_id, self.subsystem), find)
 
     @param.depends("latest", "satellite_id", "subsystem", "end", "window_s")
     def time_range(self) -> tuple[datetime, datetime]:
@@ -171,22 +196,19 @@ class DashboardStore(pn.viewable.Viewer):
     def period_s(self) -> float:
         """Seconds between two records of the stream (1 at the dataset's nominal rate)."""
         source = self.scores if len(self.scores) > 1 else self.telemetry
-        return frames.record_period_s(source)
+        period: float = self._memo("period", (source,), (), lambda: frames.record_period_s(source))
+        return period
 
     @param.depends("detections", "stream_events", "record_index", "labels", "replay_state")
     def spans(self) -> pd.DataFrame:
         """Detected windows, anomaly events and (labeled replays) labeled ranges."""
-        key = (
-            id(self.detections),
-            id(self.stream_events),
-            id(self.record_index),
-            id(self.labels),
-            self.channel(),
-            self.replay_state.get("split"),
+        spans: pd.DataFrame = self._memo(
+            "spans",
+            (self.detections, self.stream_events, self.record_index, self.labels),
+            (self.channel(), self.replay_state.get("split"), self.stride, self.period_s()),
+            self._spans,
         )
-        if self._spans_cache is None or self._spans_cache[0] != key:
-            self._spans_cache = (key, self._spans())
-        return self._spans_cache[1]
+        return spans
 
     def _spans(self) -> pd.DataFrame:
         parts = [
@@ -247,10 +269,21 @@ class DashboardStore(pn.viewable.Viewer):
     def errors(self) -> pd.DataFrame:
         """Squared reconstruction error per record and feature over the heatmap range
         (computed once per fetched pair: several views ask for it on every refresh)."""
-        key = (id(self.heat_input), id(self.heat_output))
-        if self._errors_cache is None or self._errors_cache[0] != key:
-            self._errors_cache = (key, frames.error_matrix(self.heat_input, self.heat_output))
-        return self._errors_cache[1]
+        return self.heat_matrices()[2]
+
+    @param.depends("heat_input", "heat_output")
+    def heat_matrices(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """Telemetry, reconstruction (records x features, wide) and their squared error
+        over the heatmap range, computed once per fetched pair."""
+
+        def compute() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+            inputs, outputs = frames.wide(self.heat_input), frames.wide(self.heat_output)
+            return inputs, outputs, frames.wide_error_matrix(inputs, outputs)
+
+        matrices: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] = self._memo(
+            "heat", (self.heat_input, self.heat_output), (), compute
+        )
+        return matrices
 
     @param.depends("heat_input", "heat_output")
     def top_features(self, n: int = 5) -> pd.DataFrame:

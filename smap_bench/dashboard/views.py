@@ -1,9 +1,10 @@
 """Views of the dashboard: each holds the store as a parameter and only renders it.
 
 A view reads the store's data and derived values and calls the store's actions from its
-widgets; it fetches nothing itself. Plots are HoloViews ``DynamicMap`` s bound to store
-parameters, so a refresh updates the Bokeh data in place instead of rebuilding the
-figure. Every view has a small derived state (what it would show, which buttons are
+widgets; it fetches nothing itself. The timeline and heatmap plots are Bokeh figures
+built once, whose column sources and ranges a refresh replaces in place (the cheapest
+update Bokeh has); the fleet grid is a HoloViews ``DynamicMap`` bound to a refresh
+counter. Every view has a small derived state (what it would show, which buttons are
 enabled) that tests check by setting store parameters.
 """
 
@@ -34,6 +35,17 @@ SPAN_STYLE: dict[str, dict[str, Any]] = {
     "detected": {"color": "#ff9f1c", "alpha": 0.25},
     "event": {"color": "#d62728", "alpha": 0.18},
 }
+#: Colours of the telemetry features' lines, in the order of the chosen features.
+LINE_COLORS: tuple[str, ...] = (
+    "#1f77b4",
+    "#2ca02c",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+)
 #: Colour of each alarm state in the alarm list.
 ALARM_COLORS = {
     "open": "#d62728",
@@ -325,12 +337,31 @@ class FleetOverview(StoreView):
 # ====================================================================== anomaly timeline
 
 
+def epoch_ms(values: pd.Series) -> np.ndarray:
+    """UTC times as milliseconds since the epoch (what a Bokeh datetime axis plots)."""
+    times = pd.DatetimeIndex(pd.to_datetime(values, utc=True))
+    return times.asi8 / 1e6
+
+
+def _figure(**params: Any) -> Any:
+    from bokeh.plotting import figure
+
+    return figure(sizing_mode="stretch_width", **params)
+
+
 class AnomalyTimeline(StoreView):
     """Telemetry, anomaly score against threshold, detected windows, events and labeled
-    ranges of the chosen stream, on one linked time axis."""
+    ranges of the chosen stream, on one linked time axis.
+
+    The two plots are Bokeh figures built once; a refresh replaces the data of their
+    column sources and moves the shared time range (a few small model changes), instead
+    of rebuilding plot objects (HoloViews re-ran its whole plotting pipeline per refresh,
+    ~0.2 s of a core)."""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
+        from bokeh.models import ColumnDataSource, HoverTool, Range1d, TapTool
+
         store = self.store
         self.satellite = pn.widgets.Select.from_param(
             store.param.satellite_id, label="Satellite", width=120
@@ -352,12 +383,89 @@ class AnomalyTimeline(StoreView):
         )
         self.window.link(store, value="window_s")
         self.live.param.watch(self._toggle_live, "value")
-        # Bound to the refresh counter, not to the frames (see FleetOverview).
-        bound = (store.param.stream_version, store.param.features)
-        self.telemetry_plot = hv.DynamicMap(pn.bind(self._telemetry_overlay, *bound))
-        self.score_plot = hv.DynamicMap(pn.bind(self._score_overlay, *bound))
-        self.tap = hv.streams.Tap(source=self.score_plot, x=None)
-        self.tap.add_subscriber(self._on_tap)
+
+        self.sources = {
+            "telemetry": ColumnDataSource({"xs": [], "ys": [], "label": [], "color": []}),
+            "score": ColumnDataSource({"time": [], "value": []}),
+            "threshold": ColumnDataSource({"time": [], "value": []}),
+            "spans": ColumnDataSource(
+                {"start": [], "end": [], "kind": [], "label": [], "color": [], "alpha": []}
+            ),
+        }
+        self.x_range = Range1d(start=0, end=1)
+        self.telemetry_y = Range1d(start=0, end=1)
+        self.score_y = Range1d(start=0, end=1)
+        tools = "xpan,xwheel_zoom,box_zoom,reset,save"
+        common = {
+            "x_axis_type": "datetime",
+            "x_range": self.x_range,
+            "height": 240,
+            "min_width": 400,
+            "tools": tools,
+            "toolbar_location": "above",
+            "x_axis_label": "time (UTC)",
+        }
+        self.telemetry_figure = _figure(title=self._title(), y_range=self.telemetry_y, **common)
+        self.score_figure = _figure(
+            title="Anomaly score vs threshold (click a point to inspect its window)",
+            y_range=self.score_y,
+            **common,
+        )
+        for fig in (self.telemetry_figure, self.score_figure):
+            fig.vstrip(
+                x0="start",
+                x1="end",
+                source=self.sources["spans"],
+                fill_color="color",
+                fill_alpha="alpha",
+                line_width=0,
+            )
+        lines = self.telemetry_figure.multi_line(
+            xs="xs",
+            ys="ys",
+            line_color="color",
+            line_width=1.5,
+            legend_field="label",
+            source=self.sources["telemetry"],
+        )
+        self.telemetry_figure.yaxis.axis_label = "telemetry"
+        score = self.score_figure.line(
+            "time",
+            "value",
+            source=self.sources["score"],
+            color="#333333",
+            line_width=1.5,
+            legend_label="score",
+        )
+        self.score_figure.step(
+            "time",
+            "value",
+            source=self.sources["threshold"],
+            mode="after",
+            color="#d62728",
+            line_dash="dashed",
+            line_width=2,
+            legend_label="threshold",
+        )
+        self.score_figure.yaxis.axis_label = "anomaly score"
+        tooltips = [("time", "$x{%F %T}"), ("value", "$y{0.0000}")]
+        self.telemetry_figure.add_tools(
+            HoverTool(
+                renderers=[lines],
+                tooltips=[("feature", "@label"), *tooltips],
+                formatters={"$x": "datetime"},
+            )
+        )
+        self.score_figure.add_tools(
+            HoverTool(renderers=[score], tooltips=tooltips, formatters={"$x": "datetime"}),
+            TapTool(renderers=[score]),
+        )
+        for fig in (self.telemetry_figure, self.score_figure):
+            fig.add_layout(fig.legend[0], "right")
+            fig.legend.click_policy = "hide"
+        self.score_figure.on_event("tap", self._on_bokeh_tap)
+        self._redraw()
+        store.param.watch(self._redraw, ["stream_version", "features"])
         self.facts = self._text_pane(self.facts_text, ["stream_version"], margin=(0, 8))
 
     def _toggle_live(self, event: param.parameterized.Event) -> None:
@@ -366,28 +474,47 @@ class AnomalyTimeline(StoreView):
         else:
             self.store.end = self.store.time_range()[1]
 
+    def _on_bokeh_tap(self, event: Any) -> None:
+        if event.x is not None:
+            self._on_tap(x=pd.Timestamp(float(event.x), unit="ms"))
+
     def _on_tap(self, x: Any = None, y: Any = None) -> None:
         if x is not None:
             self.store.param.update(event_id=None, focus_time=pd.Timestamp(x).to_pydatetime())
 
     # -- what is drawn ------------------------------------------------------------------
-    def span_element(self) -> hv.VSpans:
-        """Every span (labeled, detected, event) as one element, coloured by kind."""
+    def span_data(self) -> pd.DataFrame:
+        """Every span (labeled, detected, event) with its colour, as drawn (naive UTC)."""
         spans = self.store.spans()
-        data = pd.DataFrame(
+        kinds = spans["kind"].astype(str)
+        return pd.DataFrame(
             {
                 "start": naive_utc(spans["start"]),
                 "end": naive_utc(spans["end"]),
-                "kind": spans["kind"].astype(str),
+                "kind": kinds,
                 "label": spans["label"].astype(str),
+                "color": kinds.map(lambda k: SPAN_STYLE.get(k, {}).get("color", "#999999")),
+                "alpha": kinds.map(lambda k: SPAN_STYLE.get(k, {}).get("alpha", 0.2)),
             }
         )
-        return hv.VSpans(data, kdims=["start", "end"], vdims=["kind", "label"]).opts(
-            color=hv.dim("kind").categorize({k: v["color"] for k, v in SPAN_STYLE.items()}),
-            alpha=hv.dim("kind").categorize({k: v["alpha"] for k, v in SPAN_STYLE.items()}),
-            line_width=0,
-            framewise=True,
-        )
+
+    def telemetry_lines(self) -> pd.DataFrame:
+        """One row per chosen feature: its label, colour and samples (naive UTC times)."""
+        data = self.store.telemetry
+        chosen = sorted(self.store.features) or [0]
+        rows = []
+        for i, feature in enumerate(chosen):
+            part = data[data["feature"] == feature]
+            rows.append(
+                {
+                    "feature": feature,
+                    "label": f"feature {feature}",
+                    "color": LINE_COLORS[i % len(LINE_COLORS)],
+                    "time": part["time"],
+                    "value": part["value"],
+                }
+            )
+        return pd.DataFrame(rows, columns=["feature", "label", "color", "time", "value"])
 
     def _range(self) -> tuple[pd.Timestamp, pd.Timestamp]:
         start, end = self.store.time_range()
@@ -396,69 +523,45 @@ class AnomalyTimeline(StoreView):
             frames.to_utc(end).tz_localize(None),
         )
 
-    def _time_dim(self) -> hv.Dimension:
-        """The shared x dimension; its range is the shown time range (live: moving)."""
-        return hv.Dimension("time", label="time (UTC)", range=self._range())
-
-    def _telemetry_overlay(self, *_: Any) -> hv.Overlay:
-        data = self.store.telemetry
-        chosen = sorted(self.store.features) or [0]
-        shown = data[data["feature"].isin(chosen)]
-        value = hv.Dimension("telemetry", label="telemetry", range=padded_range(shown["value"]))
-        curves = [
-            hv.Curve(
-                (naive_utc(part["time"]), part["value"]),
-                kdims=[self._time_dim()],
-                vdims=[value],
-                label=f"feature {feature}",
-            ).opts(line_width=1.5, framewise=True, tools=["hover"])
-            for feature in chosen
-            for part in [shown[shown["feature"] == feature]]
-        ]
-        return hv.Overlay([*curves, self.span_element()]).opts(
-            hv.opts.Overlay(
-                title=self._title(),
-                height=240,
-                responsive=True,
-                min_width=400,
-                legend_position="right",
-                show_legend=True,
-                toolbar="above",
-            )
-        )
-
-    def _score_overlay(self, *_: Any) -> hv.Overlay:
-        scores, thresholds = self.store.scores, self.store.thresholds
-        both = pd.concat([scores["value"], thresholds["value"]])
-        value = hv.Dimension("score", label="anomaly score", range=padded_range(both, floor=0.0))
-        score = hv.Curve(
-            (naive_utc(scores["time"]), scores["value"]),
-            kdims=[self._time_dim()],
-            vdims=[value],
-            label="score",
-        ).opts(color="#333333", line_width=1.5, tools=["hover", "tap"], framewise=True)
-        threshold = hv.Curve(
-            (naive_utc(thresholds["time"]), thresholds["value"]),
-            kdims=[self._time_dim()],
-            vdims=[value],
-            label="threshold",
-        ).opts(
-            color="#d62728",
-            line_dash="dashed",
-            line_width=2,
-            interpolation="steps-post",
-            framewise=True,
-        )
-        return hv.Overlay([score, threshold, self.span_element()]).opts(
-            hv.opts.Overlay(
-                title="Anomaly score vs threshold (click a point to inspect its window)",
-                height=240,
-                responsive=True,
-                min_width=400,
-                legend_position="right",
-                toolbar="above",
-            )
-        )
+    def _redraw(self, *_: Any) -> None:
+        """The figures follow the store: new source data, ranges and title, sent at once."""
+        store = self.store
+        lines = self.telemetry_lines()
+        spans = self.span_data()
+        scores, thresholds = store.scores, store.thresholds
+        start, end = self._range()
+        shown = pd.concat(list(lines["value"])) if len(lines) else pd.Series([], dtype="float64")
+        telemetry_y = padded_range(shown)
+        score_y = padded_range(pd.concat([scores["value"], thresholds["value"]]), floor=0.0)
+        with pn.io.hold():
+            self.sources["telemetry"].data = {
+                "xs": [epoch_ms(t) for t in lines["time"]],
+                "ys": [v.to_numpy(dtype="float64") for v in lines["value"]],
+                "label": lines["label"].tolist(),
+                "color": lines["color"].tolist(),
+            }
+            self.sources["score"].data = {
+                "time": epoch_ms(scores["time"]),
+                "value": scores["value"].to_numpy(dtype="float64"),
+            }
+            self.sources["threshold"].data = {
+                "time": epoch_ms(thresholds["time"]),
+                "value": thresholds["value"].to_numpy(dtype="float64"),
+            }
+            self.sources["spans"].data = {
+                "start": epoch_ms(spans["start"]),
+                "end": epoch_ms(spans["end"]),
+                "kind": spans["kind"].tolist(),
+                "label": spans["label"].tolist(),
+                "color": spans["color"].tolist(),
+                "alpha": spans["alpha"].to_numpy(dtype="float64"),
+            }
+            self.x_range.update(start=start.value / 1e6, end=end.value / 1e6)
+            self.telemetry_y.update(start=telemetry_y[0], end=telemetry_y[1])
+            self.score_y.update(start=score_y[0], end=score_y[1])
+            title = self._title()
+            if self.telemetry_figure.title.text != title:
+                self.telemetry_figure.title.text = title
 
     def _title(self) -> str:
         store = self.store
@@ -492,30 +595,75 @@ class AnomalyTimeline(StoreView):
             f"opacity:{min(1.0, s['alpha'] * 3):.2f}'></span> {k}&nbsp;&nbsp;"
             for k, s in SPAN_STYLE.items()
         )
-        plots = (self.telemetry_plot + self.score_plot).cols(1)
         return _card(
             "Anomaly timeline",
             pn.Row(self.satellite, self.subsystem, self.features, self.window, self.live),
             self.facts,
             pn.pane.HTML(f"<div style='font-size:12px'>spans: {legend}</div>", margin=(0, 8)),
-            pn.pane.HoloViews(plots, sizing_mode="stretch_width", linked_axes=False),
+            pn.pane.Bokeh(self.telemetry_figure, sizing_mode="stretch_width"),
+            pn.pane.Bokeh(self.score_figure, sizing_mode="stretch_width"),
         )
 
 
 # ====================================================================== heatmap
 
+#: The heatmap's three images: colour palette of each.
+HEATMAP_IMAGES: dict[str, str] = {
+    "input": "Viridis256",
+    "reconstruction": "Viridis256",
+    "squared error": "Inferno256",
+}
+
 
 class ReconstructionHeatmap(StoreView):
     """Per-record x per-feature input, reconstruction and squared error of a window or
-    event, and the features that contribute most."""
+    event, and the features that contribute most.
+
+    Three Bokeh images built once; a refresh replaces their arrays and colour ranges (see
+    :class:`AnomalyTimeline`)."""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
+        from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper, Range1d
+        from bokeh.models.annotations import ColorBar
+
         self._following = False
         self.choice = pn.widgets.Select(label="Show", options=self.choices(), value=0, width=340)
         self.choice.param.watch(self._choose, "value")
         self.store.param.watch(self._update_choices, ["stream_events", "event_id"])
-        self.plot = hv.DynamicMap(pn.bind(self._layout, self.store.param.stream_version))
+        self.sources: dict[str, Any] = {}
+        self.mappers: dict[str, Any] = {}
+        self.figures: dict[str, Any] = {}
+        self.x_ranges: dict[str, Any] = {}
+        for name, palette in HEATMAP_IMAGES.items():
+            source = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []})
+            mapper = LinearColorMapper(palette=palette, low=0, high=1, nan_color="#eeeeee")
+            x_range = Range1d(start=0, end=1)
+            fig = _figure(
+                title=name,
+                x_range=x_range,
+                y_range=Range1d(start=-0.5, end=NUM_FEATURES - 0.5),
+                height=280,
+                min_width=220,
+                tools="",
+                toolbar_location=None,
+                x_axis_label="record in window",
+                y_axis_label="feature",
+            )
+            image = fig.image(
+                image="image", x="x", y="y", dw="dw", dh="dh", source=source, color_mapper=mapper
+            )
+            fig.add_tools(
+                HoverTool(
+                    renderers=[image],
+                    tooltips=[("record", "$x{0}"), ("feature", "$y{0}"), (name, "@image")],
+                )
+            )
+            fig.add_layout(ColorBar(color_mapper=mapper, width=10), "right")
+            self.sources[name], self.mappers[name] = source, mapper
+            self.figures[name], self.x_ranges[name] = fig, x_range
+        self._redraw()
+        self.store.param.watch(self._redraw, ["stream_version"])
         self.caption = self._text_pane(
             self.caption_text, ["stream_version", "event_id"], margin=(0, 8)
         )
@@ -557,8 +705,7 @@ class ReconstructionHeatmap(StoreView):
 
     def matrices(self) -> dict[str, pd.DataFrame]:
         """Input, reconstruction and squared error, each records (rows) x features."""
-        inputs, outputs = frames.wide(self.store.heat_input), frames.wide(self.store.heat_output)
-        errors = self.store.errors()
+        inputs, outputs, errors = self.store.heat_matrices()
         times = errors.index
         return {
             "input": inputs.reindex(index=times, columns=errors.columns),
@@ -566,51 +713,48 @@ class ReconstructionHeatmap(StoreView):
             "squared error": errors,
         }
 
-    def _image(self, name: str, matrix: pd.DataFrame, clim: tuple[float, float] | None) -> hv.Image:
-        records = len(matrix)
-        values = (
-            matrix.to_numpy(dtype="float64").T if records else np.full((NUM_FEATURES, 1), np.nan)
-        )
-        width = max(records, 1)
-        image = hv.Image(
-            values[::-1],
-            bounds=(0, -0.5, width, NUM_FEATURES - 0.5),
-            kdims=[
-                hv.Dimension("record", label="record in window"),
-                hv.Dimension("feature", label="feature"),
-            ],
-            vdims=[hv.Dimension("value", label=name)],
-        ).opts(
-            title=name,
-            cmap="viridis" if name != "squared error" else "inferno",
-            colorbar=True,
-            tools=["hover"],
-            responsive=True,
-            height=280,
-            min_width=220,
-            framewise=True,
-            toolbar=None,
-        )
-        if clim is not None:
-            image = image.opts(clim=clim)
-        return image
+    @staticmethod
+    def _colour_range(*values: np.ndarray) -> tuple[float, float]:
+        finite = [v[np.isfinite(v)] for v in values]
+        finite = [v for v in finite if v.size]
+        if not finite:
+            return 0.0, 1.0
+        lo = float(min(v.min() for v in finite))
+        hi = float(max(v.max() for v in finite))
+        return lo, hi if hi > lo else lo + 1e-9
 
-    def _layout(self, *_: Any) -> hv.Layout:
-        mats = self.matrices()
-        both = pd.concat([mats["input"], mats["reconstruction"]])
-        clim = None
-        if not both.empty:
-            lo, hi = np.nanmin(both.to_numpy()), np.nanmax(both.to_numpy())
-            clim = (float(lo), float(hi if hi > lo else lo + 1e-9))
-        return (
-            (
-                self._image("input", mats["input"], clim)
-                + self._image("reconstruction", mats["reconstruction"], clim)
-                + self._image("squared error", mats["squared error"], None)
-            )
-            .opts(shared_axes=False)
-            .cols(3)
-        )
+    def images(self) -> dict[str, np.ndarray]:
+        """Each image as features (rows, feature 0 at the bottom) x records (columns)."""
+        images = {}
+        for name, matrix in self.matrices().items():
+            # Every feature has a row, also the ones the window lacks (drawn blank).
+            full = matrix.reindex(columns=range(NUM_FEATURES))
+            images[name] = full.to_numpy(dtype="float64").T
+        return images
+
+    def _redraw(self, *_: Any) -> None:
+        images = self.images()
+        shared = self._colour_range(images["input"], images["reconstruction"])
+        ranges = {
+            "input": shared,
+            "reconstruction": shared,
+            "squared error": self._colour_range(images["squared error"]),
+        }
+        with pn.io.hold():
+            for name, image in images.items():
+                width = max(image.shape[1], 1)
+                if image.shape[1] == 0:
+                    image = np.full((NUM_FEATURES, 1), np.nan)
+                self.sources[name].data = {
+                    "image": [image],
+                    "x": [0],
+                    "y": [-0.5],
+                    "dw": [width],
+                    "dh": [NUM_FEATURES],
+                }
+                self.mappers[name].update(low=ranges[name][0], high=ranges[name][1])
+                if self.x_ranges[name].end != width:
+                    self.x_ranges[name].update(start=0, end=width)
 
     def top_html(self) -> str:
         """The top contributing features as a small bar table."""
@@ -652,7 +796,10 @@ class ReconstructionHeatmap(StoreView):
             "Reconstruction",
             pn.Row(self.choice),
             self.caption,
-            pn.pane.HoloViews(self.plot, sizing_mode="stretch_width", linked_axes=False),
+            pn.Row(
+                *(pn.pane.Bokeh(f, sizing_mode="stretch_width") for f in self.figures.values()),
+                sizing_mode="stretch_width",
+            ),
             self.top,
         )
 

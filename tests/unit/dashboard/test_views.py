@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -20,6 +21,7 @@ from smap_bench.dashboard.views import (
     StatusLine,
     padded_range,
 )
+from smap_bench.schema import NUM_FEATURES
 from tests.unit.dashboard.fakes import T0, event_payload
 from tests.unit.dashboard.test_store import at, feed
 
@@ -91,9 +93,41 @@ def test_timeline_facts_and_spans(store, api) -> None:
     store.refresh_stream()
     text = view.facts_text()
     assert "**2** flagged window(s) of 12" in text and "**1** event(s)" in text
-    spans = view.span_element().dframe()
+    spans = view.span_data()
     assert sorted(spans["kind"]) == ["detected", "event"]
     assert spans["start"].dt.tz is None  # Bokeh gets naive UTC
+
+
+def test_timeline_figures_follow_each_refresh_in_place(store, api) -> None:
+    view = AnomalyTimeline(store=store)
+    figure, sources = view.score_figure, view.sources
+    assert len(sources["score"].data["time"]) == 0  # no data yet: empty, still drawn
+    feed(api)
+    store.refresh_fleet()
+    store.features = [0, 1]
+    store.refresh_stream()
+    assert view.score_figure is figure and view.sources["score"] is sources["score"]
+    assert sources["telemetry"].data["label"] == ["feature 0", "feature 1"]
+    assert [len(x) for x in sources["telemetry"].data["xs"]] == [120, 120]
+    assert sources["telemetry"].data["ys"][1][-1] == 119.0
+    assert sources["score"].data["time"][0] == at(0).value / 1e6  # ms since the epoch
+    assert len(sources["threshold"].data["value"]) == 12
+    assert list(sources["spans"].data["kind"]) == ["detected"]  # windows 59, 69: merged
+    start, end = store.time_range()
+    assert view.x_range.start == pd.Timestamp(start).value / 1e6
+    assert view.x_range.end == pd.Timestamp(end).value / 1e6
+    assert view.score_y.start == 0.0 and view.score_y.end > 0.1
+    assert "sat1 / ACS" in view.telemetry_figure.title.text
+    store.features = [1]
+    assert sources["telemetry"].data["label"] == ["feature 1"]
+
+
+def test_a_click_on_the_score_figure_chooses_the_window(store) -> None:
+    from bokeh.events import Tap
+
+    view = AnomalyTimeline(store=store)
+    view._on_bokeh_tap(Tap(view.score_figure, x=at(30).value / 1e6, y=0.0))
+    assert pd.Timestamp(store.focus_time).tz_localize("UTC") == at(30)
 
 
 def test_timeline_live_toggle_freezes_and_follows(store, api) -> None:
@@ -124,6 +158,24 @@ def test_heatmap_matrices_and_caption(store, api) -> None:
     assert mats["input"].shape == mats["reconstruction"].shape == (30, 2)
     assert (mats["input"] - mats["reconstruction"]).iloc[0].tolist() == [1.0, 2.0]
     assert "most error in f1 (80%), f0 (20%)" in view.caption_text()
+
+
+def test_heatmap_images_hold_every_feature_and_share_the_input_colours(store, api) -> None:
+    view = ReconstructionHeatmap(store=store)
+    assert view.sources["input"].data["image"][0].shape == (NUM_FEATURES, 1)  # blank
+    feed(api)
+    store.refresh_fleet()
+    store.refresh_stream()
+    image = view.sources["input"].data["image"][0]
+    assert image.shape == (NUM_FEATURES, 30)  # features (rows) x records of the window
+    assert np.isnan(image[2:]).all() and not np.isnan(image[:2]).any()
+    assert view.sources["input"].data["dw"] == [30]
+    assert view.x_ranges["squared error"].end == 30
+    low, high = view.mappers["input"].low, view.mappers["input"].high
+    assert (low, high) == (view.mappers["reconstruction"].low, view.mappers["reconstruction"].high)
+    assert low == float(np.nanmin(view.sources["reconstruction"].data["image"][0]))
+    errors = view.sources["squared error"].data["image"][0]
+    assert errors[0, 0] == 1.0 and errors[1, 0] == 4.0
 
 
 def test_heatmap_selector_lists_events_and_chooses_one(store, api) -> None:
