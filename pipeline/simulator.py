@@ -11,6 +11,7 @@ Run::
     python -m pipeline.simulator --satellites 5 --speed 1 --loops 0 --split test
     python -m pipeline.simulator --satellites 1000 --speed max --loops 1
     python -m pipeline.simulator --delay-ms 200          # the seed's field: 5 ticks per second
+    python -m pipeline.simulator --phases 10 --stagger 10  # out of phase, as a real fleet
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def run(
     start_time: datetime | None = None,
     simulator_id: str = DEFAULT_SIMULATOR_ID,
     metrics_port: int | None = None,
+    phases: int = 1,
+    stagger: int = 0,
 ) -> SimulatorCore:
     """Replay until finished, stopped by command, or SIGTERM/SIGINT; returns the core."""
     metrics = StageMetrics(STAGE)
@@ -100,7 +103,14 @@ def run(
     control = SimulatorControl(settings, simulator_id)
     if first_loop is None:
         first_loop = continue_loop(find_last_state(control))
-    replay = Replay(fleet, loops=loops, first_loop=first_loop, start_time=start_time)
+    replay = Replay(
+        fleet,
+        loops=loops,
+        first_loop=first_loop,
+        start_time=start_time,
+        phases=phases,
+        stagger=stagger,
+    )
     core = SimulatorCore(
         replay,
         period_s=tick_period(rate_hz, delay_ms),
@@ -148,7 +158,8 @@ def run(
 
     log.info(
         "%s %s: %d satellites from %s (%s split, align %s, loop length %d..%d), "
-        "first loop %d, loops %s, speed %s, tick every %.3f s, metrics on %s",
+        "first loop %d, loops %s, speed %s, tick every %.3f s in %d phases, stagger %d, "
+        "metrics on %s",
         STAGE,
         simulator_id,
         len(fleet),
@@ -161,6 +172,8 @@ def run(
         loops or "forever",
         "max" if speed is None else speed,
         core.period_s,
+        replay.phases,
+        stagger,
         port or "no port",
     )
     io = SimulatorIO(
@@ -206,6 +219,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         help="simulated clock of record 0 (ISO 8601 with offset); default: now",
     )
+    parser.add_argument(
+        "--phases",
+        type=int,
+        default=1,
+        help="spread each tick's records over this many slots (satellite k in slot k %% N)",
+    )
+    parser.add_argument(
+        "--stagger",
+        type=int,
+        default=0,
+        help="satellite k starts at record k %% S (S = the stride: windows complete evenly)",
+    )
     parser.add_argument("--simulator-id", default=DEFAULT_SIMULATOR_ID)
     parser.add_argument("--metrics-port", type=int, default=None, help="0: no metrics server")
     args = parser.parse_args(argv)
@@ -227,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             start_time=args.start_time,
             simulator_id=args.simulator_id,
             metrics_port=args.metrics_port,
+            phases=args.phases,
+            stagger=args.stagger,
         )
     except (SimulationError, OSError, json.JSONDecodeError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")

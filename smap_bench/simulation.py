@@ -26,6 +26,14 @@ field, when given), multiplied by ``speed``; ``speed=None`` ("max") ticks as fas
 producer takes the messages. A tick that falls more than a second behind re-anchors the
 schedule instead of bursting to catch up.
 
+Phases. A real fleet is not synchronised: its satellites' records come at any moment of
+the second, and their windows complete on different seconds. ``phases`` splits each
+tick into that many evenly spaced slots, satellite ``k`` sending in slot ``k % phases``
+(each satellite still sends one record per tick); ``stagger`` starts satellite ``k`` at
+record ``k % stagger`` instead of 0, so that with ``stagger`` = the window stride the
+fleet's windows complete evenly over the stride's seconds instead of all on one. Both
+default to the synchronised replay (1 and 0), which the labeled replay needs.
+
 Loops. Loop numbers increase forever (``first_loop``, ``first_loop + 1``, ...), so that
 downstream stages, which refuse a loop older than the last, never see one go back; a
 restarted simulator continues after the last loop it published (see
@@ -260,9 +268,15 @@ class Replay:
         loops: int = 0,
         first_loop: int = 0,
         start_time: datetime | None = None,
+        phases: int = 1,
+        stagger: int = 0,
     ) -> None:
         if not fleet:
             raise SimulationError("the fleet is empty")
+        if phases < 1:
+            raise SimulationError(f"phases must be >= 1, got {phases}")
+        if stagger < 0:
+            raise SimulationError(f"stagger must be >= 0 (0: none), got {stagger}")
         if loops < 0:
             raise SimulationError(f"loops must be >= 0 (0: forever), got {loops}")
         if first_loop < 0:
@@ -277,7 +291,12 @@ class Replay:
         self.loops = loops
         self.first_loop = first_loop
         self.start_time = start
-        self.cursors = [Cursor(first_loop) for _ in self.fleet]
+        self.cursors = [
+            Cursor(first_loop, (k % stagger) % sat.loop_length if stagger else 0)
+            for k, sat in enumerate(self.fleet)
+        ]
+        self.phases = min(phases, len(self.fleet))
+        self._phase = 0  # the slot the next tick sends
         self._keys = [s.satellite_id.encode() for s in self.fleet]
         # the constant part of every reading, per satellite and subsystem
         self._slots = [
@@ -325,9 +344,12 @@ class Replay:
         }
 
     def tick(self, wall: float) -> list[tuple[bytes, bytes]]:
-        """The next record of every unfinished satellite as (key, JSON), and advance."""
+        """The next record of every unfinished satellite of this slot (all of them with one
+        phase) as (key, JSON), and advance."""
         out = []
-        for index, cursor in enumerate(self.cursors):
+        phase, self._phase = self._phase, (self._phase + 1) % self.phases
+        for index in range(phase, len(self.cursors), self.phases):
+            cursor = self.cursors[index]
             if self.done(index):
                 continue
             value = to_json(self.message(index, cursor.loop, cursor.record_index, wall))
@@ -522,8 +544,9 @@ class SimulatorCore:
     # -- pacing -----------------------------------------------------------------------
     @property
     def interval_s(self) -> float:
-        """Seconds between ticks now (0 at speed max)."""
-        return 0.0 if self.speed is None else self.period_s / self.speed
+        """Seconds between ticks now (0 at speed max); a tick is one of the replay's
+        ``phases`` slots, so each satellite still sends once per ``period_s``."""
+        return 0.0 if self.speed is None else self.period_s / self.speed / self.replay.phases
 
     def due_in(self, now: float) -> float | None:
         """Seconds until the next tick (0: now); None while paused, stopped or finished."""

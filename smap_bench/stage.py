@@ -386,13 +386,19 @@ class StageContext(NamedTuple):
     port: int
 
 
-def start_stage(settings: Settings, stage: str, metrics_port: int | None = None) -> StageContext:
-    """Set up a stage: ``metrics_port`` None serves on the stage's default port, 0 serves not."""
+def start_stage(
+    settings: Settings,
+    stage: str,
+    metrics_port: int | None = None,
+    producer_overrides: dict[str, Any] | None = None,
+) -> StageContext:
+    """Set up a stage: ``metrics_port`` None serves on the stage's default port, 0 serves not;
+    ``producer_overrides`` change its producer's configuration."""
     metrics = StageMetrics(stage)
     port = STAGE_METRICS_PORTS[stage] if metrics_port is None else metrics_port
     if port:
         metrics.serve(settings.bind_host, port)
-    producer = make_producer(settings, stage)
+    producer = make_producer(settings, stage, **(producer_overrides or {}))
     dead_letter = DeadLetter(producer, settings.topic_dead_letter, stage, metrics)
     return StageContext(metrics, StopFlag().install(), producer, dead_letter, port)
 

@@ -67,6 +67,16 @@ class LoadBenchmark:
     #: Seconds of the fleet's start left out of the sustained latency (``e2e_latency_ms``),
     #: at most a third of the run; ``e2e_latency_ms_whole_run`` keeps them.
     startup_s: float = 30.0
+    #: The fleet out of phase, as a real one (see :mod:`smap_bench.simulation`): each
+    #: second's records spread over this many slots, and satellite k starting at record
+    #: k % ``stagger`` (None: the window stride) so that windows complete on every second
+    #: rather than all on one in ten. ``phases=1, stagger=0`` is the synchronised fleet.
+    phases: int = 10
+    stagger: int | None = None
+
+    @property
+    def stagger_records(self) -> int:
+        return self.settings.stride if self.stagger is None else self.stagger
 
     @property
     def startup_cut_s(self) -> float:
@@ -142,6 +152,8 @@ class LoadBenchmark:
             "e2e_latency_ms": latency.get("writer", {}),
             "e2e_latency_ms_whole_run": whole_run.get("writer", {}),
             "startup_s": round(self.startup_cut_s, 1),
+            "fleet_phases": self.phases,
+            "fleet_stagger": self.stagger_records,
             "stage_latency_ms": latency,
             "windows_sent": sent,
             "results": results,
@@ -235,6 +247,8 @@ class LoadBenchmark:
                 "--first-loop=0",
                 f"--simulator-id=bench-{next(iter(mapping)).split('-')[0]}",
                 "--metrics-port=0",
+                f"--phases={self.phases}",
+                f"--stagger={self.stagger_records}",
             ],
             cwd=PROJECT_ROOT,
             env=os.environ.copy(),

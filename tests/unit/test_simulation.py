@@ -200,6 +200,39 @@ def test_satellites_advance_together_and_loop_on_their_own_length() -> None:
     assert ticks == [[("a", 0), ("b", 0)], [("a", 1), ("b", 1)], [("a", 2)]]
 
 
+def test_phases_spread_a_tick_over_slots_each_satellite_once_per_period() -> None:
+    lengths = dict.fromkeys(ALL_SEVEN.values(), 10)
+    mapping = {name: ALL_SEVEN for name in ("a", "b", "c", "d", "e")}
+    replay = Replay(fleet_of(mapping, lengths), phases=2)
+    slots = [[(m.satellite_id, m.record_index) for m in decoded(replay.tick(0))] for _ in range(4)]
+    assert slots == [
+        [("a", 0), ("c", 0), ("e", 0)], [("b", 0), ("d", 0)],
+        [("a", 1), ("c", 1), ("e", 1)], [("b", 1), ("d", 1)],
+    ]  # fmt: skip
+    assert Replay(fleet_of({"a": ALL_SEVEN}, lengths), phases=4).phases == 1  # at most one each
+    with pytest.raises(SimulationError, match="phases"):
+        Replay(fleet_of(mapping, lengths), phases=0)
+
+
+def test_stagger_starts_satellites_on_different_records() -> None:
+    lengths = dict.fromkeys(ALL_SEVEN.values(), 3)
+    mapping = {name: ALL_SEVEN for name in ("a", "b", "c", "d")}
+    replay = Replay(fleet_of(mapping, lengths), stagger=10)
+    first = [(m.satellite_id, m.record_index) for m in decoded(replay.tick(0.0))]
+    assert first == [("a", 0), ("b", 1), ("c", 2), ("d", 0)]  # modulo the loop's length
+    with pytest.raises(SimulationError, match="stagger"):
+        Replay(fleet_of(mapping, lengths), stagger=-1)
+
+
+def test_phased_core_ticks_phases_times_per_period() -> None:
+    mapping = {f"sat{i + 1}": ALL_SEVEN for i in range(4)}
+    fleet = fleet_of(mapping, dict.fromkeys(ALL_SEVEN.values(), 100))
+    core = SimulatorCore(Replay(fleet, phases=4), period_s=1.0, speed=1.0, now=0.0)
+    sent = [len(core.step(t / 4, wall=0.0)) for t in range(8)]
+    assert sent == [1] * 8  # four slots a second, one satellite each
+    assert core.due_in(2.0) == 0.0 and core.due_in(1.9) == pytest.approx(0.1)
+
+
 def test_keys_are_satellite_ids() -> None:
     lengths = dict.fromkeys(ALL_SEVEN.values(), 4)
     replay = Replay(fleet_of({"a": ALL_SEVEN, "b": ALL_SEVEN}, lengths))
