@@ -27,7 +27,7 @@ from smap_bench.api.deps import Replay
 from smap_bench.api.queries import QueryError
 from smap_bench.api.replay_service import ReplayLauncher, ReplayMonitor, SubprocessLauncher
 from smap_bench.api.routes import events, fleet, health, replay, series
-from smap_bench.api.victoria import AsyncVictoria
+from smap_bench.api.victoria import AsyncVictoria, VictoriaRefused, VictoriaUnavailable
 from smap_bench.config import Settings, get_settings
 from smap_bench.metrics import VictoriaMetrics
 
@@ -116,6 +116,18 @@ def install_error_handlers(app: FastAPI) -> None:
                 status.HTTP_422_UNPROCESSABLE_CONTENT, f"VictoriaMetrics refused: {reason}"
             )
         return _message(503, f"VictoriaMetrics unavailable: {reason}")
+
+    @app.exception_handler(VictoriaRefused)
+    async def victoria_refused_async(_: Request, exc: VictoriaRefused) -> JSONResponse:
+        if 400 <= exc.status < 500:
+            return _message(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, f"VictoriaMetrics refused: {exc.reason}"
+            )
+        return _message(503, f"VictoriaMetrics unavailable: {exc.reason}")
+
+    @app.exception_handler(VictoriaUnavailable)
+    async def victoria_down_async(_: Request, exc: VictoriaUnavailable) -> JSONResponse:
+        return _message(503, f"VictoriaMetrics unavailable: {_first_line(exc)}")
 
     @app.exception_handler(httpx.HTTPError)
     async def victoria_down(_: Request, exc: httpx.HTTPError) -> JSONResponse:

@@ -180,15 +180,17 @@ def time_window(
         return TimeWindow(begin, stop, None)
     if not (math.isfinite(step_s) and step_s > 0):
         raise QueryError(f"step {step_s} must be a positive number of seconds")
-    window = TimeWindow(begin, stop, step_s)
-    if window.points is not None and window.points > MAX_POINTS:
+    # Compared as a float first: a tiny step (a denormal) makes the ratio infinite.
+    ratio = span.total_seconds() / step_s
+    if not ratio < MAX_POINTS:
         smallest = span.total_seconds() / (MAX_POINTS - 1)
+        points = f"{math.floor(ratio) + 1}" if math.isfinite(ratio) else "too many"
         raise QueryError(
-            f"range {describe_span(span)} at step {step_s:g} s gives {window.points} points "
+            f"range {describe_span(span)} at step {step_s:g} s gives {points} points "
             f"per series, more than {MAX_POINTS}: use a step of at least "
             f"{math.ceil(smallest * 1000) / 1000} s"
         )
-    return window
+    return TimeWindow(begin, stop, step_s)
 
 
 def step_param(step_s: float) -> str:

@@ -147,6 +147,12 @@ def test_points_per_series_at_the_limit_are_accepted() -> None:
         time_window(NOW - span - timedelta(seconds=1), NOW, 1.0, now=NOW)
 
 
+def test_a_denormal_step_is_refused_not_an_overflow() -> None:
+    # Found by schemathesis: span / 2.2e-313 is infinite, and floor(inf) raised (a 500).
+    with pytest.raises(QueryError, match="too many points"):
+        time_window(NOW - timedelta(minutes=10), NOW, 2.2250738585e-313, now=NOW)
+
+
 def test_a_full_day_on_a_minute_grid_is_accepted() -> None:
     window = time_window(NOW - MAX_RANGE, NOW, 60.0, now=NOW)
     assert window.points == 24 * 60 + 1
