@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+import psycopg
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import TypeAdapter
 
 from smap_bench.api import crud
+from smap_bench.api.cache import FLEET_FINGERPRINT, FingerprintCache
 from smap_bench.api.deps import DbDep, PoolDep, SettingsDep, TokenDep, VictoriaAsyncDep, in_db
 from smap_bench.api.models import (
     AssignmentPublic,
@@ -31,13 +34,23 @@ SatelliteIdPath = Annotated[SatelliteId, Path(description="Satellite id, e.g. sa
 NOT_FOUND: Responses = {404: {"model": Message, "description": "No such satellite or model"}}
 
 
+#: The satellites route's answers, valid while the fleet's tables are unchanged.
+FLEET_CACHE = FingerprintCache(FLEET_FINGERPRINT)
+_SATELLITES = TypeAdapter(list[SatellitePublic])
+
+
+def _satellites_json(conn: psycopg.Connection[Any], active: bool | None) -> bytes:
+    return _SATELLITES.dump_json(_SATELLITES.validate_python(crud.list_satellites(conn, active)))
+
+
 @router.get("/satellites", response_model=list[SatellitePublic])
 async def list_satellites(
     pool: PoolDep,
     active: Annotated[bool | None, Query(description="Only (in)active ones")] = None,
-) -> list[crud.Row]:
+) -> Response:
     """Every satellite with the channel each of its subsystems replays."""
-    return await in_db(pool, crud.list_satellites, active)
+    body = await in_db(pool, FLEET_CACHE.read, active, lambda conn: _satellites_json(conn, active))
+    return Response(body, media_type="application/json")
 
 
 @router.get("/satellites/{satellite_id}", response_model=SatellitePublic, responses=NOT_FOUND)
