@@ -55,9 +55,17 @@ async def _start_refreshing() -> None:
     # The API calls run off the event loop, so the page answers clicks meanwhile.
     await store.refresh_live_async()
     await store.refresh_health_async()
-    live = pn.state.add_periodic_callback(store.refresh_live_async, period=store.refresh_period_ms)
-    health = pn.state.add_periodic_callback(store.refresh_health_async, period=HEALTH_PERIOD_MS)
-    pn.state.on_session_destroyed(lambda _context: (live.stop(), health.stop()))
+    # The fleet grid's detections (where a new one shows first) are polled more often and
+    # redraw only on a change; the rest, with the shown stream's plots, every second.
+    callbacks = [
+        pn.state.add_periodic_callback(callback, period=period)
+        for callback, period in (
+            (store.refresh_latest_async, store.latest_period_ms),
+            (store.refresh_live_async, store.refresh_period_ms),
+            (store.refresh_health_async, HEALTH_PERIOD_MS),
+        )
+    ]
+    pn.state.on_session_destroyed(lambda _context: [c.stop() for c in callbacks])
 
 
 pn.state.onload(_start_refreshing)

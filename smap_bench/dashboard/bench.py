@@ -111,3 +111,176 @@ def bench_refresh(
         "unit": "ms",
         "phases": {name: _stats(values) for name, values in phases.items()},
     }
+
+
+def _visible_stats(values: list[float]) -> dict[str, Any]:
+    return {
+        "windows": len(values),
+        **_stats(values),
+        "within_2s": sum(1 for v in values if v <= 2.0),
+    }
+
+
+def bench_visible(
+    settings: Settings,
+    duration_s: float = 120,
+    refresh_period_ms: int | None = None,
+    latest_period_ms: int | None = None,
+    satellite_id: str = "sat1",
+    subsystem: str = "ACS",
+) -> dict[str, Any]:
+    """How soon a window's detection is visible in a dashboard session, counted from the
+    production of the window's newest record (the simulator's stamp, read off the raw
+    topic), for every window of every live stream.
+
+    The session is the app's: a store with the app's views in a Bokeh document, refreshed
+    as ``apps/dashboard.py`` does on an asyncio loop: the fleet's latest detections every
+    ``latest_period_ms``, the rest (fleet, alarms, replay, the shown stream) every
+    ``refresh_period_ms`` (defaults: the store's), health every 5 s. A window is
+    *visible* once a refresh has applied it and the views have redrawn: in the fleet
+    grid (every stream, from ``/api/fleet/latest``) and, for the selected stream, in the
+    timeline (its detections). What comes after (the patch over the websocket, the
+    browser's drawing) is not included.
+    """
+    import asyncio
+
+    import pandas as pd
+    import panel as pn
+    from bokeh.document import Document
+
+    from smap_bench.bench.api import ProductionClock
+    from smap_bench.dashboard.store import DashboardStore
+    from smap_bench.dashboard.views import (
+        AlarmList,
+        AnomalyTimeline,
+        FleetOverview,
+        ReconstructionHeatmap,
+        StatusLine,
+    )
+
+    store = DashboardStore.from_settings(settings)
+    if refresh_period_ms is not None:
+        store.refresh_period_ms = refresh_period_ms
+    if latest_period_ms is not None:
+        store.latest_period_ms = latest_period_ms
+    if not store.refresh_fleet():
+        raise RuntimeError(f"the dashboard store could not read the fleet: {store.message}")
+    store.select_stream(satellite_id, subsystem)
+    document = Document()
+    for view in (
+        StatusLine(store=store),
+        FleetOverview(store=store),
+        AnomalyTimeline(store=store),
+        ReconstructionHeatmap(store=store),
+        AlarmList(store=store),
+    ):
+        pn.panel(view).get_root(document)  # type: ignore[attr-defined]
+
+    Key = tuple[str, str, float]
+    seen: dict[str, dict[Key, float]] = {"fleet": {}, "timeline": {}}
+    counting = False
+    refreshes: list[float] = []
+
+    flagged: set[Key] = set()
+
+    def fleet_windows() -> set[Key]:
+        rows = store.latest.dropna(subset=["detected_time"])
+        keys = [
+            (str(sat), str(sub), round(t.timestamp(), 3))
+            for sat, sub, t in zip(
+                rows["satellite_id"], rows["subsystem"], rows["detected_time"], strict=True
+            )
+        ]
+        flagged.update(k for k, d in zip(keys, rows["detected"], strict=True) if d > 0.5)
+        return set(keys)
+
+    def timeline_windows() -> set[Key]:
+        times = store.detections["time"]
+        sat, sub = str(store.satellite_id), str(store.subsystem)
+        return {(sat, sub, round(t.timestamp(), 3)) for t in times}
+
+    def note(kind: str, windows: set[Key]) -> None:
+        now = time.time()
+        for key in windows:
+            if key not in seen[kind]:
+                # Windows already shown before the run began are not counted (NaN).
+                seen[kind][key] = now if counting else float("nan")
+
+    apply_fleet, apply_latest, apply_stream = (
+        store._apply_fleet,
+        store._apply_latest,
+        store._apply_stream,
+    )
+
+    def timed_fleet(got: dict[str, Any]) -> None:
+        apply_fleet(got)  # the views redraw in here (param watchers)
+        note("fleet", fleet_windows())
+
+    def timed_latest(got: pd.DataFrame) -> None:
+        apply_latest(got)
+        note("fleet", fleet_windows())
+
+    def timed_stream(got: dict[str, Any]) -> None:
+        began = time.perf_counter()
+        apply_stream(got)
+        refreshes.append(time.perf_counter() - began)
+        note("timeline", timeline_windows())
+
+    store._apply_fleet = timed_fleet  # type: ignore[method-assign]
+    store._apply_latest = timed_latest  # type: ignore[method-assign,assignment]
+    store._apply_stream = timed_stream  # type: ignore[method-assign]
+
+    async def every(period_ms: int, refresh: Any, until: float) -> None:
+        # As a served session's periodic callback: one refresh per period, skipped by the
+        # store while the previous one still runs.
+        loop = asyncio.get_running_loop()
+        tick, tasks = loop.time(), set()
+        while tick < until:
+            task = asyncio.ensure_future(refresh())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            tick += period_ms / 1000
+            await asyncio.sleep(max(0.0, tick - loop.time()))
+        await asyncio.gather(*tasks)
+
+    async def run() -> None:
+        nonlocal counting
+        await store.refresh_live_async()
+        counting = True
+        until = asyncio.get_running_loop().time() + duration_s
+        await asyncio.gather(
+            every(store.latest_period_ms, store.refresh_latest_async, until),
+            every(store.refresh_period_ms, store.refresh_live_async, until),
+            every(5000, store.refresh_health_async, until),
+        )
+
+    cpu_before, wall_before = time.process_time(), time.perf_counter()
+    with ProductionClock(settings) as clock:
+        asyncio.run(run())
+        cpu_s, wall_s = time.process_time() - cpu_before, time.perf_counter() - wall_before
+        time.sleep(0.5)  # the production stamps of the last windows' records
+        produced = dict(clock.produced)
+
+    def latencies(kind: str, only: set[Key] | None = None) -> list[float]:
+        return [
+            at - produced[(key[0], key[2])]
+            for key, at in seen[kind].items()
+            if at == at and (key[0], key[2]) in produced and (only is None or key in only)
+        ]
+
+    counted = {kind: sum(1 for at in got.values() if at == at) for kind, got in seen.items()}
+    return {
+        "unit": "ms",
+        "duration_s": duration_s,
+        "refresh_period_ms": store.refresh_period_ms,
+        "latest_period_ms": store.latest_period_ms,
+        "stream": f"{satellite_id}/{subsystem}",
+        "windows_seen": counted,
+        "fleet_grid": _visible_stats(latencies("fleet")),
+        "fleet_grid_flagged": _visible_stats(latencies("fleet", flagged)),
+        "timeline": _visible_stats(latencies("timeline")),
+        "stream_refresh_apply": _stats(refreshes),
+        "streams": len({(sat, sub) for sat, sub, _ in seen["fleet"]}),
+        "session_cpu_share": round(cpu_s / wall_s, 3),  # of one core, this process
+        "windows_matched": {kind: len(latencies(kind)) for kind in seen},
+    }

@@ -44,7 +44,7 @@ EVENT_COLUMNS = [
     "allowed_actions",
 ]
 FLEET_COLUMNS = ["satellite_id", "subsystem", "state", "last_time", "open_alarms", "channel"]
-LATEST_COLUMNS = ["satellite_id", "subsystem", "last_time", "detected"]
+LATEST_COLUMNS = ["satellite_id", "subsystem", "last_time", "detected", "detected_time"]
 
 #: Stream states of the fleet grid, from calm to urgent.
 NO_DATA, NORMAL, ANOMALOUS, OPEN_ALARM = "no data", "normal", "anomalous", "open alarm"
@@ -410,11 +410,13 @@ def window_around(
 
 
 def latest_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Each stream's newest sample time and latest detection (:data:`LATEST_COLUMNS`)."""
+    """Each stream's newest sample time, latest detection and that window's end time
+    (:data:`LATEST_COLUMNS`; ``detected_time`` is NaT where the API does not say)."""
     frame = pd.DataFrame(
         [{c: row.get(c) for c in LATEST_COLUMNS} for row in rows], columns=LATEST_COLUMNS
     )
-    frame["last_time"] = pd.to_datetime(frame["last_time"], utc=True, format="ISO8601")
+    for column in ("last_time", "detected_time"):
+        frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
     frame["detected"] = pd.to_numeric(frame["detected"], errors="coerce")
     return frame
 

@@ -244,25 +244,38 @@ class ReplayControl(StoreView):
 class FleetOverview(StoreView):
     """Satellites x subsystems, each cell coloured by its stream's state; click to select."""
 
+    grid_version = param.Integer(default=0, doc="Counts changes of the cells (the plot redraws)")
+
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
+        self._drawn = self.cells()
         self.pane = pn.pane.HoloViews(
             self._new_plot(), sizing_mode="stretch_width", linked_axes=False
         )
         # A new plot when the fleet's satellites change (its height follows them);
-        # in between, the plot's data is updated in place on every fleet refresh.
+        # in between, the plot's data is updated in place when a cell's state changes.
         self.store.param.watch(self._replot, "fleet_satellites")
+        self.store.param.watch(self._cells_changed, "fleet_version")
         self.legend = self._text_pane(self.legend_html, ["fleet_version"], html=True, margin=(0, 6))
 
+    def _cells_changed(self, *_: Any) -> None:
+        # A fleet refresh comes every fraction of a second and most change no cell (a
+        # newer sample of a normal stream): only a change of state redraws the grid.
+        cells = self.cells()
+        if not cells.equals(self._drawn):
+            self._drawn = cells
+            self.grid_version += 1
+
     def _new_plot(self) -> hv.DynamicMap:
-        # Bound to a refresh counter, not to the frames: HoloViews hashes what a
-        # DynamicMap depends on, and hashing frames on every refresh is slow.
-        plot = hv.DynamicMap(pn.bind(self._heatmap, self.store.param.fleet_version))
+        # Bound to a counter, not to the frames: HoloViews hashes what a DynamicMap
+        # depends on, and hashing frames on every refresh is slow.
+        plot = hv.DynamicMap(pn.bind(self._heatmap, self.param.grid_version))
         self.tap = hv.streams.Tap(source=plot, x=None, y=None)
         self.tap.add_subscriber(self._on_tap)
         return plot
 
     def _replot(self, *_: Any) -> None:
+        self._drawn = self.cells()
         self.pane.object = self._new_plot()
 
     def cells(self) -> pd.DataFrame:
@@ -280,7 +293,7 @@ class FleetOverview(StoreView):
         return long
 
     def _heatmap(self, *_: Any) -> hv.HeatMap:
-        cells = self.cells()
+        cells = self._drawn
         satellites = self.store.satellites() or [NO_FLEET]
         height = max(150, 60 + 34 * len(satellites))
         heatmap = hv.HeatMap(

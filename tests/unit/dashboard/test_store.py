@@ -282,3 +282,27 @@ def test_async_live_refresh_fetches_off_the_loop_and_applies(store, api) -> None
     api.fail = unavailable()
     asyncio.run(store.refresh_live_async())
     assert not store.api_ok and len(store.scores) == 120
+
+
+def test_the_fast_latest_refresh_applies_only_a_change(store, api) -> None:
+    import asyncio
+
+    feed(api)
+    store.refresh_fleet()
+    version = store.fleet_version
+    asyncio.run(store.refresh_latest_async())
+    assert store.fleet_version == version  # the same newest samples: nothing redraws
+    api.latest_frame = frames.latest_frame(
+        [{"satellite_id": "sat1", "subsystem": "ACS", "last_time": at(121), "detected": 1}]
+    )
+    asyncio.run(store.refresh_latest_async())
+    assert store.fleet_version == version + 1
+    assert store.latest["detected"].tolist() == [1.0]
+
+
+def test_an_unchanged_fleet_refresh_bumps_no_version(store, api) -> None:
+    feed(api)
+    store.refresh_fleet()
+    version = store.fleet_version
+    store.refresh_fleet()
+    assert store.fleet_version == version and store.api_ok

@@ -84,6 +84,21 @@ def test_fleet_cells_carry_state_codes_and_a_click_selects_the_stream(store, api
     assert store.satellite_id == "sat2"
 
 
+def test_fleet_grid_redraws_only_when_a_cell_changes(store, api) -> None:
+    feed(api)
+    store.refresh_fleet()
+    view = FleetOverview(store=store)
+    drawn = view.grid_version
+    store.fleet_version += 1  # a refresh that changed no state
+    assert view.grid_version == drawn
+    api.event_items = [event_payload(1, "sat1", "ACS")]
+    store.refresh_fleet()
+    assert view.grid_version == drawn + 1
+    assert view._drawn.set_index(["satellite_id", "subsystem"]).loc[("sat1", "ACS"), "state"] == (
+        frames.OPEN_ALARM
+    )
+
+
 def test_timeline_facts_and_spans(store, api) -> None:
     view = AnomalyTimeline(store=store)
     assert view.facts_text().startswith("**No data**")
