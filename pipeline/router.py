@@ -49,9 +49,14 @@ UNKNOWN_REFRESH_S = 1.0
 #: written twice; the scheduler refuses the copy as a duplicate record_index (dead
 #: letter, counted), so nothing is lost and no window is formed twice. Each batch is
 #: flushed before the next is consumed, so in steady state one request per partition is
-#: in flight and a retry has no later record to overtake (under a backlog it could: the
-#: scheduler then refuses the late one as out of order, also a counted dead letter).
-PRODUCER_OVERRIDES = {"enable.idempotence": False, "acks": "all"}
+#: in flight; one request in flight per connection keeps that true under a backlog too,
+#: so a retried batch can never land after a later one (which the scheduler would refuse
+#: as out of order: a valid record lost to the dead letter).
+PRODUCER_OVERRIDES = {
+    "enable.idempotence": False,
+    "acks": "all",
+    "max.in.flight.requests.per.connection": 1,
+}
 
 
 class Fleet:
