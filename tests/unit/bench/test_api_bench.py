@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -112,6 +113,19 @@ def test_a_short_run_sends_every_scheduled_request(server: str) -> None:
     assert 0 < result["p50"] <= result["p99"] <= result["max"] < 1000
 
 
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local threaded HTTP server with ``handler``; yields its base URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 class _KeepAlive(BaseHTTPRequestHandler):
     """HTTP/1.1 with keep-alive, closing each connection after two answers (as a server
     closes idle connections): the client must reopen rather than report errors."""
@@ -135,15 +149,8 @@ class _KeepAlive(BaseHTTPRequestHandler):
 
 
 def test_connections_closed_by_the_server_are_reopened_not_counted_as_errors() -> None:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAlive)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    with _serving(_KeepAlive) as url:
         result = bench_api(url, rps=50, duration_s=0.4, paths=["/ok"], connections=1)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert (result["requests"], result["errors"]) == (20, 0)
     assert result["connections"] >= 10  # about one per two requests
     assert result["client_cpu_s"] > 0
@@ -173,15 +180,8 @@ def test_several_connections_closed_while_idle_are_no_errors(
     # the client holds has been closed by the server. A retry that took another closed
     # one from the pool reported an error (the bench's 1 error in 1000 against uvicorn).
     monkeypatch.setattr(api_bench, "MAX_IDLE_S", 60.0)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _CloseWhenIdle)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    with _serving(_CloseWhenIdle) as url:
         result = bench_api(url, rps=4, duration_s=1.5, paths=["/ok"], connections=6)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert (result["requests"], result["errors"]) == (6, 0), result["error_kinds"]
     assert result["retried"] >= 1
 
