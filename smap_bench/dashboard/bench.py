@@ -39,18 +39,31 @@ def bench_refresh(
     repeats: int = 100,
     period_s: float = 0.0,
     views: bool = True,
+    full_repeats: int = 20,
 ) -> dict[str, Any]:
     """Refresh one stream's timeline and heatmap ``repeats`` times (every ``period_s``
     seconds, 0: back to back) and return the phases' p50/p90/p99/max in milliseconds:
     ``fetch`` (API call and frames), ``api_server`` (the API's own time, from its answer),
     ``apply`` (parameters written; with ``views`` the views redraw their models in it),
-    ``derive`` (values the views read) and ``total`` (fetch + apply + derive)."""
+    ``derive`` (values the views read) and ``total`` (fetch + apply + derive).
+
+    A refresh replaces only the frames that changed (the store keeps equal ones, and the
+    views redraw only what was drawn from a replaced frame), so its cost depends on what
+    came: ``replaced`` counts, per frame, the refreshes that replaced it, and
+    ``total_by_heatmap`` splits ``total`` by whether the heatmap's frames were replaced
+    (once a stride of records, or on a new flagged window). Back to back, most refreshes
+    find nothing new; ``period_s=1`` refreshes as the app does. ``full`` then times
+    ``full_repeats`` refreshes of a store whose stream frames were emptied first (untimed),
+    so that every frame is new and every view redraws everything: a first load."""
     import panel as pn
     from bokeh.document import Document
 
+    from smap_bench.dashboard import frames
+    from smap_bench.dashboard.client import VIEW_SERIES
     from smap_bench.dashboard.store import DashboardStore
     from smap_bench.dashboard.views import AnomalyTimeline, ReconstructionHeatmap
 
+    series_names = tuple(VIEW_SERIES.values())
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     store = DashboardStore.from_settings(settings, window_s=window_s)
@@ -64,6 +77,9 @@ def bench_refresh(
     phases: dict[str, list[float]] = {
         k: [] for k in ("fetch", "api_server", "apply", "derive", "total")
     }
+    full: dict[str, list[float]] = {k: [] for k in ("fetch", "apply", "derive", "total")}
+    replaced: dict[str, int] = {}
+    by_heatmap: dict[str, list[float]] = {"replaced": [], "kept": []}
     original = store.client.stream_view
     server_ms: list[float] = []
 
@@ -74,29 +90,62 @@ def bench_refresh(
         return got
 
     store.client.stream_view = recording
+
+    def refresh() -> tuple[float, float, float, set[str]]:
+        # Untimed, as the app's fleet refreshes between two of the stream: the stream's
+        # newest sample, where the live range ends (else the range would stay put).
+        store._apply_latest(store.client_latest())
+        began = time.perf_counter()
+        got = store._fetch_stream()
+        fetched = time.perf_counter()
+        if got is None:
+            raise RuntimeError("no stream selected")
+        held = {name: getattr(store, name) for name in got if name != "elapsed_s"}
+        # The apply writes the parameters; with views, their watchers redraw the models
+        # synchronously here, so the redraw is timed as part of it.
+        store._apply_stream(got)
+        applied = time.perf_counter()
+        store.spans()
+        store.threshold()
+        store.top_features()
+        store.heatmap_range()
+        derived = time.perf_counter()
+        new = {name for name, frame in held.items() if getattr(store, name) is not frame}
+        return fetched - began, applied - fetched, derived - applied, new
+
     try:
         for i in range(repeats + 1):  # the first refresh warms caches up, unrecorded
             began = time.perf_counter()
-            got = store._fetch_stream()
-            fetched = time.perf_counter()
-            if got is None:
-                raise RuntimeError("no stream selected")
-            # The apply writes the parameters; with views, their watchers redraw the models
-            # synchronously here, so the redraw is timed as part of it.
-            store._apply_stream(got)
-            applied = time.perf_counter()
-            store.spans()
-            store.threshold()
-            store.top_features()
-            store.heatmap_range()
-            derived = time.perf_counter()
+            fetch_s, apply_s, derive_s, new = refresh()
             if i > 0:
-                phases["fetch"].append(fetched - began)
-                phases["apply"].append(applied - fetched)
-                phases["derive"].append(derived - applied)
-                phases["total"].append(derived - began)
+                total = fetch_s + apply_s + derive_s
+                for name, value in zip(
+                    ("fetch", "apply", "derive", "total"),
+                    (fetch_s, apply_s, derive_s, total),
+                    strict=True,
+                ):
+                    phases[name].append(value)
+                for name in new:
+                    replaced[name] = replaced.get(name, 0) + 1
+                heat = bool(new & {"heat_input", "heat_output"})
+                by_heatmap["replaced" if heat else "kept"].append(total)
             if period_s > 0:
                 time.sleep(max(0.0, period_s - (time.perf_counter() - began)))
+        for _ in range(full_repeats):
+            # Untimed: the stream's frames emptied (the views redraw empty plots), so that
+            # the timed refresh finds nothing to keep.
+            store.param.update(
+                **{name: frames.empty_series() for name in series_names},
+                stream_events=frames.empty_events(),
+                stream_version=store.stream_version + 1,
+            )
+            fetch_s, apply_s, derive_s, _ = refresh()
+            for name, value in zip(
+                ("fetch", "apply", "derive", "total"),
+                (fetch_s, apply_s, derive_s, fetch_s + apply_s + derive_s),
+                strict=True,
+            ):
+                full[name].append(value)
     finally:
         store.client.stream_view = original
     phases["api_server"] = server_ms[1:]
@@ -110,6 +159,10 @@ def bench_refresh(
         "heatmap_records": len(store.errors()),
         "unit": "ms",
         "phases": {name: _stats(values) for name, values in phases.items()},
+        "period_s": period_s,
+        "replaced": dict(sorted(replaced.items())),
+        "total_by_heatmap": {k: {"refreshes": len(v), **_stats(v)} for k, v in by_heatmap.items()},
+        "full": {"refreshes": full_repeats, **{k: _stats(v) for k, v in full.items()}},
     }
 
 

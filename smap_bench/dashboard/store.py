@@ -41,6 +41,11 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def same_frame(held: pd.DataFrame, new: pd.DataFrame) -> bool:
+    """Whether ``new`` holds the same rows as ``held`` (same columns, dtypes and values)."""
+    return held is new or (held.shape == new.shape and held.equals(new))
+
+
 def labeled_ranges(settings: Settings) -> dict[str, list[tuple[int, int]]]:
     """Labeled anomaly ranges of every channel (record indices of the test split), or none
     when the dataset is not on this machine (the timeline then shows no labeled spans)."""
@@ -243,7 +248,13 @@ class DashboardStore(pn.viewable.Viewer):
     def heatmap_range(self) -> tuple[datetime, datetime] | None:
         """What the heatmap shows: the chosen event, else the chosen window, else the
         latest flagged window, else the latest window; None when there is no data."""
-        return self._heatmap_range(self.stream_events, self.detections, self.scores)
+        got: tuple[datetime, datetime] | None = self._memo(
+            "heatmap_range",
+            (self.stream_events, self.detections, self.scores, self.alarms),
+            (self.event_id, self.focus_time, self.window_size),
+            lambda: self._heatmap_range(self.stream_events, self.detections, self.scores),
+        )
+        return got
 
     def _heatmap_range(
         self, events: pd.DataFrame, detections: pd.DataFrame, scores: pd.DataFrame
@@ -294,8 +305,14 @@ class DashboardStore(pn.viewable.Viewer):
 
     @param.depends("heat_input", "heat_output")
     def top_features(self, n: int = 5) -> pd.DataFrame:
-        """The features contributing most to the heatmap's error."""
-        return frames.top_features(self.errors(), n)
+        """The features contributing most to the heatmap's error (once per fetched pair)."""
+        top: pd.DataFrame = self._memo(
+            f"top_features_{n}",
+            (self.heat_input, self.heat_output),
+            (),
+            lambda: frames.top_features(self.errors(), n),
+        )
+        return top
 
     @param.depends("streams", "latest", "alarms")
     def stream_states(self) -> pd.DataFrame:
@@ -410,10 +427,16 @@ class DashboardStore(pn.viewable.Viewer):
         return rows[mine]
 
     def _stream_latest(self) -> pd.Timestamp | None:
-        hit = self._stream_rows(self.latest)
-        if hit.empty or pd.isna(hit["last_time"].iloc[0]):
-            return None
-        return frames.to_utc(hit["last_time"].iloc[0])
+        def find() -> pd.Timestamp | None:
+            hit = self._stream_rows(self.latest)
+            if hit.empty or pd.isna(hit["last_time"].iloc[0]):
+                return None
+            return frames.to_utc(hit["last_time"].iloc[0])
+
+        latest: pd.Timestamp | None = self._memo(
+            "stream_latest", (self.latest,), (self.satellite_id, self.subsystem), find
+        )
+        return latest
 
     def _fail(self, error: Exception) -> None:
         unavailable = isinstance(error, ApiUnavailable)
@@ -597,8 +620,13 @@ class DashboardStore(pn.viewable.Viewer):
 
     def _apply_stream(self, got: dict[str, Any]) -> None:
         elapsed = got.pop("elapsed_s")
+        # A frame equal to the one held is not replaced: what is derived from it (memoized
+        # on the very frame) and what the views drew from it stay as they are.
+        fresh = {
+            name: frame for name, frame in got.items() if not same_frame(getattr(self, name), frame)
+        }
         self.param.update(
-            **got,
+            **fresh,
             stream_version=self.stream_version + 1,
             api_ok=True,
             stream_refresh_ms=elapsed * 1000,

@@ -10,6 +10,8 @@ enabled) that tests check by setting store parameters.
 
 from __future__ import annotations
 
+import html as html_lib
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -68,11 +70,12 @@ def naive_utc(values: pd.Series) -> pd.Series:
 
 
 def padded_range(
-    values: pd.Series, floor: float | None = None, pad: float = 0.08
+    values: pd.Series | np.ndarray, floor: float | None = None, pad: float = 0.08
 ) -> tuple[float, float]:
     """A y range that shows every finite value with a margin (``floor``: fixed bottom)."""
-    finite = values[np.isfinite(values.to_numpy(dtype="float64"))] if len(values) else values
-    if finite.empty:
+    numbers = np.asarray(values, dtype="float64")
+    finite = numbers[np.isfinite(numbers)]
+    if not finite.size:
         return (floor if floor is not None else 0.0, 1.0)
     lo, hi = float(finite.min()), float(finite.max())
     if floor is not None:
@@ -80,6 +83,14 @@ def padded_range(
     span = hi - lo if hi > lo else max(abs(hi), 1e-3)
     bottom = lo if floor is not None and lo == floor else lo - pad * span
     return bottom, hi + pad * span
+
+
+def inline_html(text: str) -> str:
+    """Markdown's ``**bold**`` and ```code``` as HTML, the rest escaped (the texts that
+    views rewrite on every refresh use nothing else)."""
+    escaped = html_lib.escape(text, quote=False)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
 
 
 def _card(title: str, *objects: Any, **params: Any) -> pn.Card:
@@ -118,6 +129,24 @@ class StoreView(pn.viewable.Viewer):
 
         self.store.param.watch(update, depends)
         return pane
+
+    def _live_text(self, render: Any, depends: list[str], html: bool = False, **params: Any) -> Any:
+        """As :meth:`_text_pane`, for a text rewritten on every stream refresh: a Bokeh
+        ``Div`` whose ``text`` alone changes (a Panel text pane rebuilds its stylesheet
+        models on every change, some 3 ms a pane); ``render()`` gives Markdown of bold
+        and code only (see :func:`inline_html`), or HTML with ``html``."""
+        from bokeh.models import Div
+
+        def text() -> str:
+            return render() if html else inline_html(render())
+
+        div = Div(text=text(), sizing_mode="stretch_width")
+
+        def update(*_: Any) -> None:
+            div.text = text()
+
+        self.store.param.watch(update, depends)
+        return pn.pane.Bokeh(div, sizing_mode="stretch_width", **params)
 
 
 # ====================================================================== replay control
@@ -350,8 +379,14 @@ class FleetOverview(StoreView):
 # ====================================================================== anomaly timeline
 
 
-def epoch_ms(values: pd.Series) -> np.ndarray:
-    """UTC times as milliseconds since the epoch (what a Bokeh datetime axis plots)."""
+def epoch_ms(values: pd.Series | pd.Index) -> np.ndarray:
+    """UTC times as milliseconds since the epoch (what a Bokeh datetime axis plots); naive
+    times are taken as UTC."""
+    array = values.array if isinstance(values, pd.Series | pd.Index) else None
+    if isinstance(array, pd.arrays.DatetimeArray):
+        # Already times (the store's frames): their nanoseconds, without pd.to_datetime's
+        # per-element look at the values (about 1 ms for 600 times).
+        return array.as_unit("ns").asi8 / 1e6
     times = pd.DatetimeIndex(pd.to_datetime(values, utc=True))
     return times.asi8 / 1e6
 
@@ -477,9 +512,10 @@ class AnomalyTimeline(StoreView):
             fig.add_layout(fig.legend[0], "right")
             fig.legend.click_policy = "hide"
         self.score_figure.on_event("tap", self._on_bokeh_tap)
+        self._drawn: dict[str, tuple[Any, ...]] = {}
         self._redraw()
         store.param.watch(self._redraw, ["stream_version", "features"])
-        self.facts = self._text_pane(self.facts_text, ["stream_version"], margin=(0, 8))
+        self.facts = self._live_text(self.facts_text, ["stream_version"], margin=(0, 8))
 
     def _toggle_live(self, event: param.parameterized.Event) -> None:
         if event.new:
@@ -511,23 +547,25 @@ class AnomalyTimeline(StoreView):
             }
         )
 
-    def telemetry_lines(self) -> pd.DataFrame:
-        """One row per chosen feature: its label, colour and samples (naive UTC times)."""
+    def line_data(self) -> dict[str, list[Any]]:
+        """The telemetry lines' source data: one line per chosen feature, its times (ms
+        since the epoch), values, label and colour."""
         data = self.store.telemetry
         chosen = sorted(self.store.features) or [0]
-        rows = []
-        for i, feature in enumerate(chosen):
-            part = data[data["feature"] == feature]
-            rows.append(
-                {
-                    "feature": feature,
-                    "label": f"feature {feature}",
-                    "color": LINE_COLORS[i % len(LINE_COLORS)],
-                    "time": part["time"],
-                    "value": part["value"],
-                }
-            )
-        return pd.DataFrame(rows, columns=["feature", "label", "color", "time", "value"])
+        features = data["feature"].to_numpy()
+        times = epoch_ms(data["time"])
+        values = data["value"].to_numpy(dtype="float64")
+        xs, ys = [], []
+        for feature in chosen:
+            mine = features == feature
+            xs.append(times[mine])
+            ys.append(values[mine])
+        return {
+            "xs": xs,
+            "ys": ys,
+            "label": [f"feature {f}" for f in chosen],
+            "color": [LINE_COLORS[i % len(LINE_COLORS)] for i in range(len(chosen))],
+        }
 
     def _range(self) -> tuple[pd.Timestamp, pd.Timestamp]:
         start, end = self.store.time_range()
@@ -536,42 +574,62 @@ class AnomalyTimeline(StoreView):
             frames.to_utc(end).tz_localize(None),
         )
 
+    def _changed(self, name: str, *objects: Any) -> bool:
+        """Whether ``name`` was last drawn from other objects than ``objects`` (the very
+        frames: a refresh keeps the ones that did not change, see the store), noting them."""
+        held = self._drawn.get(name)
+        if held is not None and all(a is b for a, b in zip(held, objects, strict=True)):
+            return False
+        self._drawn[name] = objects
+        return True
+
     def _redraw(self, *_: Any) -> None:
-        """The figures follow the store: new source data, ranges and title, sent at once."""
+        """The figures follow the store: new data for the sources whose frames changed,
+        ranges and title, sent at once."""
         store = self.store
-        lines = self.telemetry_lines()
-        spans = self.span_data()
-        scores, thresholds = store.scores, store.thresholds
+        chosen = tuple(sorted(store.features) or [0])
+        scores, thresholds, spans = store.scores, store.thresholds, store.spans()
         start, end = self._range()
-        shown = pd.concat(list(lines["value"])) if len(lines) else pd.Series([], dtype="float64")
-        telemetry_y = padded_range(shown)
-        score_y = padded_range(pd.concat([scores["value"], thresholds["value"]]), floor=0.0)
         with pn.io.hold():
-            self.sources["telemetry"].data = {
-                "xs": [epoch_ms(t) for t in lines["time"]],
-                "ys": [v.to_numpy(dtype="float64") for v in lines["value"]],
-                "label": lines["label"].tolist(),
-                "color": lines["color"].tolist(),
-            }
-            self.sources["score"].data = {
-                "time": epoch_ms(scores["time"]),
-                "value": scores["value"].to_numpy(dtype="float64"),
-            }
-            self.sources["threshold"].data = {
-                "time": epoch_ms(thresholds["time"]),
-                "value": thresholds["value"].to_numpy(dtype="float64"),
-            }
-            self.sources["spans"].data = {
-                "start": epoch_ms(spans["start"]),
-                "end": epoch_ms(spans["end"]),
-                "kind": spans["kind"].tolist(),
-                "label": spans["label"].tolist(),
-                "color": spans["color"].tolist(),
-                "alpha": spans["alpha"].to_numpy(dtype="float64"),
-            }
+            if self._changed("telemetry", store.telemetry, chosen):
+                lines = self.line_data()
+                self.sources["telemetry"].data = lines
+                shown = np.concatenate(lines["ys"]) if lines["ys"] else np.empty(0)
+                low, high = padded_range(shown)
+                self.telemetry_y.update(start=low, end=high)
+            scores_changed = self._changed("score", scores)
+            if scores_changed:
+                self.sources["score"].data = {
+                    "time": epoch_ms(scores["time"]),
+                    "value": scores["value"].to_numpy(dtype="float64"),
+                }
+            thresholds_changed = self._changed("threshold", thresholds)
+            if thresholds_changed:
+                self.sources["threshold"].data = {
+                    "time": epoch_ms(thresholds["time"]),
+                    "value": thresholds["value"].to_numpy(dtype="float64"),
+                }
+            if scores_changed or thresholds_changed:
+                both = np.concatenate(
+                    [
+                        scores["value"].to_numpy(dtype="float64"),
+                        thresholds["value"].to_numpy(dtype="float64"),
+                    ]
+                )
+                low, high = padded_range(both, floor=0.0)
+                self.score_y.update(start=low, end=high)
+            if self._changed("spans", spans):
+                kinds = spans["kind"].astype(str).tolist()
+                styles = [SPAN_STYLE.get(k, {}) for k in kinds]
+                self.sources["spans"].data = {
+                    "start": epoch_ms(spans["start"]),
+                    "end": epoch_ms(spans["end"]),
+                    "kind": kinds,
+                    "label": spans["label"].astype(str).tolist(),
+                    "color": [style.get("color", "#999999") for style in styles],
+                    "alpha": np.array([style.get("alpha", 0.2) for style in styles], dtype=float),
+                }
             self.x_range.update(start=start.value / 1e6, end=end.value / 1e6)
-            self.telemetry_y.update(start=telemetry_y[0], end=telemetry_y[1])
-            self.score_y.update(start=score_y[0], end=score_y[1])
             title = self._title()
             if self.telemetry_figure.title.text != title:
                 self.telemetry_figure.title.text = title
@@ -675,12 +733,13 @@ class ReconstructionHeatmap(StoreView):
             fig.add_layout(ColorBar(color_mapper=mapper, width=10), "right")
             self.sources[name], self.mappers[name] = source, mapper
             self.figures[name], self.x_ranges[name] = fig, x_range
+        self._drawn: tuple[pd.DataFrame, pd.DataFrame] | None = None
         self._redraw()
         self.store.param.watch(self._redraw, ["stream_version"])
-        self.caption = self._text_pane(
+        self.caption = self._live_text(
             self.caption_text, ["stream_version", "event_id"], margin=(0, 8)
         )
-        self.top = self._text_pane(self.top_html, ["stream_version"], html=True, margin=(0, 8))
+        self.top = self._live_text(self.top_html, ["stream_version"], html=True, margin=(0, 8))
 
     def choices(self) -> dict[str, int]:
         """Options of the selector: the latest (flagged) window (0), then the stream's events."""
@@ -738,14 +797,31 @@ class ReconstructionHeatmap(StoreView):
 
     def images(self) -> dict[str, np.ndarray]:
         """Each image as features (rows, feature 0 at the bottom) x records (columns)."""
+        inputs, outputs, errors = self.store.heat_matrices()
+        times, columns = errors.index, list(errors.columns)
+        rows = [int(c) for c in columns if 0 <= int(c) < NUM_FEATURES]
         images = {}
-        for name, matrix in self.matrices().items():
+        for name, matrix in (
+            ("input", inputs),
+            ("reconstruction", outputs),
+            ("squared error", errors),
+        ):
+            if not (matrix.index.equals(times) and list(matrix.columns) == columns):
+                matrix = matrix.reindex(index=times, columns=columns)  # the error's cells
             # Every feature has a row, also the ones the window lacks (drawn blank).
-            full = matrix.reindex(columns=range(NUM_FEATURES))
-            images[name] = full.to_numpy(dtype="float64").T
+            image = np.full((NUM_FEATURES, len(times)), np.nan)
+            values = matrix.to_numpy(dtype="float64")
+            image[rows] = values[:, [columns.index(r) for r in rows]].T
+            images[name] = image
         return images
 
     def _redraw(self, *_: Any) -> None:
+        # Most refreshes bring the same window (it moves once a stride of records) and the
+        # store keeps unchanged frames: then there is nothing to redraw.
+        drawn = (self.store.heat_input, self.store.heat_output)
+        if self._drawn is not None and all(a is b for a, b in zip(self._drawn, drawn, strict=True)):
+            return
+        self._drawn = drawn
         images = self.images()
         shared = self._colour_range(images["input"], images["reconstruction"])
         ranges = {
