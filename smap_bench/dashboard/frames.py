@@ -122,7 +122,8 @@ def series_frame(payload: Mapping[str, Any]) -> pd.DataFrame:
             "time": pd.DatetimeIndex(stamps_ns.view("datetime64[ns]"), tz="UTC"),
             "feature": feature_column[order],
             "value": np.concatenate(values)[order],
-        }
+        },
+        copy=False,  # fresh arrays, owned by nothing else (a copy is half the cost)
     )
 
 

@@ -229,7 +229,11 @@ class DashboardStore(pn.viewable.Viewer):
             frames.labeled_spans(self.labeled_ranges(), self.record_index, self.period_s()),
         ]
         parts = [p for p in parts if not p.empty]
-        return pd.concat(parts, ignore_index=True) if parts else frames.empty_spans()
+        spans = pd.concat(parts, ignore_index=True) if parts else frames.empty_spans()
+        # The record index changes on every refresh, the spans seldom: the same spans stay
+        # the very frame held, so that the timeline does not redraw them.
+        held = self._memos.get("spans")
+        return held[2] if held is not None and same_frame(held[2], spans) else spans
 
     def labeled_ranges(self) -> list[tuple[int, int]]:
         """Labeled ranges of the stream's channel, when the replay is of the labeled split."""

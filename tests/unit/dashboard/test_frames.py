@@ -96,6 +96,33 @@ def test_top_features_ranks_by_mean_error_with_shares() -> None:
     assert top["share"].tolist() == pytest.approx([4 / 5, 1 / 5])
 
 
+def test_error_matrix_of_one_window_lines_up_like_the_general_case() -> None:
+    # The same cells in both (the usual heatmap): the shortcut without .loc must give
+    # what lining up the cells gives.
+    times = [ts(0), ts(1), ts(2)]
+    telemetry = pd.concat([series(times, [1.0, np.nan, 3.0], f) for f in (0, 4)])
+    reconstruction = pd.concat([series(times, [0.0, 1.0, 1.0], f) for f in (0, 4)])
+    inputs, outputs = frames.wide(telemetry), frames.wide(reconstruction)
+    errors = frames.wide_error_matrix(inputs, outputs)
+    expected = ((inputs - outputs) ** 2).sort_index()
+    pd.testing.assert_frame_equal(errors, expected)
+    assert errors[4].tolist()[0] == 1.0 and np.isnan(errors[4].tolist()[1])
+
+
+def test_top_features_skips_missing_cells_and_keeps_ties_in_column_order() -> None:
+    errors = pd.DataFrame({3: [2.0, np.nan], 1: [1.0, 3.0], 7: [np.nan, np.nan], 0: [2.0, 2.0]})
+    top = frames.top_features(errors, n=4)
+    assert top["feature"].tolist() == [3, 1, 0, 7]  # 2, 2, 2 (tied: columns' order), 0
+    assert top["mean_error"].tolist() == [2.0, 2.0, 2.0, 0.0]
+    assert top["share"].tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 0.0])
+
+
+def test_empty_spans_are_a_fresh_frame_each_time() -> None:
+    first = frames.empty_spans()
+    first.loc[0] = [ts(0), ts(1), "detected", "x"]
+    assert frames.empty_spans().empty
+
+
 def test_stream_states_rules() -> None:
     now = T0
     streams = pd.DataFrame(

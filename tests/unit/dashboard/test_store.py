@@ -7,7 +7,7 @@ import pytest
 
 from smap_bench.dashboard import frames
 from smap_bench.dashboard.client import ApiError
-from smap_bench.dashboard.store import DashboardStore
+from smap_bench.dashboard.store import DashboardStore, same_frame
 from tests.unit.dashboard.fakes import T0, FakeApi, event_payload, series, unavailable
 
 
@@ -306,3 +306,29 @@ def test_an_unchanged_fleet_refresh_bumps_no_version(store, api) -> None:
     version = store.fleet_version
     store.refresh_fleet()
     assert store.fleet_version == version and store.api_ok
+
+
+def test_same_frame_compares_rows_not_identity() -> None:
+    a = series([at(0), at(1)], [1.0, 2.0])
+    assert same_frame(a, a.copy())
+    assert not same_frame(a, series([at(0), at(1)], [1.0, 3.0]))
+    assert not same_frame(a, series([at(0)], [1.0]))
+
+
+def test_a_stream_refresh_keeps_the_frames_that_did_not_change(store, api) -> None:
+    feed(api)
+    store.refresh_fleet()
+    store.refresh_stream()
+    held = {name: getattr(store, name) for name in ("telemetry", "scores", "heat_input")}
+    spans, version = store.spans(), store.stream_version
+    store.refresh_stream()  # the same records again
+    assert all(getattr(store, name) is frame for name, frame in held.items())
+    assert store.spans() is spans  # memoized on the very frames kept
+    assert store.stream_version == version + 1  # a refresh all the same
+    feed(api, records=121)  # one record more (the range follows it)
+    api.latest_frame = frames.latest_frame(
+        [{"satellite_id": "sat1", "subsystem": "ACS", "last_time": at(120), "detected": 0}]
+    )
+    store.refresh_fleet()
+    store.refresh_stream()
+    assert store.scores is not held["scores"] and len(store.scores) == 121

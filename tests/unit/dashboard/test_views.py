@@ -19,6 +19,7 @@ from smap_bench.dashboard.views import (
     ReconstructionHeatmap,
     ReplayControl,
     StatusLine,
+    inline_html,
     padded_range,
 )
 from smap_bench.schema import NUM_FEATURES
@@ -346,3 +347,31 @@ def test_the_chosen_alarm_sorts_first_whatever_its_state(store, api) -> None:
     ranks = dict(zip(view.table.value["event_id"], view.table.value["rank"], strict=True))
     assert ranks[6] == -1 and min(ranks[4], ranks[5]) >= 0
     assert view.table.value["event_id"].iloc[view.table.selection[0]] == 6
+
+
+def test_inline_html_bolds_codes_and_escapes() -> None:
+    assert inline_html("**2** of <3 `make up`") == "<b>2</b> of &lt;3 <code>make up</code>"
+
+
+def test_a_refresh_redraws_only_what_changed(store, api) -> None:
+    timeline, heatmap = AnomalyTimeline(store=store), ReconstructionHeatmap(store=store)
+    feed(api)
+    store.refresh_fleet()
+    store.refresh_stream()
+    score_data, image = timeline.sources["score"].data, heatmap.sources["input"].data
+    assert "newest record <b>" in timeline.facts.object.text  # the facts, as HTML
+    store.refresh_stream()  # nothing new: the sources keep their data
+    assert timeline.sources["score"].data is score_data
+    assert heatmap.sources["input"].data is image
+    feed(api, records=130)  # new records; the heatmap's window (flagged, 40-69) stays
+    api.latest_frame = frames.latest_frame(
+        [{"satellite_id": "sat1", "subsystem": "ACS", "last_time": at(129), "detected": 0}]
+    )
+    store.refresh_fleet()
+    store.refresh_stream()
+    assert len(timeline.sources["score"].data["time"]) == 130
+    assert heatmap.sources["input"].data is image
+    store.focus_time = at(119).to_pydatetime()  # another window
+    store.refresh_stream()
+    assert heatmap.sources["input"].data is not image
+    assert heatmap.sources["input"].data["image"][0][0, -1] == 119.0
