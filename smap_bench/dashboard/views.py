@@ -143,7 +143,12 @@ class StoreView(pn.viewable.Viewer):
         div = Div(text=text(), sizing_mode="stretch_width")
 
         def update(*_: Any) -> None:
-            div.text = text()
+            new = text()
+            if new != div.text:
+                # Held, as the figures' changes: a served session's refresh runs outside the
+                # document's lock, and a bare model change there fails.
+                with pn.io.hold():
+                    div.text = new
 
         self.store.param.watch(update, depends)
         return pn.pane.Bokeh(div, sizing_mode="stretch_width", **params)
