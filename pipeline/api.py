@@ -19,9 +19,11 @@ import logging
 from collections.abc import Sequence
 
 import uvicorn
+from prometheus_client import start_http_server
 
 from smap_bench.api.main import create_app
 from smap_bench.config import get_settings
+from smap_bench.stage import STAGE_METRICS_PORTS
 
 log = logging.getLogger("smap_bench.api")
 
@@ -36,6 +38,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=settings.api_port)
     parser.add_argument("--root-path", default="", help="prefix a proxy strips before /api")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=STAGE_METRICS_PORTS["api"],
+        help=f"self-metrics port (default {STAGE_METRICS_PORTS['api']}; 0: none)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -45,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if settings.api_token is None:
         log.warning("SMAP_API_TOKEN is not set: mutating routes answer 503")
     app = create_app(settings)
+    if args.metrics_port:
+        start_http_server(
+            args.metrics_port, addr=settings.bind_host, registry=app.state.metrics_registry
+        )
     # What start-up imported lives as long as the process: out of the collector's way, so
     # that a full collection scans only what requests allocate (shorter pauses).
     gc.collect()

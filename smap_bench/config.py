@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token for mutating API routes; unset: they answer 503"
     )
+    api_latest_max_age_ms: int = Field(
+        default=200,
+        ge=0,
+        le=5_000,
+        description=(
+            "How long one answer of /api/fleet/latest serves every caller (dashboard"
+            " sessions poll it several times a second); 0: each call reads anew"
+        ),
+    )
     panel_port: int = 5006
     nginx_port: int = 8088
     workers: int = Field(

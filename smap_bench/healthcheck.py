@@ -20,7 +20,7 @@ def check(service: str) -> None:
         health.check_http(f"http://127.0.0.1:{settings.api_port}/api/health/live")
         return
     if service not in STAGE_METRICS_PORTS:
-        known = ", ".join(sorted([*STAGE_METRICS_PORTS, "api"]))
+        known = ", ".join(sorted({*STAGE_METRICS_PORTS, "api"}))
         raise health.Unhealthy(f"unknown service {service!r} (known: {known})")
     port = STAGE_METRICS_PORTS[service]
     health.check_http(f"http://127.0.0.1:{port}/metrics", expect="smap_stage_received")

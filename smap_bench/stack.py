@@ -380,7 +380,9 @@ def pipeline_services(settings: Settings, replay: bool) -> list[Service]:
 
 
 def promscrape_config(settings: Settings, targets: Iterable[Service]) -> str:
-    """VictoriaMetrics' scrape config: every stage's self-metrics and Triton's."""
+    """VictoriaMetrics' scrape config: every stage's self-metrics, the API's and Triton's."""
+    from smap_bench.stage import STAGE_METRICS_PORTS as PORTS
+
     lines = ["scrape_configs:"]
     for service in targets:
         lines += [
@@ -390,6 +392,10 @@ def promscrape_config(settings: Settings, targets: Iterable[Service]) -> str:
             f"      - targets: ['{settings.host}:{service.port}']",
         ]
     lines += [
+        "  - job_name: api",
+        "    scrape_interval: 5s",
+        "    static_configs:",
+        f"      - targets: ['{settings.host}:{PORTS['api']}']",
         "  - job_name: triton",
         "    scrape_interval: 5s",
         "    static_configs:",

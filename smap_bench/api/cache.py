@@ -1,5 +1,6 @@
-"""Answers of slowly-changing reads kept as JSON bytes, valid while the database says
-their tables are unchanged.
+"""Answers kept as JSON bytes: slowly-changing reads valid while the database says their
+tables are unchanged (:class:`FingerprintCache`), and hot live reads shared by every
+caller for a fraction of a second (:class:`RecentAnswers`).
 
 The fleet (satellites and their channel assignments) changes when an operator edits a
 satellite or the fleet is re-synced, possibly by another process writing PostgreSQL
@@ -12,8 +13,10 @@ between the two can only cause one needless rebuild, never a stale answer kept.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable, Hashable
+import time
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import psycopg
@@ -65,3 +68,56 @@ class FingerprintCache:
     def clear(self) -> None:
         with self._lock:
             self._kept.clear()
+
+
+class RecentAnswers:
+    """Answers of a live read, each served for ``max_age_s`` after it was asked for, and
+    asked for once however many callers want it meanwhile (single flight).
+
+    The fleet grid of every dashboard session polls the newest state of every stream
+    several times a second; without sharing, N sessions cost N VictoriaMetrics queries
+    per period. With it, they cost at most one per ``max_age_s``, and an answer is never
+    older than that: a caller that finds none young enough waits for the read in flight
+    or starts one. A failed read is not kept; everyone waiting on it gets its error.
+    Runs on one event loop (the API server's).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._kept: dict[Hashable, tuple[float, bytes]] = {}
+        self._pending: dict[Hashable, asyncio.Task[bytes]] = {}
+        self.hits = 0
+        self.joined = 0
+        self.misses = 0
+
+    async def read(
+        self, key: Hashable, build: Callable[[], Awaitable[bytes]], max_age_s: float
+    ) -> bytes:
+        """The answer for ``key`` asked for less than ``max_age_s`` ago, or the one in
+        flight, or ``await build()`` (kept, stamped with the time it was asked for)."""
+        kept = self._kept.get(key)
+        if kept is not None and self._clock() - kept[0] < max_age_s:
+            self.hits += 1
+            return kept[1]
+        pending = self._pending.get(key)
+        if pending is None:
+            self.misses += 1
+            pending = asyncio.ensure_future(self._build(key, build))
+            self._pending[key] = pending
+        else:
+            self.joined += 1
+        # The read runs as its own task: a caller that goes away (a client disconnect)
+        # cancels its wait, not the read the others are waiting for.
+        return await asyncio.shield(pending)
+
+    async def _build(self, key: Hashable, build: Callable[[], Awaitable[bytes]]) -> bytes:
+        asked = self._clock()
+        try:
+            answer = await build()
+            self._kept[key] = (asked, answer)
+            return answer
+        finally:
+            del self._pending[key]
+
+    def clear(self) -> None:
+        self._kept.clear()

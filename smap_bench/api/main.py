@@ -18,6 +18,7 @@ import psycopg
 from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from smap_bench import __version__
@@ -27,6 +28,7 @@ from smap_bench.api.deps import Replay
 from smap_bench.api.queries import QueryError
 from smap_bench.api.replay_service import ReplayLauncher, ReplayMonitor, SubprocessLauncher
 from smap_bench.api.routes import events, fleet, health, replay, series
+from smap_bench.api.self_metrics import RequestMetrics
 from smap_bench.api.victoria import AsyncVictoria, VictoriaRefused, VictoriaUnavailable
 from smap_bench.config import Settings, get_settings
 from smap_bench.metrics import VictoriaMetrics
@@ -156,9 +158,13 @@ def jsonable_errors(errors: Any) -> Any:
 
 
 def create_app(
-    settings: Settings | None = None, *, launcher: ReplayLauncher | None = None
+    settings: Settings | None = None,
+    *,
+    launcher: ReplayLauncher | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> FastAPI:
-    """The operations API for ``settings`` (default: the environment's)."""
+    """The operations API for ``settings`` (default: the environment's); its request
+    metrics go to ``registry`` (default a new one, as ``app.state.metrics_registry``)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -210,7 +216,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics_registry = registry = registry or CollectorRegistry()
     app.include_router(api_router(), prefix=API_PREFIX)
+    app.add_middleware(RequestMetrics, registry=registry, prefix=API_PREFIX)
     install_error_handlers(app)
     return app
 

@@ -68,6 +68,7 @@ class Api:
     token: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    metrics_url: str
 
     def client(self, **headers: str) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=15, headers=headers)
@@ -131,9 +132,18 @@ def _env(settings: Settings) -> dict[str, str]:
 def api(api_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """``python -m pipeline.api`` on a free port, answering its liveness route."""
     log_path = tmp_path_factory.mktemp("api") / "api.log"
+    metrics_port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.api", "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "pipeline.api",
+                "--log-level",
+                "warning",
+                "--metrics-port",
+                str(metrics_port),
+            ],
             cwd=PROJECT_ROOT,
             env=_env(api_settings),
             stdout=log,
@@ -142,7 +152,12 @@ def api(api_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
     base_url = f"http://{api_settings.host}:{api_settings.api_port}"
     assert api_settings.api_token is not None
     handle = Api(
-        api_settings, base_url, api_settings.api_token.get_secret_value(), process, log_path
+        api_settings,
+        base_url,
+        api_settings.api_token.get_secret_value(),
+        process,
+        log_path,
+        f"http://{api_settings.host}:{metrics_port}/metrics",
     )
 
     def live() -> bool:
@@ -227,6 +242,24 @@ def test_every_mutating_route_needs_the_token(api: Api) -> None:
                     assert answer.status_code == 401, (method, path, answer.text)
                 checked += 1
     assert checked >= 9
+
+
+def test_self_metrics_count_requests_by_route_template_and_status(api: Api) -> None:
+    def count(route: str, status: int) -> float:
+        text = httpx.get(api.metrics_url, timeout=5).text
+        labels = f'method="GET",route="{route}",status="{status}"'
+        pattern = rf"smap_api_requests_total{{{re.escape(labels)}}} (\S+)"
+        found = re.search(pattern, text)
+        return float(found.group(1)) if found else 0.0
+
+    route = "/api/events/{event_id}"
+    before_missing, before_bad = count(route, 404), count(route, 422)
+    with api.client() as client:
+        for event_id in (987_654_321, 987_654_322):
+            assert client.get(f"/api/events/{event_id}").status_code == 404
+        assert client.get("/api/events/not-a-number").status_code == 422
+    assert count(route, 404) == before_missing + 2
+    assert count(route, 422) == before_bad + 1
 
 
 def test_openapi_and_docs_are_under_api(api: Api) -> None:

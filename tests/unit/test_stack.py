@@ -10,6 +10,7 @@ import pytest
 
 from smap_bench import stack
 from smap_bench.config import Settings
+from smap_bench.stage import STAGE_METRICS_PORTS
 
 
 @pytest.fixture
@@ -85,10 +86,11 @@ def test_nginx_conf_routes_dashboard_api_and_health(settings: Settings) -> None:
     assert "location = /healthz" in text
 
 
-def test_promscrape_lists_every_stage_and_triton(settings: Settings) -> None:
+def test_promscrape_lists_every_stage_the_api_and_triton(settings: Settings) -> None:
     stages = stack.pipeline_services(settings, replay=True)
     text = stack.promscrape_config(settings, stages)
     for service in stages:
         assert f"job_name: {service.name}" in text
         assert f"'127.0.0.1:{service.port}'" in text
     assert f"'127.0.0.1:{settings.triton_metrics_port}'" in text
+    assert "job_name: api" in text and f"'127.0.0.1:{STAGE_METRICS_PORTS['api']}'" in text

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import TypeAdapter
 
 from smap_bench.api import crud
-from smap_bench.api.cache import FLEET_FINGERPRINT, FingerprintCache
+from smap_bench.api.cache import FLEET_FINGERPRINT, FingerprintCache, RecentAnswers
 from smap_bench.api.deps import DbDep, PoolDep, SettingsDep, TokenDep, VictoriaAsyncDep, in_db
 from smap_bench.api.models import (
     AssignmentPublic,
@@ -25,6 +25,7 @@ from smap_bench.api.models import (
     SubsystemPublic,
 )
 from smap_bench.api.queries import SATELLITE_ID_PATTERN
+from smap_bench.api.victoria import AsyncVictoria
 from smap_bench.catalog import Subsystem
 from smap_bench.metrics import Series
 
@@ -106,17 +107,40 @@ _SUBSYSTEMS = {s.value: s for s in Subsystem}
 PART_LABEL = "smap_latest_part"
 
 
+#: The latest route's answers, shared by every caller for ``api_latest_max_age_ms``.
+LATEST_ANSWERS = RecentAnswers()
+
+
 @router.get("/latest", response_model=FleetLatestPublic)
 async def latest(
     victoria: VictoriaAsyncDep,
+    settings: SettingsDep,
     lookback_s: Annotated[
         float, Query(ge=10, le=86_400, description="Look this far back from now (seconds)")
     ] = 21_600,
-) -> FleetLatestPublic:
+) -> Response:
     """Every stream's newest telemetry sample and its latest window's detection (the
     fleet grid's colours, and where a live timeline ends), from one instant query (three
     parts) over the last ``lookback_s``. Record times are the simulated clock, which falls
-    behind the wall clock by every pause: hence the long default lookback."""
+    behind the wall clock by every pause: hence the long default lookback. One answer
+    serves every caller for ``api_latest_max_age_ms`` (200 ms by default), however many
+    dashboard sessions poll it."""
+
+    async def read() -> bytes:
+        data = await _read_latest(victoria, lookback_s)
+        return (
+            FleetLatestPublic.model_construct(data=data, lookback_s=lookback_s)
+            .model_dump_json()
+            .encode()
+        )
+
+    body = await LATEST_ANSWERS.read(
+        lookback_s, read, max_age_s=settings.api_latest_max_age_ms / 1000
+    )
+    return Response(body, media_type="application/json")
+
+
+async def _read_latest(victoria: AsyncVictoria, lookback_s: float) -> list[StreamLatest]:
     window = f"{round(lookback_s)}s"
     sats = f'satellite_id=~"{FLEET_SATELLITES}"'
     # The newest record of a satellite is the newest of each of its subsystems (a record
@@ -140,8 +164,7 @@ async def latest(
         part = series.labels.get(PART_LABEL)
         if part in found:
             found[part].append(series)
-    data = stream_latest(found["newest"], found["flagged"], found["flagged_at"])
-    return FleetLatestPublic(data=data, lookback_s=lookback_s)
+    return stream_latest(found["newest"], found["flagged"], found["flagged_at"])
 
 
 def _by_stream(found: list[Series]) -> dict[tuple[str, str], float]:
