@@ -149,6 +149,16 @@ class StreamViewParams(SeriesParams):
         default=None, description="Start of the heatmap's range; unset: the newest window"
     )
     heatmap_end: datetime | None = Field(default=None, description="End of the heatmap's range")
+    held_heatmap_start: datetime | None = Field(
+        default=None,
+        description=(
+            "Start of a heatmap range whose series the client already holds: when the"
+            " answer's range is that one, its heat series are left out (heatmap_held)"
+        ),
+    )
+    held_heatmap_end: datetime | None = Field(
+        default=None, description="End of the held heatmap range"
+    )
 
 
 class SeriesPublic(BaseModel):
@@ -224,6 +234,10 @@ class StreamViewPublic(BaseModel):
     heatmap_end: datetime | None
     heat_input: list[SeriesData] = Field(description="Every feature's telemetry in the heatmap")
     heat_output: list[SeriesData] = Field(description="Every feature's reconstruction there")
+    heatmap_held: bool = Field(
+        default=False,
+        description="The heatmap's range is the held one: heat_input and heat_output left out",
+    )
     server_ms: float = Field(description="Time the API spent on this answer")
 
 

@@ -100,7 +100,7 @@ def bench_refresh(
         fetched = time.perf_counter()
         if got is None:
             raise RuntimeError("no stream selected")
-        held = {name: getattr(store, name) for name in got if name != "elapsed_s"}
+        held = {name: getattr(store, name) for name in got if name in store.param}
         # The apply writes the parameters; with views, their watchers redraw the models
         # synchronously here, so the redraw is timed as part of it.
         store._apply_stream(got)

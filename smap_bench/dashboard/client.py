@@ -106,11 +106,14 @@ class DashboardApi(Protocol):
         end: datetime,
         features: Sequence[int] = (0,),
         heatmap: tuple[datetime, datetime] | None = None,
+        held_heatmap: tuple[datetime, datetime] | None = None,
     ) -> dict[str, Any]:
         """A stream's timeline and heatmap in one call: frames ``telemetry``, ``scores``,
         ``thresholds``, ``detections``, ``record_index``, ``stream_events``, ``heat_input``,
         ``heat_output``, and ``heatmap`` (the range shown, or None). Without ``heatmap``
-        the newest flagged window (else the newest window) is shown."""
+        the newest flagged window (else the newest window) is shown. ``held_heatmap``:
+        the range whose heatmap the caller holds; when the range shown is that one,
+        ``heat_input`` and ``heat_output`` are None (not sent again)."""
         ...
 
     def events(
@@ -292,6 +295,7 @@ class ApiClient:
         end: datetime,
         features: Sequence[int] = (0,),
         heatmap: tuple[datetime, datetime] | None = None,
+        held_heatmap: tuple[datetime, datetime] | None = None,
     ) -> dict[str, Any]:
         params: list[tuple[str, Any]] = [
             ("satellite_id", satellite_id),
@@ -302,6 +306,11 @@ class ApiClient:
         params += [("features", int(f)) for f in features]
         if heatmap is not None:
             params += [("heatmap_start", _iso(heatmap[0])), ("heatmap_end", _iso(heatmap[1]))]
+        if held_heatmap is not None:
+            params += [
+                ("held_heatmap_start", _iso(held_heatmap[0])),
+                ("held_heatmap_end", _iso(held_heatmap[1])),
+            ]
         payload = self._get(VIEW_ROUTE, f"view of {satellite_id}/{subsystem}", params)
         return view_frames(payload)
 
@@ -436,6 +445,8 @@ def view_frames(payload: Mapping[str, Any]) -> dict[str, Any]:
         name: frames.series_frame({"series": payload.get(key) or []})
         for key, name in VIEW_SERIES.items()
     }
+    if payload.get("heatmap_held"):  # the caller's heatmap is the one shown: not sent again
+        got["heat_input"] = got["heat_output"] = None
     got["stream_events"] = frames.events_frame(payload.get("events") or [])
     start, end = payload.get("heatmap_start"), payload.get("heatmap_end")
     got["heatmap"] = (

@@ -134,6 +134,10 @@ class DashboardStore(pn.viewable.Viewer):
         super().__init__(**params)
         self._memos: dict[str, tuple[tuple[Any, ...], tuple[Any, ...], Any]] = {}
         self._running: set[str] = set()
+        # The last heatmap read: ((satellite, subsystem), its range), and whether two reads
+        # of it were alike (then the API need not send it again).
+        self._heat_seen: tuple[tuple[str, str], tuple[datetime, datetime] | None] | None = None
+        self._heat_confirmed = False
         self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="dashboard-fetch")
 
     def _memo(
@@ -617,13 +621,31 @@ class DashboardStore(pn.viewable.Viewer):
             if chosen
             else None
         )
-        got = client.stream_view(sat, sub, start, end, features, heatmap=heatmap)
-        got = {k: v for k, v in got.items() if k not in ("heatmap", "server_ms")}
+        # The heatmap held, once read twice alike (a window read as its records land may
+        # lack some): the API leaves its series out while it shows that range.
+        seen = self._heat_seen
+        held = (
+            seen[1] if self._heat_confirmed and seen is not None and seen[0] == (sat, sub) else None
+        )
+        extra = {"held_heatmap": held} if held is not None else {}
+        got = client.stream_view(sat, sub, start, end, features, heatmap=heatmap, **extra)
+        got = {k: v for k, v in got.items() if k != "server_ms"}
+        got["heat_key"] = ((sat, sub), got.pop("heatmap"))
+        got["heat_held"] = got["heat_input"] is None or got["heat_output"] is None
+        if got["heat_held"]:
+            got["heat_input"], got["heat_output"] = self.heat_input, self.heat_output
         got["elapsed_s"] = time.perf_counter() - began
         return got
 
     def _apply_stream(self, got: dict[str, Any]) -> None:
         elapsed = got.pop("elapsed_s")
+        key, held = got.pop("heat_key"), got.pop("heat_held")
+        self._heat_confirmed = held or (
+            key == self._heat_seen
+            and same_frame(self.heat_input, got["heat_input"])
+            and same_frame(self.heat_output, got["heat_output"])
+        )
+        self._heat_seen = key
         # A frame equal to the one held is not replaced: what is derived from it (memoized
         # on the very frame) and what the views drew from it stay as they are.
         fresh = {

@@ -549,6 +549,22 @@ def test_a_stream_view_and_the_fleets_latest_read_back_what_victoria_holds(api: 
             },
         ).json()
         assert {len(s["values"]) for s in explicit["heat_output"]} == {10}
+        assert not body["heatmap_held"] and not explicit["heatmap_held"]
+        # A client holding the heatmap shown gets no heat series again; another range, it does.
+        held = {
+            "held_heatmap_start": body["heatmap_start"],
+            "held_heatmap_end": body["heatmap_end"],
+        }
+        again = client.get("/api/series/view", params={**params, **held}).json()
+        assert again["heatmap_held"] and again["heatmap_end"] == body["heatmap_end"]
+        assert again["heat_input"] == [] and again["heat_output"] == []
+        assert len(again["scores"][0]["values"]) == 40  # the timeline all the same
+        chosen = {
+            "heatmap_start": explicit["heatmap_start"],
+            "heatmap_end": explicit["heatmap_end"],
+        }
+        other = client.get("/api/series/view", params={**params, **chosen, **held}).json()
+        assert not other["heatmap_held"] and len(other["heat_output"]) == 25
         index = client.get("/api/series/record_index", params=params).json()
         assert index["series"][0]["values"][-1] == 139.0
         latest = client.get("/api/fleet/latest", params={"lookback_s": 120}).json()["data"]

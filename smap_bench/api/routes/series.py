@@ -33,6 +33,7 @@ from smap_bench.api.queries import (
     QueryError,
     SeriesKind,
     TimeWindow,
+    as_utc,
     feature_index_of,
     series_selector,
     step_param,
@@ -127,6 +128,13 @@ def _heatmap_range(params: StreamViewParams, now: datetime) -> TimeWindow | None
     return time_window(params.heatmap_start, params.heatmap_end, None, now=now)
 
 
+def _held_range(params: StreamViewParams) -> tuple[datetime, datetime] | None:
+    start, end = params.held_heatmap_start, params.held_heatmap_end
+    if (start is None) != (end is None):
+        raise QueryError("held_heatmap_start and held_heatmap_end: give both, or neither")
+    return (as_utc(start), as_utc(end)) if start is not None and end is not None else None
+
+
 @router.get("/view", response_model=StreamViewPublic)
 async def view(
     victoria: VictoriaAsyncDep, pool: PoolDep, settings: SettingsDep, params: ViewParams
@@ -134,11 +142,15 @@ async def view(
     """A stream's timeline (telemetry of the chosen features, score, threshold,
     detections, record index, events) and heatmap (every feature's telemetry and
     reconstruction over the newest flagged window, or the given heatmap range): what a
-    dashboard refresh shows, in two VictoriaMetrics reads and one PostgreSQL query."""
+    dashboard refresh shows, in two VictoriaMetrics reads and one PostgreSQL query (one,
+    when the client holds the heatmap of the range shown: see held_heatmap_start)."""
     began = time.perf_counter()
     now = datetime.now(UTC)
     window = time_window(params.start, params.end, None, now=now)
     explicit = _heatmap_range(params, now)
+    # A client that holds the heatmap of the range the answer shows gets no heat series
+    # again (the window moves once a stride of records; most refreshes show the same one).
+    held = _held_range(params)
     sat, sub = params.satellite_id, params.subsystem
     matches = [series_selector(k, sat, sub, params.features) for k in TIMELINE_KINDS]
     start, end = window.start.timestamp(), window.end.timestamp()
@@ -159,11 +171,11 @@ async def view(
 
     timeline_job = victoria.export_many(matches, start, end)
     events_job = run_in_threadpool(_stream_events, pool, filters)
-    if explicit is not None:
+    heat_range = (explicit.start, explicit.end) if explicit is not None else None
+    if explicit is not None and heat_range != held:
         found, (events, _), heat = await asyncio.gather(
             timeline_job, events_job, read_heat(explicit)
         )
-        heat_range: tuple[datetime, datetime] | None = (explicit.start, explicit.end)
     else:
         found, (events, _) = await asyncio.gather(timeline_job, events_job)
     parts = split_by_kind(found)
@@ -173,7 +185,7 @@ async def view(
             parts.get(SeriesKind.SCORES, []),
             settings.window_size,
         )
-        if heat_range is not None:
+        if heat_range is not None and heat_range != held:
             heat = await read_heat(TimeWindow(heat_range[0], heat_range[1], None))
     heat_parts = split_by_kind(heat)
     return StreamViewPublic(
@@ -191,6 +203,7 @@ async def view(
         heatmap_end=heat_range[1] if heat_range else None,
         heat_input=series_data(heat_parts.get(SeriesKind.TELEMETRY, [])),
         heat_output=series_data(heat_parts.get(SeriesKind.RECONSTRUCTIONS, [])),
+        heatmap_held=heat_range is not None and heat_range == held,
         server_ms=round((time.perf_counter() - began) * 1000, 3),
     )
 

@@ -196,6 +196,12 @@ def test_a_view_with_half_a_heatmap_range_is_a_422(client: TestClient) -> None:
     )
     assert answer.status_code == 422
     assert "give both, or neither" in answer.json()["detail"]
+    answer = client.get(
+        "/api/series/view",
+        params={"satellite_id": "sat1", "subsystem": "ACS", "held_heatmap_end": "2026-01-01"},
+    )
+    assert answer.status_code == 422
+    assert "held_heatmap_start and held_heatmap_end" in answer.json()["detail"]
     answer = client.get("/api/fleet/latest", params={"lookback_s": 1})
     assert answer.status_code == 422
 

@@ -72,6 +72,7 @@ class FakeApi:
         )
         self.latest_frame = frames.latest_frame([])
         self.series_frames: dict[str, pd.DataFrame] = {}
+        self.held_heatmaps: list[Any] = []  # what each stream_view was told is held
         self.event_items: list[dict[str, Any]] = []
         self.history: dict[int, list[dict[str, Any]]] = {}
         self.replay_payload: dict[str, Any] = {"state": None, "detail": "no state"}
@@ -106,11 +107,13 @@ class FakeApi:
         return frame[inside].reset_index(drop=True)
 
     def stream_view(
-        self, satellite_id, subsystem, start, end, features=(0,), heatmap=None
+        self, satellite_id, subsystem, start, end, features=(0,), heatmap=None, held_heatmap=None
     ) -> dict[str, Any]:
         """The view from this fake's series and events, the heatmap chosen by the API's
-        rule (newest flagged window, else the newest window)."""
+        rule (newest flagged window, else the newest window); a ``held_heatmap`` that is
+        the range shown: no heat frames (None), as the API."""
         self._record("stream_view", satellite_id, subsystem, start, end, tuple(features))
+        self.held_heatmaps.append(held_heatmap)
         got: dict[str, Any] = {
             "telemetry": self.series("telemetry", satellite_id, subsystem, start, end, features),
             "scores": self.series("scores", satellite_id, subsystem, start, end),
@@ -132,6 +135,8 @@ class FakeApi:
             got["heat_output"] = self.series(
                 "reconstructions", satellite_id, subsystem, *heatmap, every
             )
+        if heatmap is not None and heatmap == held_heatmap:
+            got["heat_input"] = got["heat_output"] = None
         got["heatmap"] = heatmap
         got["server_ms"] = 0.0
         return got

@@ -223,3 +223,8 @@ def test_stream_view_is_one_call_with_the_heatmap_range_when_given() -> None:
     assert got["heatmap"] == (datetime(2026, 1, 1, 11, 59, 30, tzinfo=UTC), T)
     api.stream_view("sat1", "ACS", T, T, heatmap=(T, T))
     assert seen[1].url.params["heatmap_start"] == seen[1].url.params["heatmap_end"]
+    assert "held_heatmap_start" not in seen[1].url.params
+    body["heatmap_held"], body["heat_input"] = True, []  # the held range shown: left out
+    got = api.stream_view("sat1", "ACS", T, T, held_heatmap=(T, T))
+    assert seen[2].url.params["held_heatmap_end"] == "2026-01-01T12:00:00+00:00"
+    assert got["heat_input"] is None and got["heat_output"] is None

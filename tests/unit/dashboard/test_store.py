@@ -332,3 +332,22 @@ def test_a_stream_refresh_keeps_the_frames_that_did_not_change(store, api) -> No
     store.refresh_fleet()
     store.refresh_stream()
     assert store.scores is not held["scores"] and len(store.scores) == 121
+
+
+def test_a_heatmap_read_twice_alike_is_not_sent_again(store, api) -> None:
+    feed(api)
+    store.refresh_fleet()
+    store.refresh_stream()  # the first read of the window (its records may still land)
+    store.refresh_stream()  # read again: alike
+    assert api.held_heatmaps == [None, None]
+    heat = store.heat_input
+    store.refresh_stream()
+    assert api.held_heatmaps[-1] == store.heatmap_range()  # held: the API leaves it out
+    assert store.heat_input is heat and len(heat) == 30 * 2
+    store.focus_time = at(119).to_pydatetime()  # another window: read (twice) again
+    store.refresh_stream()
+    assert store.heat_input is not heat and store.heat_input["time"].max() == at(119)
+    store.refresh_stream()
+    store.select_stream("sat1", "EPS")  # another stream: nothing held of it
+    store.refresh_stream()
+    assert api.held_heatmaps[-1] is None
