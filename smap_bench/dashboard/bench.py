@@ -53,17 +53,14 @@ def bench_refresh(
     ``total_by_heatmap`` splits ``total`` by whether the heatmap's frames were replaced
     (once a stride of records, or on a new flagged window). Back to back, most refreshes
     find nothing new; ``period_s=1`` refreshes as the app does. ``full`` then times
-    ``full_repeats`` refreshes of a store whose stream frames were emptied first (untimed),
+    ``full_repeats`` refreshes of a store whose stream data was cleared first (untimed),
     so that every frame is new and every view redraws everything: a first load."""
     import panel as pn
     from bokeh.document import Document
 
-    from smap_bench.dashboard import frames
-    from smap_bench.dashboard.client import VIEW_SERIES
     from smap_bench.dashboard.store import DashboardStore
     from smap_bench.dashboard.views import AnomalyTimeline, ReconstructionHeatmap
 
-    series_names = tuple(VIEW_SERIES.values())
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     store = DashboardStore.from_settings(settings, window_s=window_s)
@@ -132,13 +129,9 @@ def bench_refresh(
             if period_s > 0:
                 time.sleep(max(0.0, period_s - (time.perf_counter() - began)))
         for _ in range(full_repeats):
-            # Untimed: the stream's frames emptied (the views redraw empty plots), so that
-            # the timed refresh finds nothing to keep.
-            store.param.update(
-                **{name: frames.empty_series() for name in series_names},
-                stream_events=frames.empty_events(),
-                stream_version=store.stream_version + 1,
-            )
+            # Untimed: the stream's data and held heatmap forgotten (the views redraw empty
+            # plots), so that the timed refresh finds nothing to keep.
+            store.clear_stream()
             fetch_s, apply_s, derive_s, _ = refresh()
             for name, value in zip(
                 ("fetch", "apply", "derive", "total"),

@@ -33,6 +33,16 @@ from smap_bench.schema import NUM_FEATURES
 
 #: The longest heatmap, in records (a long event shows its last records).
 MAX_HEATMAP_RECORDS = 300
+#: The stream's series frames a refresh fetches.
+STREAM_SERIES: tuple[str, ...] = (
+    "telemetry",
+    "scores",
+    "thresholds",
+    "detections",
+    "record_index",
+    "heat_input",
+    "heat_output",
+)
 #: Replay speeds offered to operators ("max": as fast as the pipeline takes it).
 SPEEDS: tuple[str, ...] = ("0.5", "1", "2", "5", "10", "50", "max")
 
@@ -657,6 +667,16 @@ class DashboardStore(pn.viewable.Viewer):
             api_ok=True,
             stream_refresh_ms=elapsed * 1000,
             refreshed_at=self.clock(),
+        )
+
+    def clear_stream(self) -> None:
+        """Forget the shown stream's data and the heatmap held: the next refresh reads and
+        draws all of it again (as a first load)."""
+        self._heat_seen, self._heat_confirmed = None, False
+        self.param.update(
+            **{name: frames.empty_series() for name in STREAM_SERIES},
+            stream_events=frames.empty_events(),
+            stream_version=self.stream_version + 1,
         )
 
     def refresh_stream(self) -> float | None:

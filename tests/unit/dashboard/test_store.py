@@ -351,3 +351,15 @@ def test_a_heatmap_read_twice_alike_is_not_sent_again(store, api) -> None:
     store.select_stream("sat1", "EPS")  # another stream: nothing held of it
     store.refresh_stream()
     assert api.held_heatmaps[-1] is None
+
+
+def test_a_cleared_stream_is_read_whole_again(store, api) -> None:
+    feed(api)
+    store.refresh_fleet()
+    for _ in range(3):
+        store.refresh_stream()
+    assert api.held_heatmaps[-1] is not None
+    store.clear_stream()
+    assert store.scores.empty and store.heat_input.empty
+    store.refresh_stream()
+    assert api.held_heatmaps[-1] is None and len(store.heat_input) == 30 * 2
