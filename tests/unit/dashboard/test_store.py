@@ -313,6 +313,11 @@ def test_same_frame_compares_rows_not_identity() -> None:
     assert same_frame(a, a.copy())
     assert not same_frame(a, series([at(0), at(1)], [1.0, 3.0]))
     assert not same_frame(a, series([at(0)], [1.0]))
+    assert not same_frame(a, series([at(0), at(2)], [1.0, 2.0]))  # another time
+    gap = series([at(0), at(1)], [1.0, float("nan")])
+    assert same_frame(gap, gap.copy())  # a missing value equals a missing value
+    events = frames.empty_events()
+    assert same_frame(events, events.copy()) and not same_frame(events, a)
 
 
 def test_a_stream_refresh_keeps_the_frames_that_did_not_change(store, api) -> None:
