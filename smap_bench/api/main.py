@@ -14,11 +14,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
+from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from smap_bench import __version__
@@ -180,6 +182,7 @@ def create_app(
             name="smap-bench-api",
             kwargs={"connect_timeout": 3, "application_name": "smap-bench-api"},
             check=ConnectionPool.check_connection,
+            configure=_configure_connection,
         )
         # Not waiting: the API starts (and reports 503s) while PostgreSQL is still down.
         pool.open(wait=False)
@@ -221,6 +224,12 @@ def create_app(
     app.add_middleware(RequestMetrics, registry=registry, prefix=API_PREFIX)
     install_error_handlers(app)
     return app
+
+
+def _configure_connection(conn: psycopg.Connection[Any]) -> None:
+    """jsonb columns (an event's top features) parsed by orjson: the stdlib's decoder
+    was a quarter of the events list's CPU."""
+    set_json_loads(orjson.loads, conn)
 
 
 def _safe_dsn(settings: Settings) -> str:
