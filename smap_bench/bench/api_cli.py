@@ -138,3 +138,63 @@ def bench_dashboard_command(
     Console().print(table)
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def bench_visible_command(
+    duration: Annotated[
+        float, typer.Option(min=10, max=3600, help="Seconds the live session is watched")
+    ] = 120,
+    satellite: Annotated[str, typer.Option(help="Satellite of the timeline's stream")] = "sat1",
+    subsystem: Annotated[str, typer.Option(help="Subsystem of the timeline's stream")] = "ACS",
+    refresh_period_ms: Annotated[
+        int | None,
+        typer.Option(min=250, max=60_000, help="Live refresh period (default: the app's)"),
+    ] = None,
+    latest_period_ms: Annotated[
+        int | None, typer.Option(min=100, max=60_000, help="Fleet grid period (default: the app's)")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the result here")
+    ] = None,
+) -> None:
+    """With the pipeline live, how soon each window's detection shows in a dashboard
+    session (the app's store and views, refreshed as the served app does), from the
+    production of the window's newest record: p50/p99/max and how many within 2 s (the
+    target), for the fleet grid (every stream) and the chosen stream's timeline."""
+    from smap_bench.dashboard.bench import bench_visible
+
+    result = bench_visible(
+        get_settings(),
+        duration_s=duration,
+        refresh_period_ms=refresh_period_ms,
+        latest_period_ms=latest_period_ms,
+        satellite_id=satellite,
+        subsystem=subsystem,
+    )
+    table = Table(
+        title=f"Detections visible in a dashboard session, {duration:g} s live "
+        f"(grid every {result['latest_period_ms']} ms, rest every "
+        f"{result['refresh_period_ms']} ms)"
+    )
+    for name in ("view", "windows", "p50 ms", "p99 ms", "max ms", "within 2 s"):
+        table.add_column(name, justify="left" if name == "view" else "right")
+    views = {
+        "fleet grid": "fleet_grid",
+        "fleet grid, flagged": "fleet_grid_flagged",
+        f"timeline {satellite}/{subsystem}": "timeline",
+    }
+    for label, key in views.items():
+        stats = result[key]
+        table.add_row(
+            label,
+            str(stats.get("windows", 0)),
+            *("-" if stats.get(k) is None else f"{stats[k]:.0f}" for k in ("p50", "p99", "max")),
+            str(stats.get("within_2s", 0)),
+        )
+    console = Console()
+    console.print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if not result["fleet_grid"].get("windows"):
+        console.print("[red]no window was seen: is the pipeline running a replay?[/red]")
+        raise typer.Exit(code=1)

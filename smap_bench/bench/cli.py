@@ -106,11 +106,16 @@ def bench_inference(
 
 def register(app: typer.Typer) -> None:
     """Mount the benchmark commands on the ``smap-bench`` app."""
-    from smap_bench.bench.api_cli import bench_api_command, bench_dashboard_command
+    from smap_bench.bench.api_cli import (
+        bench_api_command,
+        bench_dashboard_command,
+        bench_visible_command,
+    )
     from smap_bench.bench.replay_cli import bench, replay
 
     app.command("bench-api")(bench_api_command)
     app.command("bench-dashboard")(bench_dashboard_command)
+    app.command("bench-visible")(bench_visible_command)
     app.command("bench-inference")(bench_inference)
     app.command("replay")(replay)
     app.command("bench")(bench)
