@@ -84,6 +84,7 @@ def test_nginx_conf_routes_dashboard_api_and_health(settings: Settings) -> None:
     assert f"proxy_pass http://127.0.0.1:{settings.panel_port};" in text
     assert "proxy_set_header Upgrade $http_upgrade;" in text
     assert "location = /healthz" in text
+    assert f"worker_priority {settings.api_nice};" in text  # as the API, ahead of the pipeline
 
 
 def test_promscrape_lists_every_stage_the_api_and_triton(settings: Settings) -> None:
