@@ -135,7 +135,7 @@ class StoreView(pn.viewable.Viewer):
         ``Div`` whose ``text`` alone changes (a Panel text pane rebuilds its stylesheet
         models on every change, some 3 ms a pane); ``render()`` gives Markdown of bold
         and code only (see :func:`inline_html`), or HTML with ``html``."""
-        from bokeh.models import Div
+        from bokeh.models.widgets.markups import Div
 
         def text() -> str:
             return render() if html else inline_html(render())
@@ -391,7 +391,7 @@ def epoch_ms(values: pd.Series | pd.Index) -> np.ndarray:
     if isinstance(array, pd.arrays.DatetimeArray):
         # Already times (the store's frames): their nanoseconds, without pd.to_datetime's
         # per-element look at the values (about 1 ms for 600 times).
-        return array.as_unit("ns").asi8 / 1e6
+        return array.as_unit("ns").asi8 / 1e6  # type: ignore[attr-defined]  # not in the stubs
     times = pd.DatetimeIndex(pd.to_datetime(values, utc=True))
     return times.asi8 / 1e6
 
@@ -552,7 +552,7 @@ class AnomalyTimeline(StoreView):
             }
         )
 
-    def line_data(self) -> dict[str, list[Any]]:
+    def line_data(self) -> dict[str, Any]:
         """The telemetry lines' source data: one line per chosen feature, its times (ms
         since the epoch), values, label and colour."""
         data = self.store.telemetry
@@ -624,7 +624,7 @@ class AnomalyTimeline(StoreView):
                 low, high = padded_range(both, floor=0.0)
                 self.score_y.update(start=low, end=high)
             if self._changed("spans", spans):
-                kinds = spans["kind"].astype(str).tolist()
+                kinds = [str(k) for k in spans["kind"]]
                 styles = [SPAN_STYLE.get(k, {}) for k in kinds]
                 self.sources["spans"].data = {
                     "start": epoch_ms(spans["start"]),
@@ -804,7 +804,8 @@ class ReconstructionHeatmap(StoreView):
         """Each image as features (rows, feature 0 at the bottom) x records (columns)."""
         inputs, outputs, errors = self.store.heat_matrices()
         times, columns = errors.index, list(errors.columns)
-        rows = [int(c) for c in columns if 0 <= int(c) < NUM_FEATURES]
+        at = {int(c): i for i, c in enumerate(columns) if 0 <= int(c) < NUM_FEATURES}
+        rows, picked = list(at), np.array(list(at.values()), dtype=int)
         images = {}
         for name, matrix in (
             ("input", inputs),
@@ -816,7 +817,7 @@ class ReconstructionHeatmap(StoreView):
             # Every feature has a row, also the ones the window lacks (drawn blank).
             image = np.full((NUM_FEATURES, len(times)), np.nan)
             values = matrix.to_numpy(dtype="float64")
-            image[rows] = values[:, [columns.index(r) for r in rows]].T
+            image[rows] = values[:, picked].T
             images[name] = image
         return images
 

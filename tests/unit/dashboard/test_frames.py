@@ -119,7 +119,7 @@ def test_top_features_skips_missing_cells_and_keeps_ties_in_column_order() -> No
 
 def test_empty_spans_are_a_fresh_frame_each_time() -> None:
     first = frames.empty_spans()
-    first.loc[0] = [ts(0), ts(1), "detected", "x"]
+    first.loc[0, "kind"] = "detected"
     assert frames.empty_spans().empty
 
 
