@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
 from collections.abc import Sequence
 
 import uvicorn
@@ -24,37 +23,13 @@ from prometheus_client import start_http_server
 
 from smap_bench.api.main import create_app
 from smap_bench.config import get_settings
+from smap_bench.priority import set_niceness
 from smap_bench.stage import STAGE_METRICS_PORTS
 
 log = logging.getLogger("smap_bench.api")
 
 #: Seconds an idle keep-alive connection stays open (uvicorn's default is 5).
 KEEP_ALIVE_S = 75
-
-
-def set_niceness(niceness: int) -> None:
-    """Run this process (and the threads it starts from now on) at ``niceness``; a
-    warning, not a failure, where the system does not allow it."""
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if niceness == current:
-        return
-    # Linux keeps a niceness per thread: set the threads already started too.
-    try:
-        threads = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        threads = [0]
-    try:
-        for thread in threads:
-            os.setpriority(os.PRIO_PROCESS, thread, niceness)
-    except PermissionError:
-        log.warning(
-            "cannot set niceness %d (needs root or CAP_SYS_NICE): the API runs at %d,"
-            " and its reads queue behind the pipeline's work for a core",
-            niceness,
-            current,
-        )
-    else:
-        log.info("niceness %d (was %d)", niceness, current)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -76,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     # One line per VictoriaMetrics request is a write under a lock on every API read.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    set_niceness(settings.api_nice)
+    set_niceness(settings.operator_nice, "the API")
     if settings.api_token is None:
         log.warning("SMAP_API_TOKEN is not set: mutating routes answer 503")
     app = create_app(settings)

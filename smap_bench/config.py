@@ -82,14 +82,14 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token for mutating API routes; unset: they answer 503"
     )
-    api_nice: int = Field(
+    operator_nice: int = Field(
         default=-5,
         ge=-20,
         le=19,
         description=(
-            "Scheduling niceness of the API process: below the pipeline's 0, so that an"
-            " operator's read does not queue behind batch work for a core (needs root or"
-            " CAP_SYS_NICE to go below 0; without, the API warns and keeps its niceness)"
+            "Scheduling niceness of the operator-facing processes (API, nginx, dashboard):"
+            " below the pipeline's 0, so that an operator's read does not queue behind"
+            " batch work for a core (needs root or CAP_SYS_NICE; without, they warn)"
         ),
     )
     api_latest_max_age_ms: int = Field(

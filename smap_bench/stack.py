@@ -281,6 +281,10 @@ def dashboard_program(settings: Settings) -> Program:
     ]
     return Program(
         [
+            # Ahead of the pipeline's batch work, as the API (GNU nice runs the command at
+            # its own niceness, with a warning, where it may not lower it).
+            "nice",
+            f"--adjustment={settings.operator_nice}",
             str(panel),
             "serve",
             str(PROJECT_ROOT / "apps" / "dashboard.py"),
@@ -414,7 +418,7 @@ def nginx_conf(settings: Settings) -> str:
 daemon off;
 worker_processes 1;
 # The operators' way in: ahead of the pipeline's batch work for a core, as the API.
-worker_priority {settings.api_nice};
+worker_priority {settings.operator_nice};
 pid {run}/nginx.pid;
 error_log stderr warn;
 events {{ worker_connections 1024; }}

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from smap_bench.bench.api import DEFAULT_PATHS, bench_api
 from smap_bench.config import get_settings
+from smap_bench.priority import set_niceness
 
 
 def results_table(result: dict[str, Any]) -> Table:
@@ -115,8 +116,11 @@ def bench_dashboard_command(
     p99 < 100 ms for the last 10 minutes)."""
     from smap_bench.dashboard.bench import bench_refresh
 
+    settings = get_settings()
+    # The refresh runs here as the dashboard server runs it: at its niceness.
+    set_niceness(settings.operator_nice, "the dashboard bench")
     result = bench_refresh(
-        get_settings(),
+        settings,
         satellite_id=satellite,
         subsystem=subsystem,
         window_s=window,
@@ -163,8 +167,11 @@ def bench_visible_command(
     target), for the fleet grid (every stream) and the chosen stream's timeline."""
     from smap_bench.dashboard.bench import bench_visible
 
+    settings = get_settings()
+    # The session runs here as in the dashboard server: at its niceness.
+    set_niceness(settings.operator_nice, "the dashboard bench")
     result = bench_visible(
-        get_settings(),
+        settings,
         duration_s=duration,
         refresh_period_ms=refresh_period_ms,
         latest_period_ms=latest_period_ms,

@@ -84,7 +84,7 @@ def test_nginx_conf_routes_dashboard_api_and_health(settings: Settings) -> None:
     assert f"proxy_pass http://127.0.0.1:{settings.panel_port};" in text
     assert "proxy_set_header Upgrade $http_upgrade;" in text
     assert "location = /healthz" in text
-    assert f"worker_priority {settings.api_nice};" in text  # as the API, ahead of the pipeline
+    assert f"worker_priority {settings.operator_nice};" in text  # as the API, ahead of the pipeline
 
 
 def test_promscrape_lists_every_stage_the_api_and_triton(settings: Settings) -> None:
@@ -95,3 +95,9 @@ def test_promscrape_lists_every_stage_the_api_and_triton(settings: Settings) -> 
         assert f"'127.0.0.1:{service.port}'" in text
     assert f"'127.0.0.1:{settings.triton_metrics_port}'" in text
     assert "job_name: api" in text and f"'127.0.0.1:{STAGE_METRICS_PORTS['api']}'" in text
+
+
+def test_the_dashboard_runs_at_the_operators_niceness(settings: Settings) -> None:
+    argv = stack.dashboard_program(settings).command
+    assert argv[:2] == ["nice", f"--adjustment={settings.operator_nice}"]
+    assert argv[3] == "serve" and argv[4].endswith("apps/dashboard.py")
