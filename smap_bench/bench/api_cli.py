@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from smap_bench.bench.api import DEFAULT_PATHS, bench_api
-from smap_bench.config import get_settings
+from smap_bench.config import Settings, get_settings
 from smap_bench.priority import set_niceness
 
 
@@ -96,6 +96,22 @@ def bench_api_command(
         json_path.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _as_dashboard_server() -> Settings:
+    """The settings, with this process at the dashboard server's niceness: the dashboard
+    benchmarks run its refreshes here as the server runs them."""
+    settings = get_settings()
+    set_niceness(settings.operator_nice, "the dashboard bench")
+    return settings
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    """A table with the first column a label (left) and the rest numbers (right)."""
+    table = Table(title=title)
+    for index, name in enumerate(columns):
+        table.add_column(name, justify="left" if index == 0 else "right")
+    return table
+
+
 def bench_dashboard_command(
     satellite: Annotated[str, typer.Option(help="Satellite of the stream")] = "sat1",
     subsystem: Annotated[str, typer.Option(help="Subsystem of the stream")] = "ACS",
@@ -116,9 +132,7 @@ def bench_dashboard_command(
     p99 < 100 ms for the last 10 minutes)."""
     from smap_bench.dashboard.bench import bench_refresh
 
-    settings = get_settings()
-    # The refresh runs here as the dashboard server runs it: at its niceness.
-    set_niceness(settings.operator_nice, "the dashboard bench")
+    settings = _as_dashboard_server()
     result = bench_refresh(
         settings,
         satellite_id=satellite,
@@ -128,12 +142,11 @@ def bench_dashboard_command(
         period_s=period,
         views=views,
     )
-    table = Table(
-        title=f"Dashboard refresh of {satellite}/{subsystem}, last {window} s, "
-        f"{result['records']} records shown ({repeats} refreshes)"
+    table = _table(
+        f"Dashboard refresh of {satellite}/{subsystem}, last {window} s, "
+        f"{result['records']} records shown ({repeats} refreshes)",
+        ("phase", "p50 ms", "p90 ms", "p99 ms", "max ms"),
     )
-    for name in ("phase", "p50 ms", "p90 ms", "p99 ms", "max ms"):
-        table.add_column(name, justify="left" if name == "phase" else "right")
     for phase, stats in result["phases"].items():
         table.add_row(
             phase,
@@ -167,9 +180,7 @@ def bench_visible_command(
     target), for the fleet grid (every stream) and the chosen stream's timeline."""
     from smap_bench.dashboard.bench import bench_visible
 
-    settings = get_settings()
-    # The session runs here as in the dashboard server: at its niceness.
-    set_niceness(settings.operator_nice, "the dashboard bench")
+    settings = _as_dashboard_server()
     result = bench_visible(
         settings,
         duration_s=duration,
@@ -178,13 +189,12 @@ def bench_visible_command(
         satellite_id=satellite,
         subsystem=subsystem,
     )
-    table = Table(
-        title=f"Detections visible in a dashboard session, {duration:g} s live "
+    table = _table(
+        f"Detections visible in a dashboard session, {duration:g} s live "
         f"(grid every {result['latest_period_ms']} ms, rest every "
-        f"{result['refresh_period_ms']} ms)"
+        f"{result['refresh_period_ms']} ms)",
+        ("view", "windows", "p50 ms", "p99 ms", "max ms", "within 2 s"),
     )
-    for name in ("view", "windows", "p50 ms", "p99 ms", "max ms", "within 2 s"):
-        table.add_column(name, justify="left" if name == "view" else "right")
     views = {
         "fleet grid": "fleet_grid",
         "fleet grid, flagged": "fleet_grid_flagged",
