@@ -9,6 +9,7 @@ CAP_SYS_NICE: without it the process warns and keeps its niceness.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -28,7 +29,8 @@ def set_niceness(niceness: int, what: str = "this process") -> bool:
         threads = [0]
     try:
         for thread in threads:
-            os.setpriority(os.PRIO_PROCESS, thread, niceness)
+            with contextlib.suppress(ProcessLookupError):  # ended since it was listed
+                os.setpriority(os.PRIO_PROCESS, thread, niceness)
     except PermissionError:
         log.warning(
             "cannot set niceness %d (needs root or CAP_SYS_NICE): %s runs at %d, and"

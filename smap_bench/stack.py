@@ -284,7 +284,8 @@ def dashboard_program(settings: Settings) -> Program:
             # Ahead of the pipeline's batch work, as the API (GNU nice runs the command at
             # its own niceness, with a warning, where it may not lower it).
             "nice",
-            f"--adjustment={settings.operator_nice}",
+            "-n",
+            str(settings.operator_nice),
             str(panel),
             "serve",
             str(PROJECT_ROOT / "apps" / "dashboard.py"),

@@ -70,6 +70,10 @@ class FingerprintCache:
             self._kept.clear()
 
 
+#: Kept answers older than this are dropped whenever a new one is kept.
+STALE_AFTER_S = 60.0
+
+
 class RecentAnswers:
     """Answers of a live read, each served for ``max_age_s`` after it was asked for, and
     asked for once however many callers want it meanwhile (single flight).
@@ -114,6 +118,9 @@ class RecentAnswers:
         asked = self._clock()
         try:
             answer = await build()
+            # Keys come from clients (a parameter): forget the stale ones, so that many
+            # distinct keys cannot grow the process without bound.
+            self._kept = {k: v for k, v in self._kept.items() if asked - v[0] < STALE_AFTER_S}
             self._kept[key] = (asked, answer)
             return answer
         finally:

@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from smap_bench import __version__
 from smap_bench.alarms import IllegalTransition, InvalidShelf
+from smap_bench.api.cache import RecentAnswers
 from smap_bench.api.crud import NotFound
 from smap_bench.api.deps import Replay
 from smap_bench.api.queries import QueryError
@@ -220,6 +221,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics_registry = registry = registry or CollectorRegistry()
+    # /api/fleet/latest's shared answers, one set per app (and so per event loop).
+    app.state.latest_answers = RecentAnswers()
     app.include_router(api_router(), prefix=API_PREFIX)
     app.add_middleware(RequestMetrics, registry=registry, prefix=API_PREFIX)
     install_error_handlers(app)

@@ -21,6 +21,10 @@ REQUEST_BUCKETS = (
 )  # fmt: skip
 
 
+#: Methods counted by name; any other is counted as ``other`` (a bounded label).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class RequestMetrics:
     """Counts every HTTP request by method, route and status, and times it from the
     first byte in to the last byte out."""
@@ -67,6 +71,7 @@ class RequestMetrics:
             self.in_flight.dec()
             route = route_label(scope, self.prefix)
             method = scope.get("method", "")
+            method = method if method in METHODS else "other"
             self.requests.labels(method, route, str(status)).inc()
             self.seconds.labels(method, route).observe(perf_counter() - started)
 
@@ -75,4 +80,7 @@ def route_label(scope: dict[str, Any] | Scope, prefix: str = "") -> str:
     """``prefix`` and the template of the route the request matched (set by the router),
     else ``unmatched``."""
     path = getattr(scope.get("route"), "path", None)
-    return prefix + path if isinstance(path, str) else "unmatched"
+    if not isinstance(path, str):
+        return "unmatched"
+    # FastAPI versions that flatten included routers already hold the prefix.
+    return path if path == prefix or path.startswith(prefix + "/") else prefix + path

@@ -94,7 +94,7 @@ def api(live_stack: Settings, api_token: str) -> Iterator[httpx.Client]:  # noqa
     started = None
     if not listening(stack.host, stack.api_port):
         started = _start(
-            [sys.executable, "-m", "pipeline.api"],
+            [sys.executable, "-m", "pipeline.api", "--metrics-port", "0"],
             SCREENSHOTS.parent / "browser-api.log",
             {"SMAP_API_TOKEN": api_token},
         )

@@ -99,5 +99,5 @@ def test_promscrape_lists_every_stage_the_api_and_triton(settings: Settings) -> 
 
 def test_the_dashboard_runs_at_the_operators_niceness(settings: Settings) -> None:
     argv = stack.dashboard_program(settings).command
-    assert argv[:2] == ["nice", f"--adjustment={settings.operator_nice}"]
-    assert argv[3] == "serve" and argv[4].endswith("apps/dashboard.py")
+    assert argv[:3] == ["nice", "-n", str(settings.operator_nice)]
+    assert argv[4] == "serve" and argv[5].endswith("apps/dashboard.py")

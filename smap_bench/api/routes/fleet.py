@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import TypeAdapter
 
 from smap_bench.api import crud
@@ -107,12 +107,9 @@ _SUBSYSTEMS = {s.value: s for s in Subsystem}
 PART_LABEL = "smap_latest_part"
 
 
-#: The latest route's answers, shared by every caller for ``api_latest_max_age_ms``.
-LATEST_ANSWERS = RecentAnswers()
-
-
 @router.get("/latest", response_model=FleetLatestPublic)
 async def latest(
+    request: Request,
     victoria: VictoriaAsyncDep,
     settings: SettingsDep,
     lookback_s: Annotated[
@@ -134,8 +131,10 @@ async def latest(
             .encode()
         )
 
-    body = await LATEST_ANSWERS.read(
-        lookback_s, read, max_age_s=settings.api_latest_max_age_ms / 1000
+    answers: RecentAnswers = request.app.state.latest_answers
+    # Keyed by the query's window (whole seconds), not the raw parameter.
+    body = await answers.read(
+        round(lookback_s), read, max_age_s=settings.api_latest_max_age_ms / 1000
     )
     return Response(body, media_type="application/json")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from smap_bench.api.cache import FingerprintCache, RecentAnswers
+from smap_bench.api.cache import STALE_AFTER_S, FingerprintCache, RecentAnswers
 
 
 class _Tables:
@@ -144,3 +144,20 @@ def test_a_caller_that_goes_away_does_not_cancel_the_read_of_the_others() -> Non
         return await second
 
     assert asyncio.run(scenario()) == b"answer"
+
+
+def test_answers_of_keys_nobody_asks_for_any_more_are_dropped() -> None:
+    clock = _Clock()
+    answers = RecentAnswers(clock)
+
+    async def build() -> bytes:
+        return b"answer"
+
+    async def scenario() -> None:
+        for key in range(100):  # distinct keys, as a client varying a parameter sends
+            await answers.read(key, build, max_age_s=0.2)
+        clock.now += STALE_AFTER_S + 1
+        await answers.read("fresh", build, max_age_s=0.2)
+
+    asyncio.run(scenario())
+    assert list(answers._kept) == ["fresh"]

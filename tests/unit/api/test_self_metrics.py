@@ -6,7 +6,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from smap_bench.api.self_metrics import RequestMetrics
+from smap_bench.api.self_metrics import RequestMetrics, route_label
 
 
 def _app(registry: CollectorRegistry) -> FastAPI:
@@ -50,3 +50,11 @@ def test_requests_are_counted_by_route_template_and_status() -> None:
     )
     assert timed == 4
     assert registry.get_sample_value("smap_api_requests_in_flight") == 0
+
+
+def test_a_route_already_holding_the_prefix_is_not_prefixed_twice() -> None:
+    class Route:
+        path = "/api/things/{thing_id}"
+
+    assert route_label({"route": Route()}, "/api") == "/api/things/{thing_id}"
+    assert route_label({}, "/api") == "unmatched"
