@@ -70,8 +70,10 @@ class FingerprintCache:
             self._kept.clear()
 
 
-#: Kept answers older than this are dropped whenever a new one is kept.
+#: Kept answers older than this are dropped whenever a new one is kept, and no more than
+#: this many are kept (the oldest go first).
 STALE_AFTER_S = 60.0
+MAX_KEPT = 16
 
 
 class RecentAnswers:
@@ -120,7 +122,9 @@ class RecentAnswers:
             answer = await build()
             # Keys come from clients (a parameter): forget the stale ones, so that many
             # distinct keys cannot grow the process without bound.
-            self._kept = {k: v for k, v in self._kept.items() if asked - v[0] < STALE_AFTER_S}
+            young = [(k, v) for k, v in self._kept.items() if asked - v[0] < STALE_AFTER_S]
+            young.sort(key=lambda item: item[1][0])
+            self._kept = dict(young[-(MAX_KEPT - 1) :])
             self._kept[key] = (asked, answer)
             return answer
         finally:

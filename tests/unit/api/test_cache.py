@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from smap_bench.api.cache import STALE_AFTER_S, FingerprintCache, RecentAnswers
+from smap_bench.api.cache import MAX_KEPT, STALE_AFTER_S, FingerprintCache, RecentAnswers
 
 
 class _Tables:
@@ -155,7 +155,9 @@ def test_answers_of_keys_nobody_asks_for_any_more_are_dropped() -> None:
 
     async def scenario() -> None:
         for key in range(100):  # distinct keys, as a client varying a parameter sends
+            clock.now += 0.01
             await answers.read(key, build, max_age_s=0.2)
+        assert list(answers._kept) == list(range(100 - MAX_KEPT, 100))  # the newest
         clock.now += STALE_AFTER_S + 1
         await answers.read("fresh", build, max_age_s=0.2)
 
