@@ -129,6 +129,3 @@ class RecentAnswers:
             return answer
         finally:
             del self._pending[key]
-
-    def clear(self) -> None:
-        self._kept.clear()

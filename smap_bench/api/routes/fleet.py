@@ -123,24 +123,24 @@ async def latest(
     serves every caller for ``api_latest_max_age_ms`` (200 ms by default), however many
     dashboard sessions poll it."""
 
+    # The query looks back whole seconds: the answer says so, and is shared by that.
+    window_s = round(lookback_s)
+
     async def read() -> bytes:
-        data = await _read_latest(victoria, lookback_s)
+        data = await _read_latest(victoria, window_s)
         return (
-            FleetLatestPublic.model_construct(data=data, lookback_s=lookback_s)
+            FleetLatestPublic.model_construct(data=data, lookback_s=window_s)
             .model_dump_json()
             .encode()
         )
 
     answers: RecentAnswers = request.app.state.latest_answers
-    # Keyed by the query's window (whole seconds), not the raw parameter.
-    body = await answers.read(
-        round(lookback_s), read, max_age_s=settings.api_latest_max_age_ms / 1000
-    )
+    body = await answers.read(window_s, read, max_age_s=settings.api_latest_max_age_ms / 1000)
     return Response(body, media_type="application/json")
 
 
-async def _read_latest(victoria: AsyncVictoria, lookback_s: float) -> list[StreamLatest]:
-    window = f"{round(lookback_s)}s"
+async def _read_latest(victoria: AsyncVictoria, window_s: int) -> list[StreamLatest]:
+    window = f"{window_s}s"
     sats = f'satellite_id=~"{FLEET_SATELLITES}"'
     # The newest record of a satellite is the newest of each of its subsystems (a record
     # carries them all): one record_index series per satellite, not one per stream.
