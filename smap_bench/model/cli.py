@@ -273,6 +273,7 @@ def evaluate_seeds(
     window: int = DEFAULT_WINDOW,
     repository_for: Callable[[Settings, int], Path] | None = None,
     jobs: int = 1,
+    rule: str = "static",
 ) -> dict[str, Any]:
     """Train (or reuse) each seed's models and score the test splits as the live pipeline
     does; returns the ``evaluate`` JSON (headline as mean/std over seeds, per-channel rows,
@@ -294,7 +295,13 @@ def evaluate_seeds(
         _, not_found = train_channels(settings, channels, config, repository, jobs=jobs)
         selected, _ = runner.select_channels(source, channels)
         pooled, absent = runner.evaluate_repository(
-            source, selected, repository, settings.window_size, settings.stride, settings.event_gap
+            source,
+            selected,
+            repository,
+            settings.window_size,
+            settings.stride,
+            settings.event_gap,
+            rule=rule,
         )
         pooled["seed"] = seed
         pooled["repository"] = str(repository)
@@ -327,9 +334,19 @@ def evaluate_seeds(
         "window": window,
         "stride": settings.stride,
         "event_gap": settings.event_gap,
+        "rule": _rule_description(rule),
         "per_channel": _mean_rows(runs),
         "runs": runs,
     }
+
+
+def _rule_description(rule: str) -> dict[str, Any]:
+    """The window decision rule as the evaluation JSON records it."""
+    from smap_bench.model.stream_rule import StreamRuleConfig
+
+    if rule == "stream":
+        return StreamRuleConfig().to_dict()
+    return {"rule": "static", "decision": "window statistic above the channel's threshold"}
 
 
 def evaluate(
@@ -339,10 +356,23 @@ def evaluate(
     window: WindowOpt = DEFAULT_WINDOW,
     jobs: JobsOpt = None,
     json_path: JsonOpt = None,
+    rule: Annotated[
+        str,
+        typer.Option(
+            help="Window decision rule: 'static' (the channel's threshold) or 'stream' "
+            "(judged against the stream's recent windows, causally)"
+        ),
+    ] = "static",
 ) -> None:
     """Train (or reuse) models for each seed and score the test splits as the live pipeline
     does: windows of 30 every 10 records, event-wise metrics pooled over channels."""
-    report = evaluate_seeds(get_settings(), channels, seeds, epochs, window, jobs=_jobs(jobs))
+    from smap_bench.model.stream_rule import RULES
+
+    if rule not in RULES:
+        raise typer.BadParameter(f"unknown rule {rule!r} (known: {', '.join(RULES)})")
+    report = evaluate_seeds(
+        get_settings(), channels, seeds, epochs, window, jobs=_jobs(jobs), rule=rule
+    )
     console.print(evaluation_table(report))
     if report["missing_channels"]:
         console.print(f"[yellow]missing channels:[/] {', '.join(report['missing_channels'])}")

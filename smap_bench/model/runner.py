@@ -26,6 +26,7 @@ from smap_bench.data.loader import (
 from smap_bench.model.export import export_onnx_bytes
 from smap_bench.model.offline import onnx_session, split_flags
 from smap_bench.model.repository import onnx_path, read_metadata, write_model
+from smap_bench.model.stream_rule import RULES, StreamRuleConfig, stream_rule_from_metadata
 from smap_bench.model.train import TrainConfig, array_sha256, train_channel
 
 log = logging.getLogger(__name__)
@@ -116,10 +117,14 @@ def evaluate_repository(
     window: int = 30,
     stride: int = 10,
     event_gap: int = 0,
+    rule: str = "static",
 ) -> tuple[dict[str, Any], list[str]]:
     """Score each channel's test split through its ONNX model; pooled report and the
     channels skipped for lack of data or model. ``event_gap`` is the event rule
-    (:func:`smap_bench.evaluation.bridge_gaps`)."""
+    (:func:`smap_bench.evaluation.bridge_gaps`); ``rule`` the window decision rule
+    (``static`` or ``stream``, :mod:`smap_bench.model.stream_rule`)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown decision rule {rule!r} (known: {', '.join(RULES)})")
     results = []
     missing = []
     for channel in channels:
@@ -135,8 +140,18 @@ def evaluate_repository(
         if model_window != window:
             # a model of another window (the paper's 10) is scored on its own windows
             log.info("%s: model window %d, scored with stride %d", channel, model_window, stride)
+        stream_rule = (
+            stream_rule_from_metadata(channel, meta, StreamRuleConfig())
+            if rule == "stream"
+            else None
+        )
         flags, _ = split_flags(
-            session, data.test, float(meta["threshold"]), model_window, min(stride, model_window)
+            session,
+            data.test,
+            float(meta["threshold"]),
+            model_window,
+            min(stride, model_window),
+            stream_rule,
         )
         results.append(
             evaluation.evaluate_channel(

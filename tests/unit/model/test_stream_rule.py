@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smap_bench.model.stream_rule import (
+    StreamRule,
+    StreamRuleConfig,
+    StreamState,
+    dynamic_epsilon,
+    kept_by_pruning,
+    stream_flags,
+    stream_rule_from_metadata,
+)
+
+
+def _noise(n: int, seed: int = 0, level: float = 1.0, spread: float = 0.05) -> np.ndarray:
+    return level + spread * np.random.default_rng(seed).standard_normal(n)
+
+
+def test_a_spike_in_a_quiet_stream_is_flagged_and_the_noise_is_not() -> None:
+    stats = _noise(300)
+    stats[250] = 3.0
+    flags = stream_flags(stats, floor=1.1, static=5.0)
+    assert flags[250]
+    assert flags.sum() == 1
+
+
+def test_a_window_at_or_below_the_floor_is_never_flagged() -> None:
+    stats = _noise(300, spread=0.001)
+    stats[250] = 1.5  # far out for this stream, but no worse than the floor
+    assert not stream_flags(stats, floor=1.5, static=5.0).any()
+    assert stream_flags(stats, floor=1.49, static=5.0)[250]
+
+
+def test_the_static_threshold_decides_until_the_history_is_long_enough() -> None:
+    config = StreamRuleConfig(history=50, min_history=10)
+    stats = np.full(20, 1.0)
+    stats[3] = 2.0  # warm-up: above static
+    stats[5] = 1.5  # warm-up: below static, though an outlier
+    flags = stream_flags(stats, floor=0.5, static=1.8, config=config)
+    assert flags[3] and not flags[5]
+
+
+def test_a_raised_regime_alarms_at_its_start_but_not_throughout() -> None:
+    stats = np.concatenate([_noise(200, seed=1), _noise(400, seed=2, level=2.0)])
+    flags = stream_flags(stats, floor=1.2, static=1.5)
+    assert flags[200:210].any()  # the shift itself stands out
+    assert flags[300:].sum() == 0  # once the history holds the new regime, it is normal
+    assert (stats[300:] > 1.5).all()  # where the static rule would alarm on every window
+
+
+def test_a_run_barely_above_the_normal_statistics_is_pruned() -> None:
+    history = _noise(200, seed=3, spread=0.01)
+    normal_max = history.max()
+    history[50] = 10.0
+    history[-1] = normal_max * 1.05  # 5 % over the largest normal statistic: pruned
+    eps = normal_max + 0.001
+    assert not kept_by_pruning(history, eps, prune=0.13)
+    history[-1] = normal_max * 1.5  # a clear step down from the large run, and up from normal
+    assert kept_by_pruning(history, eps, prune=0.13)
+    history[50] = normal_max * 1.55  # a peer of its size: both kept together
+    assert kept_by_pruning(history, eps, prune=0.13)
+
+
+def test_pruning_keeps_nothing_when_the_newest_is_not_above_eps() -> None:
+    history = _noise(100)
+    history[-1] = 0.0
+    assert not kept_by_pruning(history, eps=2.0, prune=0.13)
+
+
+def test_dynamic_epsilon_sits_between_the_noise_and_a_clear_outlier() -> None:
+    history = _noise(200, seed=4)
+    history[100:103] = 4.0
+    eps = dynamic_epsilon(history, StreamRuleConfig())
+    assert history[history < 2].max() < eps < 4.0
+
+
+def test_dynamic_epsilon_of_a_flat_history_is_its_value() -> None:
+    assert dynamic_epsilon(np.full(50, 0.3), StreamRuleConfig()) == pytest.approx(0.3)
+
+
+def test_deciding_window_by_window_resumes_like_one_pass() -> None:
+    stats = _noise(500, seed=5)
+    stats[[120, 300, 301, 450]] = [2.0, 3.0, 3.1, 1.6]
+    rule = StreamRule(floor=1.1, static=5.0)
+    whole = rule.flags(stats)
+    state = StreamState.empty(rule.config)
+    halves = [rule.decide(state, s) for s in stats[:260]] + [
+        rule.decide(state, s) for s in stats[260:]
+    ]
+    np.testing.assert_array_equal(whole, halves)
+    assert whole[[120, 300]].all()
+
+
+def test_a_non_finite_statistic_is_refused() -> None:
+    rule = StreamRule(floor=1.0, static=2.0)
+    with pytest.raises(ValueError, match="not finite"):
+        rule.decide(StreamState.empty(rule.config), float("nan"))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"history": 1},
+        {"min_history": 300},
+        {"z_min": 0.0},
+        {"z_step": 0.0},
+        {"prune": 1.0},
+    ],
+)
+def test_config_refuses_impossible_settings(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="stream rule"):
+        StreamRuleConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_rule_from_metadata_takes_the_pot_initial_floor_and_the_threshold() -> None:
+    meta = {"threshold": 0.8, "threshold_parameters": {"pot_initial": 0.3}}
+    rule = stream_rule_from_metadata("SMAP_X-1", meta)
+    assert (rule.floor, rule.static) == (0.3, 0.8)
+    with pytest.raises(ValueError, match=r"SMAP_X-1.*pot_initial"):
+        stream_rule_from_metadata("SMAP_X-1", {"threshold": 0.8})
