@@ -45,10 +45,22 @@ JobsOpt = Annotated[
 ]
 
 
-def _config(epochs: int, window: int, seed: int) -> TrainConfig:
+HorizonOpt = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Newest records of each window whose telemetry value the network does not see "
+        "and forecasts (0: plain reconstruction)",
+    ),
+]
+
+
+def _config(epochs: int, window: int, seed: int, horizon: int = 0) -> TrainConfig:
     from smap_bench.model.train import TrainConfig
 
-    return replace(TrainConfig(), epochs=epochs, window=window, seed=seed)
+    config = TrainConfig()
+    network = replace(config.network, window=window, horizon=horizon)
+    return replace(config, epochs=epochs, window=window, seed=seed, network=network)
 
 
 def _jobs(jobs: int | None) -> int:
@@ -149,11 +161,12 @@ def train(
     force: Annotated[bool, typer.Option(help="Retrain channels that are up to date")] = False,
     jobs: JobsOpt = None,
     json_path: JsonOpt = None,
+    horizon: HorizonOpt = 0,
 ) -> None:
     """Train one TranAD model per channel into the model repository (resumable)."""
     settings = get_settings()
     started = time.perf_counter()
-    config = _config(epochs, window, seed)
+    config = _config(epochs, window, seed, horizon)
     outcomes, missing = train_channels(
         settings, channels, config, settings.model_repository, force, _jobs(jobs)
     )
@@ -189,10 +202,14 @@ def seed_repository(
     *,
     window: int = DEFAULT_WINDOW,
     epochs: int = DEFAULT_EPOCHS,
+    horizon: int = 0,
 ) -> Path:
     """Repository of a training seed: the configured one for the committed seed and
-    settings, else a cache under ``run_dir``, one per window and epochs, so that neither
-    extra seeds nor other settings ever overwrite the served models or each other."""
+    settings, else a cache under ``run_dir``, one per window, epochs and horizon, so that
+    neither extra seeds nor other settings ever overwrite the served models or each other."""
+    if horizon:
+        name = f"window-{window}-epochs-{epochs}-horizon-{horizon}"
+        return settings.run_dir / "model-seeds" / name / f"seed-{seed}"
     if (window, epochs) != (DEFAULT_WINDOW, DEFAULT_EPOCHS):
         return (
             settings.run_dir / "model-seeds" / f"window-{window}-epochs-{epochs}" / f"seed-{seed}"
@@ -274,6 +291,7 @@ def evaluate_seeds(
     repository_for: Callable[[Settings, int], Path] | None = None,
     jobs: int = 1,
     rule: str = "static",
+    horizon: int = 0,
 ) -> dict[str, Any]:
     """Train (or reuse) each seed's models and score the test splits as the live pipeline
     does; returns the ``evaluate`` JSON (headline as mean/std over seeds, per-channel rows,
@@ -284,14 +302,14 @@ def evaluate_seeds(
     if repository_for is None:
 
         def repository_for(settings: Settings, seed: int) -> Path:
-            return seed_repository(settings, seed, window=window, epochs=epochs)
+            return seed_repository(settings, seed, window=window, epochs=epochs, horizon=horizon)
 
     source = runner.data_source(settings.data_dir)
     runs = []
     missing: set[str] = set()
     for seed in range(seeds):
         repository = repository_for(settings, seed)
-        config = _config(epochs, window, seed)
+        config = _config(epochs, window, seed, horizon)
         _, not_found = train_channels(settings, channels, config, repository, jobs=jobs)
         selected, _ = runner.select_channels(source, channels)
         pooled, absent = runner.evaluate_repository(
@@ -332,6 +350,7 @@ def evaluate_seeds(
         "seeds": seeds,
         "missing_channels": sorted(missing),
         "window": window,
+        "horizon": horizon,
         "stride": settings.stride,
         "event_gap": settings.event_gap,
         "rule": _rule_description(rule),
@@ -363,6 +382,7 @@ def evaluate(
             "(judged against the stream's recent windows, causally)"
         ),
     ] = "static",
+    horizon: HorizonOpt = 0,
 ) -> None:
     """Train (or reuse) models for each seed and score the test splits as the live pipeline
     does: windows of 30 every 10 records, event-wise metrics pooled over channels."""
@@ -371,7 +391,14 @@ def evaluate(
     if rule not in RULES:
         raise typer.BadParameter(f"unknown rule {rule!r} (known: {', '.join(RULES)})")
     report = evaluate_seeds(
-        get_settings(), channels, seeds, epochs, window, jobs=_jobs(jobs), rule=rule
+        get_settings(),
+        channels,
+        seeds,
+        epochs,
+        window,
+        jobs=_jobs(jobs),
+        rule=rule,
+        horizon=horizon,
     )
     console.print(evaluation_table(report))
     if report["missing_channels"]:

@@ -51,7 +51,7 @@ class TrainConfig:
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "network": self.network.as_dict()}
 
     def settings_hash(self, data_sha256: str) -> str:
         """Hash of the settings, the code version and the training data."""

@@ -7,6 +7,10 @@ transformer encoder, and reconstructs the window with two decoders:
 * phase 1: ``F = 0``; decoder 1 gives ``O1``, decoder 2 gives ``O2``;
 * phase 2: ``F = (O1 - W)^2`` (self-conditioning on phase 1's error); decoder 2 gives ``Ô2``.
 
+With a ``horizon`` (:class:`TranADConfig`), the network reads the window with the telemetry
+value of its newest records hidden (:func:`hide_newest`) and is trained to reconstruct the
+whole true window, so those records are forecast rather than copied.
+
 Training is adversarial with an epoch-dependent weight ``w_n`` (``1/n`` at epoch ``n``):
 decoder 1 and the encoder minimise ``w_n |O1-W|² + (1-w_n) |Ô2-W|²`` while decoder 2
 minimises ``w_n |O2-W|² - (1-w_n) |Ô2-W|²`` (see :mod:`smap_bench.model.train`). The anomaly
@@ -33,6 +37,14 @@ class TranADConfig:
     n_heads: int = 5
     n_layers: int = 1
     dropout: float = 0.1
+    #: Newest records whose telemetry value (column 0) the network does not see: it
+    #: reconstructs them from the older records and their commands, so their score is a
+    #: forecast error (0: plain reconstruction, as in the paper).
+    horizon: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.horizon < self.window:
+            raise ValueError(f"TranAD: horizon {self.horizon} must be in [0, window {self.window})")
 
     @property
     def d_model(self) -> int:
@@ -40,7 +52,23 @@ class TranADConfig:
         return 2 * self.n_features
 
     def as_dict(self) -> dict[str, int | float]:
-        return asdict(self)
+        """The settings; ``horizon`` only when set (models made before it stay valid)."""
+        values = asdict(self)
+        if not self.horizon:
+            del values["horizon"]
+        return values
+
+
+def hide_newest(window: Tensor, horizon: int) -> Tensor:
+    """The window with column 0 of its newest ``horizon`` records replaced by the last
+    value before them (the commands, columns 1.., stay: they are known in advance)."""
+    if horizon == 0:
+        return window
+    k = window.shape[1]
+    value = window[:, :, :1]
+    last_seen = window[:, k - horizon - 1 : k - horizon, :1].expand(-1, horizon, -1)
+    hidden = torch.cat((value[:, : k - horizon], last_seen), dim=1)
+    return torch.cat((hidden, window[:, :, 1:]), dim=2)
 
 
 def positional_encoding(length: int, d_model: int) -> Tensor:
@@ -108,9 +136,11 @@ class TranAD(nn.Module):
         return out
 
     def forward(self, window: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(O1, O2, Ô2)`` for a normalised window ``[B, K, m]``."""
-        out1, out2 = self.phase1(window)
-        return out1, out2, self.phase2(window, out1)
+        """``(O1, O2, Ô2)`` for a normalised window ``[B, K, m]``: reconstructions of the
+        whole window, from the window with its newest ``horizon`` values hidden."""
+        visible = hide_newest(window, self.config.horizon)
+        out1, out2 = self.phase1(visible)
+        return out1, out2, self.phase2(visible, out1)
 
 
 def record_error(window: Tensor, out1: Tensor, out_hat2: Tensor) -> Tensor:

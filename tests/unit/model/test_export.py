@@ -9,6 +9,7 @@ from smap_bench.data.loader import load_channel
 from smap_bench.data.synthetic import generate_channel
 from smap_bench.model.export import export_onnx_bytes
 from smap_bench.model.train import sliding_windows
+from smap_bench.model.tranad import ScoringModel, TranAD, TranADConfig
 
 
 def _session(blob: bytes) -> ort.InferenceSession:
@@ -41,3 +42,16 @@ def test_onnx_signature(tiny_trained) -> None:
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert dims == ["batch", 30, 25]
     assert [o.name for o in model.graph.output] == ["reconstruction", "score"]
+
+
+def test_onnx_of_a_horizon_model_matches_pytorch() -> None:
+    torch.manual_seed(0)
+    model = TranAD(TranADConfig(horizon=10)).eval()
+    scoring = ScoringModel(model, torch.zeros(25), torch.ones(25), torch.ones(25)).eval()
+    session = _session(export_onnx_bytes(scoring))
+    batch = np.random.default_rng(1).uniform(0, 1, (7, 30, 25)).astype(np.float32)
+    reconstruction, score = session.run(None, {"input": batch})
+    with torch.no_grad():
+        ref_reconstruction, ref_score = scoring(torch.from_numpy(batch))
+    assert np.abs(reconstruction - ref_reconstruction.numpy()).max() < 1e-4
+    assert np.abs(score - ref_score.numpy()).max() < 1e-4

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +61,10 @@ def test_settings_hash_changes_with_settings_and_data() -> None:
     assert base.settings_hash("a") != base.settings_hash("b")
     assert base.settings_hash("a") != replace(base, seed=1).settings_hash("a")
     assert array_sha256(np.zeros((2, 2))) != array_sha256(np.zeros((2, 3)))
+    horizon = replace(base, network=replace(base.network, horizon=10))
+    assert base.settings_hash("a") != horizon.settings_hash("a")
+    # a horizon of 0 leaves the hash as it was before the setting existed
+    assert "horizon" not in base.as_dict()["network"]
 
 
 def test_training_is_repeatable_for_a_seed() -> None:
@@ -87,3 +93,10 @@ def test_training_refuses_wrong_shapes_and_short_splits() -> None:
         train_channel("X-1", np.zeros((100, 3)), TINY)
     with pytest.raises(ValueError, match="too short"):
         train_channel("X-1", np.zeros((50, 25)), TINY)
+
+
+def test_the_committed_models_are_up_to_date_with_the_default_settings() -> None:
+    repository = Path(__file__).resolve().parents[3] / "triton-repository" / "onnx"
+    for name in ("SMAP_A-1", "SMAP_P-1"):
+        meta = json.loads((repository / name / "metadata.json").read_text())
+        assert TrainConfig().settings_hash(meta["training_data_sha256"]) == meta["settings_hash"]

@@ -7,6 +7,7 @@ from smap_bench.model.tranad import (
     ScoringModel,
     TranAD,
     TranADConfig,
+    hide_newest,
     positional_encoding,
     record_error,
 )
@@ -69,3 +70,32 @@ def test_scoring_model_refuses_bad_normalisation() -> None:
         ScoringModel(TranAD(), torch.zeros(25), torch.zeros(25), torch.ones(25))
     with pytest.raises(ValueError, match="offset"):
         ScoringModel(TranAD(), torch.zeros(3), torch.ones(25), torch.ones(25))
+
+
+def test_hide_newest_holds_the_last_seen_value_over_the_horizon() -> None:
+    x = torch.rand(2, 30, 25)
+    hidden = hide_newest(x, 10)
+    assert torch.equal(hidden[:, :20], x[:, :20])
+    assert torch.equal(hidden[:, 20:, 1:], x[:, 20:, 1:])  # commands stay
+    assert torch.equal(hidden[:, 20:, 0], x[:, 19:20, 0].expand(-1, 10))
+    assert hide_newest(x, 0) is x
+
+
+def test_a_horizon_model_does_not_see_the_values_it_forecasts() -> None:
+    torch.manual_seed(0)
+    model = TranAD(TranADConfig(horizon=10)).eval()
+    x = torch.rand(2, 30, 25)
+    y = x.clone()
+    y[:, 20:, 0] = torch.rand(2, 10)  # only the hidden values differ
+    with torch.no_grad():
+        for a, b in zip(model(x), model(y), strict=True):
+            assert torch.allclose(a, b)
+        y[:, 19, 0] += 0.5  # the last value it does see changes the forecast
+        assert not torch.allclose(model(x)[0], model(y)[0])
+
+
+def test_horizon_must_leave_a_record_seen() -> None:
+    with pytest.raises(ValueError, match="horizon"):
+        TranADConfig(window=10, horizon=10)
+    assert "horizon" not in TranADConfig().as_dict()
+    assert TranADConfig(horizon=10).as_dict()["horizon"] == 10
