@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,10 @@ def app(tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(
         cli,
         "_config",
-        lambda e, w, s: TrainConfig(
+        lambda e, w, s, h=0: TrainConfig(
             **{
-                **{k: getattr(TINY, k) for k in ("train_stride", "network", "threshold")},
+                **{k: getattr(TINY, k) for k in ("train_stride", "threshold")},
+                "network": replace(TINY.network, horizon=h),
                 "epochs": e,
                 "window": w,
                 "seed": s,
@@ -85,6 +87,21 @@ def test_evaluate_reports_the_pooled_fields(app: typer.Typer, tmp_path: Path) ->
     cache = tmp_path / "run" / "model-seeds" / "window-30-epochs-1"
     assert list_models(cache / "seed-0") == list_models(cache / "seed-1") == ["A-1", "E-1"]
     assert not (tmp_path / "repo").exists()
+    assert report["rule"]["rule"] == "static" and report["horizon"] == 0
+
+
+def test_evaluate_with_the_stream_rule_and_a_horizon(app: typer.Typer, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--channels", "A-1", "--seeds", "1", "--epochs", "1", "--horizon", "10"]
+    result = CliRunner().invoke(app, [*args, "--rule", "stream", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["rule"]["rule"] == "stream" and report["rule"]["history"] == 210
+    assert report["horizon"] == 10
+    repository = tmp_path / "run" / "model-seeds" / "window-30-epochs-1-horizon-10" / "seed-0"
+    assert read_metadata(repository, "A-1")["network"]["horizon"] == 10
+    result = CliRunner().invoke(app, [*args, "--rule", "nearest"])
+    assert result.exit_code != 0 and "unknown rule" in result.output
 
 
 def test_seed_repositories_keep_settings_apart(app: typer.Typer, tmp_path: Path) -> None:
