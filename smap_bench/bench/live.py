@@ -8,11 +8,11 @@ packing and scoring lives in :mod:`smap_bench.bench.replay`.
 Counting. ``windows_sent`` is the growth of the scheduler's ``produced`` counter over
 the run, ``windows_scored`` the number of distinct windows whose decision VictoriaMetrics
 holds for the run's satellites, ``results`` and ``duplicates`` what the results topic
-holds for them (all, and beyond one per job id), and ``lost`` what was sent and neither
-reached the sink nor was dead-lettered with a reason (``windows_rejected``). The fleet
-replay that `make up` starts is paused for the run so that the counters move for this
-run alone; results of other satellites seen meanwhile are reported
-(``other_traffic_results``) and taken out of the arithmetic.
+holds for them (all messages, and those beyond one per window: :class:`ResultTally`),
+and ``lost`` what was sent and neither reached the sink nor was dead-lettered with a
+reason (``windows_rejected``). The fleet replay that `make up` starts is paused for the
+run so that the counters move for this run alone; results of other satellites seen
+meanwhile are reported (``other_traffic_results``) and taken out of the arithmetic.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -132,11 +132,85 @@ def read_window_flags(
     return dict(flags)
 
 
+@dataclass
+class ResultTally:
+    """Results read back from the results topic, counted by window as well as by message.
+
+    A window is identified by its stream, loop and first record index (what its
+    deterministic job id is made of; the job id where those are missing), so a result
+    published twice for one window counts once in ``windows`` and once in
+    ``duplicates``. ``examples`` describes up to ``keep_examples`` duplicated windows:
+    each copy's ``scheduler`` and ``worker`` stage stamps tell whether the window was
+    formed twice (scheduler stamps differ), scored twice (worker stamps differ) or one
+    scored result published twice (both the same).
+    """
+
+    prefix: str
+    keep_examples: int = 5
+    results: int = 0
+    other_results: int = 0
+    _copies: dict[Any, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def add(self, item: dict[str, Any]) -> None:
+        """Count one decoded result message."""
+        if not str(item.get("satellite_id", "")).startswith(self.prefix):
+            self.other_results += 1
+            return
+        self.results += 1
+        key = window_key(item)
+        stages = item.get("stages") or {}
+        self._copies.setdefault(key, []).append(
+            {"scheduler": stages.get("scheduler"), "worker": stages.get("worker")}
+        )
+
+    @property
+    def windows(self) -> int:
+        return len(self._copies)
+
+    @property
+    def duplicates(self) -> int:
+        return self.results - self.windows
+
+    def examples(self) -> list[dict[str, Any]]:
+        out = []
+        for key, copies in self._copies.items():
+            if len(copies) < 2:
+                continue
+            out.append({"window": list(key), "copies": len(copies), "stamps": copies})
+            if len(out) >= self.keep_examples:
+                break
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "results": self.results,
+            "windows": self.windows,
+            "duplicates": self.duplicates,
+            "other_results": self.other_results,
+            "duplicate_examples": self.examples(),
+        }
+
+
+def window_key(item: dict[str, Any]) -> tuple[Any, ...]:
+    """The window a result is for: (satellite, subsystem, loop, first record index), or
+    ``("job", job_id)`` for a result without a record index."""
+    start = item.get("record_index_start")
+    if start is None:
+        return ("job", str(item.get("job_id")))
+    return (
+        str(item.get("satellite_id")),
+        str(item.get("subsystem")),
+        item.get("loop"),
+        int(start),
+    )
+
+
 def count_results(
     settings: Settings, since_wall: float, prefix: str, quiet_s: float = 3.0
-) -> dict[str, int]:
-    """Results on the results topic produced since ``since_wall``: the run's (all, and
-    distinct job ids) and other satellites' (traffic that shared the run's counters).
+) -> dict[str, Any]:
+    """Results on the results topic produced since ``since_wall``: the run's (messages,
+    distinct windows, duplicates) and other satellites' (traffic that shared the run's
+    counters); see :class:`ResultTally`.
 
     Reads every partition from the offset of ``since_wall`` until nothing new has come
     for ``quiet_s`` seconds (end offsets are not trusted: Tansu's point into a batch).
@@ -151,31 +225,24 @@ def count_results(
             "auto.offset.reset": "earliest",
         }
     )
+    tally = ResultTally(prefix)
     try:
         topic = settings.topic_results
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         wanted = [TopicPartition(topic, p, int(since_wall * 1000)) for p in partitions]
         consumer.assign(consumer.offsets_for_times(wanted, timeout=10))
-        run_results, other = 0, 0
-        job_ids: set[str] = set()
         last = time.monotonic()
         while time.monotonic() - last < quiet_s:
             for message in consumer.consume(1000, timeout=0.5):
                 if message.error() is not None:
                     continue
                 last = time.monotonic()
-                stamp = message.timestamp()[1]
-                if stamp < since_wall * 1000:
+                if message.timestamp()[1] < since_wall * 1000:
                     continue
-                item = json.loads(message.value() or b"{}")
-                if str(item.get("satellite_id", "")).startswith(prefix):
-                    run_results += 1
-                    job_ids.add(str(item.get("job_id")))
-                else:
-                    other += 1
+                tally.add(json.loads(message.value() or b"{}"))
     finally:
         consumer.close()
-    return {"results": run_results, "distinct": len(job_ids), "other_results": other}
+    return tally.summary()
 
 
 # --------------------------------------------------------------------------- the run
@@ -283,7 +350,8 @@ class LabeledReplay:
                 0,
             ),
             "results": results["results"],
-            "duplicates": results["results"] - results["distinct"],
+            "duplicates": results["duplicates"],
+            "duplicate_examples": results["duplicate_examples"],
             "other_traffic_results": results["other_results"],
             "windows_rejected": _delta(after, before, "worker", "rejected"),
             "split_windows_missing": missing,

@@ -8,6 +8,11 @@ are sampled. End-to-end latency is read back from VictoriaMetrics: for every win
 production to its result being stored (queryable). The fleet replay that `make up`
 starts is paused meanwhile so that the counters move for the benchmark alone.
 
+Windows are counted twice over: by the stages' counters (``windows_sent``, ``results``:
+messages) and by reading the results topic back for the run's satellites
+(``windows_scored``: distinct windows; ``duplicates``: results beyond one per window;
+see :func:`_result_counts`).
+
 Afterwards the benchmark satellites are marked inactive in PostgreSQL (``keep=False``);
 their topics stay (see :meth:`LoadBenchmark._retire`), and the result reports how many
 telemetry partitions the scheduler was reading (``telemetry_partitions``), since each
@@ -32,6 +37,7 @@ import psutil
 
 from smap_bench import catalog, db
 from smap_bench.bench.live import (
+    count_results,
     fleet_replay_paused,
     pipeline_counters,
     stage_counters,
@@ -135,6 +141,8 @@ class LoadBenchmark:
             after_run = self._counters()
             self._drain(before, say)
             after = self._counters()
+            say("count", 0, 1)
+            on_topic = count_results(settings, started_wall, prefix)
         series = self._latency_series(prefix, started_wall)
         latency = latency_summary(series, self.startup_cut_s)
         whole_run = latency_summary(series)
@@ -142,6 +150,7 @@ class LoadBenchmark:
             self._retire(mapping)
         sent = _delta(after, before, "scheduler", "produced")
         results = _delta(after, before, "worker", "produced")
+        rejected = _delta(after, before, "worker", "rejected")
         return {
             "satellites": self.satellites,
             "telemetry_partitions": partitions,
@@ -159,10 +168,9 @@ class LoadBenchmark:
             "fleet_phases": self.phases,
             "fleet_stagger": self.stagger_records,
             "stage_latency_ms": latency,
-            "windows_sent": sent,
-            "results": results,
-            # dead-lettered windows are accounted for (with a reason), not lost
-            "lost": max(sent - results - _delta(after, before, "worker", "rejected"), 0),
+            **_result_counts(sent, results, rejected, on_topic),
+            "retried": {stage: _delta(after, before, stage, "retried") for stage in after},
+            "worker_received": _delta(after, before, "worker", "received"),
             "rejected": {stage: _delta(after, before, stage, "rejected") for stage in after},
             "kafka_lag": _lag_summary(lags),
             "rabbitmq_queue_depth": {
@@ -324,6 +332,35 @@ def _delta(
     after: dict[str, dict[str, float]], before: dict[str, dict[str, float]], stage: str, kind: str
 ) -> int:
     return int(after.get(stage, {}).get(kind, 0.0) - before.get(stage, {}).get(kind, 0.0))
+
+
+def _result_counts(
+    sent: int, results: int, rejected: int, on_topic: dict[str, Any]
+) -> dict[str, Any]:
+    """The run's window accounting, by message and by window.
+
+    ``sent`` and ``results`` are the scheduler's and the workers' counters (windows
+    dispatched, results published: messages, so a window published twice counts twice);
+    ``on_topic`` is :func:`smap_bench.bench.live.count_results` of the run's satellites.
+    ``windows_scored`` counts each window once, ``duplicates`` the results beyond one per
+    window, ``other_traffic_results`` results of other satellites published during the
+    run (windows the counters may include). ``lost``: windows sent that neither reached
+    the results topic nor were dead-lettered (with a reason: ``rejected``).
+    """
+    scored = int(on_topic["windows"])
+    other = int(on_topic["other_results"])
+    return {
+        "windows_sent": sent,
+        "results": results,
+        "results_on_topic": int(on_topic["results"]),
+        "windows_scored": scored,
+        "duplicates": int(on_topic["duplicates"]),
+        "duplicate_examples": on_topic.get("duplicate_examples", []),
+        "other_traffic_results": other,
+        "lost": max(sent - other - scored - rejected, 0),
+        # the counters alone, as earlier runs reported it
+        "lost_by_counters": max(sent - results - rejected, 0),
+    }
 
 
 def _stage_of(program: str) -> str:
