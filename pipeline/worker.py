@@ -14,7 +14,10 @@ Delivery: late acks, so a message is acknowledged only after the task returned, 
 task returns only after the Kafka producer flushed its results: a worker killed before
 that leaves the message to RabbitMQ, which re-delivers it (``task_reject_on_worker_lost``).
 Windows whose model is unavailable for now are retried with backoff; windows that can
-never be scored go to the dead-letter topic with their reason.
+never be scored go to the dead-letter topic with their reason. When Kafka does not
+confirm some results, the retry carries only those windows: a result already published
+is not published again (a window counted once by ``produced``, as the scheduler counts
+it once by ``produced``).
 
 Warm-up: a model's first inference costs 50 to 250 ms (Triton's model instance, ONNX
 Runtime's first run) against 4 ms after, so each process scores one window of zeros
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -51,6 +55,7 @@ from smap_bench.scoring import (
     elapsed_since,
     parse_tasks,
     score_concurrently,
+    undelivered_tasks,
     warm_up,
     worker_index,
 )
@@ -111,7 +116,6 @@ class _Process:
             self.producer, settings.topic_dead_letter, STAGE, self.metrics
         )
         self.thresholds = MetadataThresholds(settings.model_repository)
-        self.delivery_errors: list[str] = []
         self.pool = ThreadPoolExecutor(
             settings.worker_backend_threads, thread_name_prefix="backend"
         )
@@ -126,10 +130,6 @@ class _Process:
             settings.topic_results,
             port,
         )
-
-    def on_delivery(self, error: KafkaError | None, _message: Message) -> None:
-        if error is not None:
-            self.delivery_errors.append(str(error))
 
     def close(self) -> None:
         self.producer.flush(30)
@@ -172,29 +172,50 @@ def run_inference_task(self: Task, payload: Any) -> int:
         tasks, state.backend, state.thresholds, state.settings.stride, state.pool
     )
     topic = state.settings.topic_results
-    state.delivery_errors.clear()
+    delivered: set[str] = set()
+    errors: list[str] = []
+
+    def confirm(job_id: str) -> Callable[[KafkaError | None, Message], None]:
+        def on_delivery(error: KafkaError | None, _message: Message) -> None:
+            if error is None:
+                delivered.add(job_id)
+            else:
+                errors.append(str(error))
+
+        return on_delivery
+
     for result in outcome.results:
         state.producer.produce(
             topic,
             value=encode(result),
             key=result.satellite_id.encode(),
-            on_delivery=state.on_delivery,
+            on_delivery=confirm(result.job_id),
         )
     for item in [*rejected, *outcome.rejected]:
         state.dead_letter.send(item.payload(), item.reason)
     remaining = state.producer.flush(30)
-    if remaining or state.delivery_errors:
-        state.metrics.retried()
-        problem = state.delivery_errors[:1] or [f"{remaining} messages undelivered after 30 s"]
-        log.warning("%s: Kafka delivery failed (%s); retrying the task", STAGE, problem[0])
-        raise self.retry(countdown=_backoff(self.request.retries))
-    state.metrics.produced(len(outcome.results))
-    for result in outcome.results:
+    published = [r for r in outcome.results if r.job_id in delivered]
+    state.metrics.produced(len(published))
+    for result in published:
         seconds = elapsed_since(result.stages)
         if seconds is not None:
             state.metrics.latency(seconds)
+    # Only the windows whose result Kafka did not confirm are tried again: a result on the
+    # results topic is not published a second time (nor its window counted twice).
+    undelivered = undelivered_tasks(tasks, outcome.results, delivered)
+    reasons = []
+    if undelivered:
+        problem = errors[:1] or [f"{remaining} messages undelivered after 30 s"]
+        reasons.append(f"Kafka delivery failed ({problem[0]})")
+        log.warning(
+            "%s: %d of %d results not delivered (%s); retrying those windows",
+            STAGE,
+            len(undelivered),
+            len(outcome.results),
+            problem[0],
+        )
     if outcome.deferred:
-        state.metrics.retried(len(outcome.deferred))
+        reasons.append(str(outcome.deferred_reason))
         log.warning(
             "%s: %d windows deferred (%s); retry %d",
             STAGE,
@@ -202,15 +223,17 @@ def run_inference_task(self: Task, payload: Any) -> int:
             outcome.deferred_reason,
             self.request.retries + 1,
         )
-        if self.request.retries >= MAX_RETRIES:
-            for task in outcome.deferred:
-                reason = f"gave up after {MAX_RETRIES} retries: {outcome.deferred_reason}"
-                state.dead_letter.send(task.model_dump_json().encode(), reason)
-            state.producer.flush(30)
-            return len(outcome.results)
-        deferred = encode_tasks(outcome.deferred)
-        raise self.retry(args=[deferred], countdown=_backoff(self.request.retries))
-    return len(outcome.results)
+    again = [*undelivered, *outcome.deferred]
+    if not again:
+        return len(published)
+    state.metrics.retried(len(again))
+    if self.request.retries >= MAX_RETRIES:
+        for task in again:
+            reason = f"gave up after {MAX_RETRIES} retries: {'; '.join(reasons)}"
+            state.dead_letter.send(task.model_dump_json().encode(), reason)
+        state.producer.flush(30)
+        return len(published)
+    raise self.retry(args=[encode_tasks(again)], countdown=_backoff(self.request.retries))
 
 
 def _backoff(retries: int) -> float:

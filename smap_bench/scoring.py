@@ -18,6 +18,9 @@ between input and reconstruction per feature (raw units, as the model's reconstr
 is), over the records the window is responsible for, so the events builder can name the
 features that contributed most without overlapping windows counting a record twice.
 
+**Delivery.** A result is published once: when Kafka fails to confirm some of a task's
+results, the retry carries only those windows (:func:`undelivered_tasks`).
+
 **Failures.** A window that can never be scored (invalid task, unknown model, no
 threshold, a window the model refuses) is *rejected* with a reason for the dead-letter
 topic; a window whose model is only unavailable for now (server down, model loading) is
@@ -67,6 +70,7 @@ __all__ = [
     "score_concurrently",
     "score_tasks",
     "threshold_from_metadata",
+    "undelivered_tasks",
     "warm_up",
     "window_is_anomalous",
     "windows_anomalous",
@@ -355,6 +359,21 @@ def _score_group(
                 feature_errors=errors[i].tolist(),
             )
         )
+
+
+def undelivered_tasks(
+    tasks: Sequence[InferenceTask],
+    results: Sequence[InferenceResult],
+    delivered: set[str] | frozenset[str],
+) -> list[InferenceTask]:
+    """Tasks whose result Kafka has not confirmed (job ids not in ``delivered``), in order.
+
+    What a retry after a failed delivery carries: only those windows, so that a result
+    already on the results topic is never scored and published a second time. A window
+    without a result (rejected or deferred) is not among them: it is handled apart.
+    """
+    pending = {r.job_id for r in results} - set(delivered)
+    return [t for t in tasks if t.job_id in pending]
 
 
 # --------------------------------------------------------------------------------------

@@ -14,7 +14,13 @@ from smap_bench.inference.base import (
     UnknownModelError,
 )
 from smap_bench.inference.onnx_backend import OnnxBackend
-from smap_bench.scoring import MetadataThresholds, score_concurrently, score_tasks, warm_up
+from smap_bench.scoring import (
+    MetadataThresholds,
+    score_concurrently,
+    score_tasks,
+    undelivered_tasks,
+    warm_up,
+)
 from tests.unit.test_scoring import make_task, repository  # noqa: F401 (a fixture)
 
 
@@ -84,3 +90,22 @@ def test_scoring_one_thread_per_model_gives_what_scoring_in_turn_gives(
         (r.job_id, r.reason) for r in in_turn.rejected
     ]
     assert len(threaded.rejected) == 1
+
+
+def test_a_retry_after_a_failed_delivery_carries_only_the_undelivered_windows(
+    repository: Path,  # noqa: F811 (the fixture)
+) -> None:
+    tasks = [make_task(s) for s in (0, 10, 20)]
+    outcome = score_tasks(tasks, OnnxBackend(repository), MetadataThresholds(repository), stride=10)
+    assert len(outcome.results) == 3
+    first, second, third = (t.job_id for t in tasks)
+    # Kafka confirmed the first and third results: only the second window is tried again
+    assert undelivered_tasks(tasks, outcome.results, {first, third}) == [tasks[1]]
+    assert undelivered_tasks(tasks, outcome.results, {first, second, third}) == []
+    assert undelivered_tasks(tasks, outcome.results, set()) == tasks
+
+
+def test_windows_without_a_result_are_not_retried_as_undelivered() -> None:
+    # a deferred or rejected window has no result: it is handled apart, not re-published
+    tasks = [make_task(s) for s in (0, 10)]
+    assert undelivered_tasks(tasks, [], set()) == []
