@@ -78,7 +78,10 @@ class ModelIndex:
 
 
 def make_dispatch(queue: str, metrics: StageMetrics) -> Callable[[list[InferenceTask]], None]:
-    """A function that sends one Celery message of windows, retrying while RabbitMQ is away."""
+    """A function that sends one Celery message of windows, retrying while RabbitMQ is away.
+
+    Every retry is counted (``retried``): a publish whose confirmation was lost may reach
+    the queue twice, and the worker's count then exceeds the scheduler's by its windows."""
     from pipeline.worker import app
 
     def dispatch(tasks: list[InferenceTask]) -> None:
@@ -92,7 +95,8 @@ def make_dispatch(queue: str, metrics: StageMetrics) -> Callable[[list[Inference
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     metrics.retried()
-                app.send_task(TASK_NAME, args=[payload], queue=queue)
+                # retry=False: Celery's own publish retries are not counted; this loop's are
+                app.send_task(TASK_NAME, args=[payload], queue=queue, retry=False)
 
     return dispatch
 
