@@ -14,10 +14,15 @@ Delivery: late acks, so a message is acknowledged only after the task returned, 
 task returns only after the Kafka producer flushed its results: a worker killed before
 that leaves the message to RabbitMQ, which re-delivers it (``task_reject_on_worker_lost``).
 Windows whose model is unavailable for now are retried with backoff; windows that can
-never be scored go to the dead-letter topic with their reason. When Kafka does not
-confirm some results, the retry carries only those windows: a result already published
-is not published again (a window counted once by ``produced``, as the scheduler counts
-it once by ``produced``).
+never be scored go to the dead-letter topic with their reason. Every result and dead
+letter waits for Kafka's own answer (:func:`smap_bench.stage.deliver`; the producer's
+message timeout, 25 s, is shorter than the 30 s wait, so each is answered, delivered or
+failed). When Kafka does not confirm some, the retry carries only those windows and dead
+letters: a result already published is not published again (a window counted once by
+``produced``, as the scheduler counts it once by ``produced``; a retried window once by
+``retried`` per retry, a refused one once by ``rejected``). The one case that can still
+give a window two results: a result Kafka reports failed after it reached the broker
+(a lost acknowledgement); the benchmark's ``duplicates`` count shows it.
 
 Warm-up: a model's first inference costs 50 to 250 ms (Triton's model instance, ONNX
 Runtime's first run) against 4 ms after, so each process scores one window of zeros
@@ -34,21 +39,21 @@ model.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_process_shutdown
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Producer
 
 from smap_bench.config import Settings, get_settings
 from smap_bench.inference import InferenceBackend, make_backend
 from smap_bench.inference.repository import find_onnx_models
 from smap_bench.scheduling import DEFAULT_QUEUE, TASK_NAME, encode_tasks
-from smap_bench.schema import encode
+from smap_bench.schema import InferenceTask, encode
 from smap_bench.scoring import (
     STAGE,
     MetadataThresholds,
@@ -59,13 +64,24 @@ from smap_bench.scoring import (
     warm_up,
     worker_index,
 )
-from smap_bench.stage import STAGE_METRICS_PORTS, DeadLetter, StageMetrics, make_producer
+from smap_bench.stage import (
+    DELIVERY_TIMEOUT_MS,
+    STAGE_METRICS_PORTS,
+    DeadLetter,
+    Outgoing,
+    StageMetrics,
+    deliver,
+    make_producer,
+)
 
 log = logging.getLogger(f"smap_bench.{STAGE}")
 
 #: Retries of windows whose model or server is unavailable: backoff doubles up to the cap.
 MAX_RETRIES = 60
 RETRY_BACKOFF_S = (0.5, 10.0)
+#: How long a task waits for Kafka's answers; the producer's message timeout is shorter,
+#: so every result is answered, delivered or failed, within it.
+FLUSH_TIMEOUT_S = 30.0
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -110,7 +126,9 @@ class _Process:
             log.warning("%s: metrics port %d unavailable (%s); not served", STAGE, port, error)
         self.backend: InferenceBackend = make_backend(settings)
         self.producer: Producer = make_producer(
-            settings, f"{STAGE}-{self.index}", **{"linger.ms": 1}
+            settings,
+            f"{STAGE}-{self.index}",
+            **{"linger.ms": 1, "message.timeout.ms": DELIVERY_TIMEOUT_MS},
         )
         self.dead_letter = DeadLetter(
             self.producer, settings.topic_dead_letter, STAGE, self.metrics
@@ -162,57 +180,64 @@ def _stop_process(**_: Any) -> None:
 
 
 @app.task(name=TASK_NAME, bind=True, max_retries=MAX_RETRIES)
-def run_inference_task(self: Task, payload: Any) -> int:
+def run_inference_task(
+    self: Task, payload: Any, dead_letters: list[list[str]] | None = None
+) -> int:
     """Score a list of windows (the seed's one task dict is accepted too) and publish one
-    result per window; returns how many results were published."""
+    result per window; returns how many results were published.
+
+    ``dead_letters`` is what a retry carries besides windows: dead letters of an earlier
+    attempt that Kafka did not confirm (base64 value, reason), already counted as
+    rejected, sent again here.
+    """
     state = process_state()
     tasks, rejected = parse_tasks(payload)
     state.metrics.received(len(tasks) + len(rejected))
     outcome = score_concurrently(
         tasks, state.backend, state.thresholds, state.settings.stride, state.pool
     )
-    topic = state.settings.topic_results
-    delivered: set[str] = set()
-    errors: list[str] = []
-
-    def confirm(job_id: str) -> Callable[[KafkaError | None, Message], None]:
-        def on_delivery(error: KafkaError | None, _message: Message) -> None:
-            if error is None:
-                delivered.add(job_id)
-            else:
-                errors.append(str(error))
-
-        return on_delivery
-
-    for result in outcome.results:
-        state.producer.produce(
-            topic,
-            value=encode(result),
-            key=result.satellite_id.encode(),
-            on_delivery=confirm(result.job_id),
-        )
+    letters = [(base64.b64decode(value), reason) for value, reason in dead_letters or []]
     for item in [*rejected, *outcome.rejected]:
-        state.dead_letter.send(item.payload(), item.reason)
-    remaining = state.producer.flush(30)
+        state.metrics.rejected(item.reason)
+        log.warning("%s: dead-lettered: %s", STAGE, item.reason)
+        letters.append((item.payload(), item.reason))
+    topic = state.settings.topic_results
+    messages = [
+        Outgoing(topic, encode(result), result.satellite_id.encode()) for result in outcome.results
+    ]
+    messages += [state.dead_letter.message(value, reason) for value, reason in letters]
+    delivery = deliver(state.producer, messages, FLUSH_TIMEOUT_S)
+    delivered = {
+        result.job_id
+        for position, result in enumerate(outcome.results)
+        if position in delivery.confirmed
+    }
     published = [r for r in outcome.results if r.job_id in delivered]
     state.metrics.produced(len(published))
     for result in published:
         seconds = elapsed_since(result.stages)
         if seconds is not None:
             state.metrics.latency(seconds)
+    first_letter = len(outcome.results)
+    unsent = [
+        letter
+        for offset, letter in enumerate(letters)
+        if first_letter + offset not in delivery.confirmed
+    ]
     # Only the windows whose result Kafka did not confirm are tried again: a result on the
     # results topic is not published a second time (nor its window counted twice).
     undelivered = undelivered_tasks(tasks, outcome.results, delivered)
     reasons = []
-    if undelivered:
-        problem = errors[:1] or [f"{remaining} messages undelivered after 30 s"]
-        reasons.append(f"Kafka delivery failed ({problem[0]})")
+    if undelivered or unsent:
+        reasons.append(f"Kafka delivery failed ({delivery.problem})")
         log.warning(
-            "%s: %d of %d results not delivered (%s); retrying those windows",
+            "%s: %d of %d results and %d of %d dead letters not delivered (%s); retrying those",
             STAGE,
             len(undelivered),
             len(outcome.results),
-            problem[0],
+            len(unsent),
+            len(letters),
+            delivery.problem,
         )
     if outcome.deferred:
         reasons.append(str(outcome.deferred_reason))
@@ -224,16 +249,41 @@ def run_inference_task(self: Task, payload: Any) -> int:
             self.request.retries + 1,
         )
     again = [*undelivered, *outcome.deferred]
-    if not again:
+    if not again and not unsent:
+        return len(published)
+    if self.request.retries >= MAX_RETRIES:
+        _give_up(state, again, unsent, "; ".join(reasons))
         return len(published)
     state.metrics.retried(len(again))
-    if self.request.retries >= MAX_RETRIES:
-        for task in again:
-            reason = f"gave up after {MAX_RETRIES} retries: {'; '.join(reasons)}"
-            state.dead_letter.send(task.model_dump_json().encode(), reason)
-        state.producer.flush(30)
-        return len(published)
-    raise self.retry(args=[encode_tasks(again)], countdown=_backoff(self.request.retries))
+    raise self.retry(
+        args=[encode_tasks(again)],
+        kwargs={"dead_letters": [[base64.b64encode(v).decode(), r] for v, r in unsent]},
+        countdown=_backoff(self.request.retries),
+    )
+
+
+def _give_up(
+    state: _Process, windows: list[InferenceTask], unsent: list[tuple[bytes, str]], why: str
+) -> None:
+    """Past the last retry: the windows go to the dead-letter topic (counted as rejected),
+    with the dead letters still owed; whatever Kafka still refuses is logged as lost."""
+    reason = f"gave up after {MAX_RETRIES} retries: {why}"
+    letters = [*unsent, *((task.model_dump_json().encode(), reason) for task in windows)]
+    if windows:
+        state.metrics.rejected(reason, len(windows))
+    delivery = deliver(
+        state.producer,
+        [state.dead_letter.message(value, why) for value, why in letters],
+        FLUSH_TIMEOUT_S,
+    )
+    lost = len(letters) - len(delivery.confirmed)
+    if lost:
+        log.error(
+            "%s: %d dead letters lost, Kafka still refusing them (%s)",
+            STAGE,
+            lost,
+            delivery.problem,
+        )
 
 
 def _backoff(retries: int) -> float:

@@ -123,6 +123,64 @@ def reason_label(reason: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in head)[:40] or "unknown"
 
 
+class Outgoing(NamedTuple):
+    """One message to produce: what :func:`deliver` takes."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: list[tuple[str, str | bytes | None]] | None = None
+
+
+class Delivery(NamedTuple):
+    """What Kafka answered for a list of messages (:func:`deliver`)."""
+
+    confirmed: frozenset[int]  #: positions of the messages Kafka confirmed
+    problem: str | None  #: the first delivery error, or why some got no answer; None if all landed
+
+
+def deliver(producer: Producer, messages: Sequence[Outgoing], timeout_s: float) -> Delivery:
+    """Produce ``messages`` and wait up to ``timeout_s`` for Kafka's answer to each.
+
+    A message still in the producer's queue when the wait ends was never sent: it is
+    purged, so that sending it again later cannot meet a late first copy. A message in
+    flight at that moment may still land; give the producer a ``message.timeout.ms``
+    below ``timeout_s`` (see :data:`DELIVERY_TIMEOUT_MS`) and every message is answered,
+    delivered or failed, within the wait.
+    """
+    answers: dict[int, KafkaError | None] = {}
+
+    def answer(position: int) -> Callable[[KafkaError | None, Message], None]:
+        def on_delivery(error: KafkaError | None, _message: Message) -> None:
+            answers[position] = error
+
+        return on_delivery
+
+    for position, message in enumerate(messages):
+        producer.produce(
+            message.topic,
+            value=message.value,
+            key=message.key,
+            headers=message.headers,
+            on_delivery=answer(position),
+        )
+    remaining = producer.flush(timeout_s)
+    if remaining:
+        producer.purge(in_queue=True, in_flight=False, blocking=True)
+        producer.poll(0)  # the purged messages' callbacks: failed, never sent
+    confirmed = frozenset(position for position, error in answers.items() if error is None)
+    errors = [str(error) for error in answers.values() if error is not None]
+    problem = errors[0] if errors else None
+    if problem is None and len(confirmed) < len(messages):
+        problem = f"{len(messages) - len(confirmed)} messages unanswered after {timeout_s:g} s"
+    return Delivery(confirmed, problem)
+
+
+#: librdkafka's ``message.timeout.ms`` for producers that wait on :func:`deliver` with 30 s:
+#: every message is answered (delivered, or failed for good) before the wait ends.
+DELIVERY_TIMEOUT_MS = 25_000
+
+
 @dataclass
 class DeadLetter:
     """Sends refused messages to the dead-letter topic, with the reason in a header."""
@@ -132,7 +190,8 @@ class DeadLetter:
     stage: str
     metrics: StageMetrics
 
-    def send(self, value: bytes | None, reason: str, source: Message | None = None) -> None:
+    def message(self, value: bytes | None, reason: str, source: Message | None = None) -> Outgoing:
+        """The dead letter for ``value``, not sent and not counted (see :meth:`send`)."""
         headers: list[tuple[str, str | bytes | None]] = [
             ("reason", reason.encode()),
             ("stage", self.stage.encode()),
@@ -145,7 +204,14 @@ class DeadLetter:
                 ("source_partition", str(source.partition()).encode()),
                 ("source_offset", str(source.offset()).encode()),
             ]
-        self.producer.produce(self.topic, value=value or b"", key=key, headers=headers)
+        return Outgoing(self.topic, value or b"", key, headers)
+
+    def send(self, value: bytes | None, reason: str, source: Message | None = None) -> None:
+        """Produce the dead letter and count the rejection; the caller flushes."""
+        letter = self.message(value, reason, source)
+        self.producer.produce(
+            letter.topic, value=letter.value, key=letter.key, headers=letter.headers
+        )
         self.metrics.rejected(reason)
         log.warning("%s: dead-lettered: %s", self.stage, reason)
 

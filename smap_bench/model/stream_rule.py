@@ -22,15 +22,18 @@ included), mean ``mu`` and standard deviation ``sd``:
    ``(dmu / mu + dsd / sd) / (n_above + n_sequences²)``; the best-scoring ``eps`` wins
    (``mu + z_max sd`` when no candidate removes anything or removes half the history).
 2. **Floor.** The window must also exceed ``floor``: the channel's ``level`` quantile of
-   training window statistics (POT's initial threshold), so a window no worse than 98 %
-   of training windows never raises an alarm, however quiet the stream has been.
+   training window statistics (POT's initial threshold, the ``level`` of the channel's
+   threshold parameters), so a window no worse than that share of training windows never
+   raises an alarm, however quiet the stream has been.
 3. **Pruning.** The maxima of the runs of history above ``eps`` are sorted with the
    largest statistic below ``eps`` after them; walking down, the last step where the
    value falls by at least ``prune`` (a fraction) separates the runs kept from those
    taken for normal. The window is anomalous when its own run is kept.
 
 Until the stream holds ``min_history`` windows, the static rule decides (there is not
-yet a history to judge against).
+yet a history to judge against). A statistic that is NaN or infinite raises
+``ValueError`` (the inference backends refuse windows holding NaN or infinity, so a
+finite model gives only finite statistics).
 
 The hyperparameters are telemanom's published defaults carried over to windows of
 stride 10 (its 30 batches of 70 records: 2,100 records, 210 windows; ``z`` from 2.5 to
