@@ -258,8 +258,10 @@ def run_kafka_stage(
     """Consume ``topics`` as group ``stage`` until stopped, at least once.
 
     ``handle`` gets each batch of good messages and produces its outputs on ``producer``
-    (dead letters included). Offsets are committed only after the producer has flushed,
-    so a crash between the two re-delivers the batch rather than losing it. ``on_tick``
+    (dead letters included). Offsets are committed only after the producer has flushed
+    and Kafka accepted every output (a :class:`StageProducer` counts refusals; a refusal
+    stops the stage uncommitted), so a crash between the two re-delivers the batch rather
+    than losing it. ``on_tick``
     runs after every poll, batch or not (timers, periodic flushes).
 
     Batches (:func:`next_batch`): a batch is handed on as soon as its first message is
@@ -313,6 +315,11 @@ def run_kafka_stage(
                 remaining = producer.flush(30)
                 if remaining:
                     raise RuntimeError(f"{stage}: {remaining} messages not delivered in 30 s")
+                refused = delivery_failures(producer)
+                if refused:
+                    # Not committed: the stage exits, its supervisor restarts it, and the
+                    # batch is consumed again rather than its refused outputs lost.
+                    raise RuntimeError(f"{stage}: Kafka refused {refused}; batch not committed")
                 committer.flushed()
             else:
                 producer.poll(0)
@@ -469,8 +476,52 @@ def start_stage(
     return StageContext(metrics, StopFlag().install(), producer, dead_letter, port)
 
 
+class DeliveryFailures:
+    """Kafka's refusals of messages produced without a callback of their own (a stage's
+    outputs and dead letters): counted until :meth:`take`."""
+
+    def __init__(self, then: Callable[[KafkaError | None, Message], None] | None = None) -> None:
+        self.count = 0
+        self.first: str | None = None
+        self.then = then  #: the producer's own default callback, still called
+        self._lock = threading.Lock()
+
+    def __call__(self, error: KafkaError | None, message: Message) -> None:
+        if self.then is not None:
+            self.then(error, message)
+        if error is None:
+            return
+        with self._lock:
+            self.count += 1
+            self.first = self.first or str(error)
+
+    def take(self) -> tuple[int, str | None]:
+        """How many were refused since the last call, and the first refusal's error."""
+        with self._lock:
+            taken = (self.count, self.first)
+            self.count, self.first = 0, None
+        return taken
+
+
+class StageProducer(Producer):
+    """A producer whose every delivery without its own callback reports to ``failures``:
+    :func:`flush` returning 0 says every message was answered, not that each landed."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.failures = DeliveryFailures(then=config.get("on_delivery"))
+        super().__init__({**config, "on_delivery": self.failures})
+
+
+def delivery_failures(producer: Producer) -> str | None:
+    """What Kafka refused since the last call (a :class:`StageProducer`), or None."""
+    if not isinstance(producer, StageProducer):
+        return None
+    count, first = producer.failures.take()
+    return f"{count} messages ({first})" if count else None
+
+
 def make_producer(settings: Settings, stage: str, **overrides: Any) -> Producer:
-    return Producer(producer_config(settings, stage, **overrides))
+    return StageProducer(producer_config(settings, stage, **overrides))
 
 
 def stamp(stages: dict[str, float] | None, stage: str) -> dict[str, float]:
