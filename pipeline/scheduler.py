@@ -113,6 +113,7 @@ def run(
     min_messages: int | None = None,
     batch_size: int = 5000,
     fetch_wait_ms: int = 250,
+    fetch_min_bytes: int = 1,
     metrics_port: int | None = None,
 ) -> WindowScheduler:
     """Run the scheduler until SIGTERM/SIGINT; returns its state (counts) at the end."""
@@ -173,7 +174,11 @@ def run(
         # Each fetch costs the local Tansu broker work for every assigned partition (seven
         # per satellite), with or without data, and it answers a fetch early when data
         # comes: a longer wait cuts the idle fetches, not the latency.
-        consumer_overrides={"group.id": group, "fetch.wait.max.ms": fetch_wait_ms},
+        consumer_overrides={
+            "group.id": group,
+            "fetch.wait.max.ms": fetch_wait_ms,
+            "fetch.min.bytes": fetch_min_bytes,
+        },
         # One scheduler per group: it assigns itself every telemetry partition and finds a
         # new satellite's topics within five seconds, with no group rebalance to wait on.
         discover_every_s=5.0,
@@ -215,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--fetch-wait-ms", type=int, default=250, help="Kafka fetch.wait.max.ms of the consumer"
     )
+    parser.add_argument(
+        "--fetch-min-bytes", type=int, default=1, help="Kafka fetch.min.bytes of the consumer"
+    )
     parser.add_argument("--metrics-port", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -229,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         min_messages=args.min_messages,
         batch_size=args.batch_size,
         fetch_wait_ms=args.fetch_wait_ms,
+        fetch_min_bytes=args.fetch_min_bytes,
         metrics_port=args.metrics_port,
     )
 
