@@ -68,6 +68,7 @@ def run(
                 handler.handle,
                 producer,
                 stop,
+                metrics=metrics,
                 batch_size=batch_size,
                 poll_timeout_s=max_wait_ms / 1000.0,
                 consumer_overrides={"max.poll.interval.ms": MAX_POLL_INTERVAL_MS},

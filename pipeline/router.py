@@ -162,6 +162,7 @@ def run(
         handle,
         producer,
         stop,
+        metrics=metrics,
         batch_size=batch_size,
         poll_timeout_s=0.05,
         on_tick=fleet.tick,

@@ -166,6 +166,7 @@ def run(
         handle,
         producer,
         stop,
+        metrics=metrics,
         batch_size=batch_size,
         poll_timeout_s=poll_ms / 1000.0,
         batch_wait_s=batch_wait_ms / 1000.0,

@@ -22,7 +22,10 @@ letters: a result already published is not published again (a window counted onc
 ``produced``, as the scheduler counts it once by ``produced``; a retried window once by
 ``retried`` per retry, a refused one once by ``rejected``). The one case that can still
 give a window two results: a result Kafka reports failed after it reached the broker
-(a lost acknowledgement); the benchmark's ``duplicates`` count shows it.
+(a lost acknowledgement); the benchmark's ``duplicates`` count shows it. When RabbitMQ
+refuses the retry itself, the message is requeued whole rather than dropped (its
+published results then come twice, counted so). Dead letters Kafka still refuses after
+the last retry are counted by ``lost``.
 
 Warm-up: a model's first inference costs 50 to 250 ms (Triton's model instance, ONNX
 Runtime's first run) against 4 ms after, so each process scores one window of zeros
@@ -46,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_process_shutdown
 from confluent_kafka import Producer
 
@@ -255,11 +259,18 @@ def run_inference_task(
         _give_up(state, again, unsent, "; ".join(reasons))
         return len(published)
     state.metrics.retried(len(again))
-    raise self.retry(
-        args=[encode_tasks(again)],
-        kwargs={"dead_letters": [[base64.b64encode(v).decode(), r] for v, r in unsent]},
-        countdown=_backoff(self.request.retries),
-    )
+    try:
+        raise self.retry(
+            args=[encode_tasks(again)],
+            kwargs={"dead_letters": [[base64.b64encode(v).decode(), r] for v, r in unsent]},
+            countdown=_backoff(self.request.retries),
+        )
+    except Reject as refused:
+        # RabbitMQ would not take the retry (Celery then drops the message, losing what
+        # the retry carried): the message goes back to its queue instead, and is scored
+        # again whole; results already published this time come twice, and are counted so.
+        log.warning("%s: retry not published (%s); message requeued", STAGE, refused.reason)
+        raise Reject(refused.reason, requeue=True) from None
 
 
 def _give_up(
@@ -273,11 +284,12 @@ def _give_up(
         state.metrics.rejected(reason, len(windows))
     delivery = deliver(
         state.producer,
-        [state.dead_letter.message(value, why) for value, why in letters],
+        [state.dead_letter.message(value, letter_reason) for value, letter_reason in letters],
         FLUSH_TIMEOUT_S,
     )
     lost = len(letters) - len(delivery.confirmed)
     if lost:
+        state.metrics.lost(f"dead letter undelivered: {delivery.problem}", lost)
         log.error(
             "%s: %d dead letters lost, Kafka still refusing them (%s)",
             STAGE,

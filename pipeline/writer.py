@@ -87,6 +87,7 @@ def run(
                 writer.handle,
                 producer,
                 stop,
+                metrics=metrics,
                 batch_size=batch_size,
                 poll_timeout_s=max_wait_ms / 1000.0,
                 batch_wait_s=batch_wait_ms / 1000.0,

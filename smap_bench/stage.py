@@ -4,9 +4,10 @@ A stage is a named step (``router``, ``scheduler``, ``writer`` ...). Its name is
 Kafka consumer group, its logger, and the ``stage`` label on its self-metrics:
 
 - ``smap_stage_received_total``, ``smap_stage_produced_total``,
-  ``smap_stage_rejected_total{reason}``, ``smap_stage_retried_total``: what it took in,
-  put out, refused (to the dead-letter topic) and retried, so that "sent = scored,
-  lost = 0" is checked by arithmetic;
+  ``smap_stage_rejected_total{reason}``, ``smap_stage_retried_total``,
+  ``smap_stage_lost_total{reason}``: what it took in, put out, refused (to the
+  dead-letter topic), retried and lost (Kafka refused it for good, no dead letter
+  possible), so that "sent = scored, lost = 0" is checked by arithmetic;
 - ``smap_stage_latency_seconds``: time from the record's production to this stage.
 
 Each stage serves them on its own port (``metrics_port``); the local VictoriaMetrics
@@ -63,7 +64,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class StageMetrics:
-    """The received / produced / rejected / retried counters of one stage."""
+    """The received / produced / rejected / retried / lost counters of one stage."""
 
     def __init__(self, stage: str, registry: CollectorRegistry | None = None) -> None:
         self.stage = stage
@@ -84,6 +85,12 @@ class StageMetrics:
         self._retried = Counter(
             "smap_stage_retried", "Operations retried", labels, registry=self.registry
         ).labels(stage)
+        self._lost = Counter(
+            "smap_stage_lost",
+            "Messages lost: neither put out nor dead-lettered (Kafka refused them for good)",
+            ["stage", "reason"],
+            registry=self.registry,
+        )
         self._latency = Histogram(
             "smap_stage_latency_seconds",
             "Seconds from a record's production to this stage",
@@ -91,7 +98,13 @@ class StageMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         ).labels(stage)
-        self.counts: dict[str, int] = {"received": 0, "produced": 0, "rejected": 0, "retried": 0}
+        self.counts: dict[str, int] = {
+            "received": 0,
+            "produced": 0,
+            "rejected": 0,
+            "retried": 0,
+            "lost": 0,
+        }
 
     def received(self, n: int = 1) -> None:
         self._received.inc(n)
@@ -104,6 +117,10 @@ class StageMetrics:
     def rejected(self, reason: str, n: int = 1) -> None:
         self._rejected.labels(self.stage, reason_label(reason)).inc(n)
         self.counts["rejected"] += n
+
+    def lost(self, reason: str, n: int = 1) -> None:
+        self._lost.labels(self.stage, reason_label(reason)).inc(n)
+        self.counts["lost"] += n
 
     def retried(self, n: int = 1) -> None:
         self._retried.inc(n)
@@ -146,7 +163,9 @@ def deliver(producer: Producer, messages: Sequence[Outgoing], timeout_s: float) 
     purged, so that sending it again later cannot meet a late first copy. A message in
     flight at that moment may still land; give the producer a ``message.timeout.ms``
     below ``timeout_s`` (see :data:`DELIVERY_TIMEOUT_MS`) and every message is answered,
-    delivered or failed, within the wait.
+    delivered or failed, within the wait. Not for a producer configured with
+    ``delivery.report.only.error`` (its successes are never reported, so every message
+    would look unconfirmed).
     """
     answers: dict[int, KafkaError | None] = {}
 
@@ -238,6 +257,23 @@ class StopFlag:
 BatchHandler = Callable[[Sequence[Message]], None]
 
 
+def _handle_refusals(stage: str, refused: Refusals, metrics: StageMetrics | None) -> None:
+    """After a batch's flush: outputs Kafka refused for good are counted lost (sending
+    them again would meet the same refusal, and stopping would stall every later record
+    behind them); a transient refusal stops the stage uncommitted, so that its supervisor
+    restarts it and the batch is consumed and its outputs produced again."""
+    if refused.permanent:
+        reason = f"kafka refused: {refused.first_permanent}"
+        if metrics is not None:
+            metrics.lost(reason, refused.permanent)
+        log.error("%s: %d outputs lost, %s", stage, refused.permanent, reason)
+    if refused.transient:
+        raise RuntimeError(
+            f"{stage}: Kafka refused {refused.transient} messages for now "
+            f"({refused.first_transient}); batch not committed"
+        )
+
+
 def run_kafka_stage(
     settings: Settings,
     stage: str,
@@ -246,6 +282,7 @@ def run_kafka_stage(
     producer: Producer,
     stop: StopFlag,
     *,
+    metrics: StageMetrics | None = None,
     batch_size: int = 500,
     poll_timeout_s: float = 0.1,
     on_tick: Callable[[], None] | None = None,
@@ -259,9 +296,10 @@ def run_kafka_stage(
 
     ``handle`` gets each batch of good messages and produces its outputs on ``producer``
     (dead letters included). Offsets are committed only after the producer has flushed
-    and Kafka accepted every output (a :class:`StageProducer` counts refusals; a refusal
-    stops the stage uncommitted), so a crash between the two re-delivers the batch rather
-    than losing it. ``on_tick``
+    and Kafka answered every output, so a crash between the two re-delivers the batch
+    rather than losing it. With a :class:`StageProducer`, Kafka's refusals are looked at
+    too: a transient one (broker away) stops the stage uncommitted, a permanent one (the
+    message itself refused) is counted in ``metrics`` as lost and the stage goes on. ``on_tick``
     runs after every poll, batch or not (timers, periodic flushes).
 
     Batches (:func:`next_batch`): a batch is handed on as soon as its first message is
@@ -316,10 +354,8 @@ def run_kafka_stage(
                 if remaining:
                     raise RuntimeError(f"{stage}: {remaining} messages not delivered in 30 s")
                 refused = delivery_failures(producer)
-                if refused:
-                    # Not committed: the stage exits, its supervisor restarts it, and the
-                    # batch is consumed again rather than its refused outputs lost.
-                    raise RuntimeError(f"{stage}: Kafka refused {refused}; batch not committed")
+                if refused is not None:
+                    _handle_refusals(stage, refused, metrics)
                 committer.flushed()
             else:
                 producer.poll(0)
@@ -476,48 +512,93 @@ def start_stage(
     return StageContext(metrics, StopFlag().install(), producer, dead_letter, port)
 
 
+#: Refusals that a later attempt may not meet: the broker or the network was away.
+TRANSIENT_DELIVERY_ERRORS = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._PURGE_QUEUE,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    }
+)
+
+
+def is_transient(error: KafkaError) -> bool:
+    """Whether sending the same message again may succeed (see
+    :data:`TRANSIENT_DELIVERY_ERRORS`); a refusal of the message itself (too large,
+    invalid, not authorised, no such topic) is not."""
+    return bool(error.retriable()) or error.code() in TRANSIENT_DELIVERY_ERRORS
+
+
+class Refusals(NamedTuple):
+    """Kafka's refusals since the last look, parted by whether a retry may succeed."""
+
+    transient: int
+    permanent: int
+    first_transient: str | None
+    first_permanent: str | None
+
+
 class DeliveryFailures:
     """Kafka's refusals of messages produced without a callback of their own (a stage's
     outputs and dead letters): counted until :meth:`take`."""
 
     def __init__(self, then: Callable[[KafkaError | None, Message], None] | None = None) -> None:
-        self.count = 0
-        self.first: str | None = None
         self.then = then  #: the producer's own default callback, still called
         self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.transient = 0
+        self.permanent = 0
+        self.first_transient: str | None = None
+        self.first_permanent: str | None = None
 
     def __call__(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            with self._lock:
+                if is_transient(error):
+                    self.transient += 1
+                    self.first_transient = self.first_transient or str(error)
+                else:
+                    self.permanent += 1
+                    self.first_permanent = self.first_permanent or str(error)
         if self.then is not None:
             self.then(error, message)
-        if error is None:
-            return
-        with self._lock:
-            self.count += 1
-            self.first = self.first or str(error)
 
-    def take(self) -> tuple[int, str | None]:
-        """How many were refused since the last call, and the first refusal's error."""
+    def take(self) -> Refusals:
+        """The refusals since the last call."""
         with self._lock:
-            taken = (self.count, self.first)
-            self.count, self.first = 0, None
+            taken = Refusals(
+                self.transient, self.permanent, self.first_transient, self.first_permanent
+            )
+            self._reset()
         return taken
 
 
 class StageProducer(Producer):
     """A producer whose every delivery without its own callback reports to ``failures``:
-    :func:`flush` returning 0 says every message was answered, not that each landed."""
+    :func:`flush` returning 0 says every message was answered, not that each landed.
+    A default callback given as ``on_delivery`` in the configuration is still called."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.failures = DeliveryFailures(then=config.get("on_delivery"))
         super().__init__({**config, "on_delivery": self.failures})
 
 
-def delivery_failures(producer: Producer) -> str | None:
-    """What Kafka refused since the last call (a :class:`StageProducer`), or None."""
+def delivery_failures(producer: Producer) -> Refusals | None:
+    """What Kafka refused since the last call (a :class:`StageProducer`), None if nothing."""
     if not isinstance(producer, StageProducer):
         return None
-    count, first = producer.failures.take()
-    return f"{count} messages ({first})" if count else None
+    refusals = producer.failures.take()
+    return refusals if refusals.transient or refusals.permanent else None
 
 
 def make_producer(settings: Settings, stage: str, **overrides: Any) -> Producer:

@@ -62,7 +62,13 @@ def test_anomalous_windows_become_events_and_normal_ones_are_only_counted() -> N
     handler.handle([msg(40, anomalous=True), msg(50)])
     events = store.book.stream_events("sat1", "EPS")
     assert [(e.start_record_index, e.end_record_index) for e in events] == [(30, 49), (60, 69)]
-    assert handler.metrics.counts == {"received": 6, "produced": 3, "rejected": 0, "retried": 0}
+    assert handler.metrics.counts == {
+        "received": 6,
+        "produced": 3,
+        "rejected": 0,
+        "retried": 0,
+        "lost": 0,
+    }
     assert (handler.totals.created, handler.totals.extended) == (2, 1)
     assert dead.sent == []
     handler.handle([msg(0)])  # no anomalous window: the store is not called

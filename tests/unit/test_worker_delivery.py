@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from celery.exceptions import Reject
 from confluent_kafka import KafkaError
 
 import pipeline.worker as worker
@@ -181,3 +182,42 @@ def test_dead_letters_carried_by_a_retry_are_decoded_as_sent(state: SimpleNamesp
     run([], dead_letters=carried)
     assert state.producer.landed == [("dlq", b"\x00not json")]
     assert state.metrics.counts["rejected"] == 0  # counted when first refused
+
+
+def test_dead_letters_still_refused_after_the_last_retry_are_counted_lost(
+    state: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "MAX_RETRIES", 1)
+    state.producer.verdict = lambda t, v: KafkaError._TRANSPORT if t == "dlq" else None
+    run(task_dicts(0, model="SMAP_T-3"))  # no such model: a dead letter Kafka keeps refusing
+    counts = state.metrics.counts
+    assert counts["rejected"] == 1  # refused once, when first met
+    assert counts["lost"] == 1  # and, never delivered, counted lost rather than hidden
+    assert state.producer.landed == []
+
+
+def test_a_held_result_is_purged_and_retried_and_lands_once(state: SimpleNamespace) -> None:
+    held = {"count": 0}
+
+    def hold_first_time(topic: str, value: bytes) -> str | None:
+        held["count"] += 1
+        return HOLD if held["count"] == 1 else None
+
+    state.producer.verdict = hold_first_time
+    run(task_dicts(0))
+    assert state.producer.purged == 1
+    assert [t for t, v in state.producer.landed] == ["results"]
+    assert state.metrics.counts["retried"] == 1
+
+
+def test_a_retry_rabbitmq_refuses_requeues_the_message_instead_of_dropping_it(
+    state: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*_: Any, **__: Any) -> None:
+        raise Reject(ConnectionError("broker away"), requeue=False)  # what Celery raises
+
+    monkeypatch.setattr(worker.run_inference_task, "retry", refused)
+    state.producer.verdict = lambda t, v: KafkaError._MSG_TIMED_OUT
+    with pytest.raises(Reject) as raised:
+        worker.run_inference_task(json.dumps(task_dicts(0)))
+    assert raised.value.requeue is True

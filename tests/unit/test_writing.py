@@ -72,7 +72,13 @@ def test_a_batch_is_written_before_handle_returns_in_order() -> None:
     assert victoria.lines[0].startswith("smap_feature{")
     assert " 1767614401000" in victoria.lines[177]  # record 1 follows record 0
     assert victoria.lines[-1].startswith("inference_reconstruction{")
-    assert writer.metrics.counts == {"received": 3, "produced": 3, "rejected": 0, "retried": 0}
+    assert writer.metrics.counts == {
+        "received": 3,
+        "produced": 3,
+        "rejected": 0,
+        "retried": 0,
+        "lost": 0,
+    }
     assert dead.sent == []
 
 
@@ -163,7 +169,13 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_the_rest_is_written() -> N
     assert "unexpected topic 'other-topic'" in reasons[4]
     assert "anomaly_scores has 29 values" in reasons[5]
     assert len(victoria.lines) == 177
-    assert writer.metrics.counts == {"received": 7, "produced": 1, "rejected": 6, "retried": 0}
+    assert writer.metrics.counts == {
+        "received": 7,
+        "produced": 1,
+        "rejected": 6,
+        "retried": 0,
+        "lost": 0,
+    }
 
 
 def test_latency_lines_follow_the_write_and_are_flushed_by_the_tick() -> None:
