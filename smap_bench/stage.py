@@ -165,7 +165,9 @@ def deliver(producer: Producer, messages: Sequence[Outgoing], timeout_s: float) 
     below ``timeout_s`` (see :data:`DELIVERY_TIMEOUT_MS`) and every message is answered,
     delivered or failed, within the wait. Not for a producer configured with
     ``delivery.report.only.error`` (its successes are never reported, so every message
-    would look unconfirmed).
+    would look unconfirmed). Callbacks run on the calling thread inside the flush; a
+    producer shared by several threads would see one caller's purge fail another's
+    queued messages (retried, not lost): the worker runs one task at a time.
     """
     answers: dict[int, KafkaError | None] = {}
 

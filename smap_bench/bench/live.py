@@ -65,7 +65,7 @@ class ReplayError(RuntimeError):
 
 
 def stage_counters(settings: Settings, stage: str, port: int) -> dict[str, float]:
-    """The received / produced / rejected / retried totals a stage serves right now."""
+    """The received / produced / rejected / retried / lost totals a stage serves now."""
     url = f"http://{settings.host}:{port}/metrics"
     try:
         text = httpx.get(url, timeout=3).text

@@ -172,6 +172,8 @@ class LoadBenchmark:
             "retried": {stage: _delta(after, before, stage, "retried") for stage in after},
             "worker_received": _delta(after, before, "worker", "received"),
             "rejected": {stage: _delta(after, before, stage, "rejected") for stage in after},
+            # outputs Kafka refused for good (smap_stage_lost_total): neither out nor dead-lettered
+            "lost_by_stage": {stage: _delta(after, before, stage, "lost") for stage in after},
             "kafka_lag": _lag_summary(lags),
             "rabbitmq_queue_depth": {
                 "max": max(depths, default=0),
