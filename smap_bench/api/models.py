@@ -318,6 +318,8 @@ class StageStats(BaseModel):
     received_per_s: float | None
     produced_per_s: float | None
     rejected_per_s: float | None
+    #: outputs Kafka refused for good (None: the stage has never lost one since it started)
+    lost_per_s: float | None = None
     latency_p50_s: float | None
     latency_p99_s: float | None
 

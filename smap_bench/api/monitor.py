@@ -177,6 +177,7 @@ def stage_queries(window: str = RATE_WINDOW) -> dict[str, str]:
         "received_per_s": rate.format(name="smap_stage_received_total", window=window),
         "produced_per_s": rate.format(name="smap_stage_produced_total", window=window),
         "rejected_per_s": rate.format(name="smap_stage_rejected_total", window=window),
+        "lost_per_s": rate.format(name="smap_stage_lost_total", window=window),
         "latency_p50_s": quantile.format(q=0.5, window=window),
         "latency_p99_s": quantile.format(q=0.99, window=window),
     }
@@ -200,7 +201,7 @@ def stage_rows(results: Mapping[str, Iterable[Series]]) -> list[dict[str, Any]]:
 
 
 def stage_stats(victoria: VictoriaMetrics) -> list[dict[str, Any]]:
-    """Each stage's received / produced / rejected rates and latency p50 / p99."""
+    """Each stage's received / produced / rejected / lost rates and latency p50 / p99."""
     return stage_rows({field: victoria.query(q) for field, q in stage_queries().items()})
 
 

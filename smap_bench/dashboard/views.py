@@ -1113,6 +1113,7 @@ class PipelineHealth(StoreView):
                 "received_per_s",
                 "produced_per_s",
                 "rejected_per_s",
+                "lost_per_s",
                 "latency_p50_s",
                 "latency_p99_s",
             ],

@@ -52,6 +52,7 @@ def test_stage_rows_join_the_queries_by_stage_and_drop_nan() -> None:
 def test_stage_queries_use_the_stage_self_metrics() -> None:
     queries = stage_queries("5m")
     assert queries["received_per_s"] == "sum by (stage) (rate(smap_stage_received_total[5m]))"
+    assert queries["lost_per_s"] == "sum by (stage) (rate(smap_stage_lost_total[5m]))"
     assert "histogram_quantile(0.99," in queries["latency_p99_s"]
     assert "smap_stage_latency_seconds_bucket[5m]" in queries["latency_p50_s"]
     assert "by (stage, le)" in queries["latency_p50_s"]
