@@ -277,7 +277,7 @@ def _give_up(
     state: _Process, windows: list[InferenceTask], unsent: list[tuple[bytes, str]], why: str
 ) -> None:
     """Past the last retry: the windows go to the dead-letter topic (counted as rejected),
-    with the dead letters still owed; whatever Kafka still refuses is logged as lost."""
+    with the dead letters still owed; whatever Kafka still refuses is counted lost."""
     reason = f"gave up after {MAX_RETRIES} retries: {why}"
     letters = [*unsent, *((task.model_dump_json().encode(), reason) for task in windows)]
     if windows:

@@ -514,7 +514,7 @@ def start_stage(
     return StageContext(metrics, StopFlag().install(), producer, dead_letter, port)
 
 
-#: Refusals that a later attempt may not meet: the broker or the network was away.
+#: Refusals a later attempt may not meet again: the broker or the network was away.
 TRANSIENT_DELIVERY_ERRORS = frozenset(
     {
         KafkaError._MSG_TIMED_OUT,
