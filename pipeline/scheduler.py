@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from confluent_kafka import Message, TopicPartition
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from pipeline.router import Fleet
 from smap_bench.config import Settings, get_settings
 from smap_bench.inference.repository import find_onnx_models
 from smap_bench.scheduling import (
@@ -114,6 +115,7 @@ def run(
     batch_size: int = 5000,
     fetch_wait_ms: int = 250,
     fetch_min_bytes: int = 1,
+    active_only: bool = False,
     metrics_port: int | None = None,
 ) -> WindowScheduler:
     """Run the scheduler until SIGTERM/SIGINT; returns its state (counts) at the end."""
@@ -143,6 +145,13 @@ def run(
             seconds = elapsed_since(task.stages)
             if seconds is not None:
                 metrics.latency(seconds)
+
+    fleet = Fleet(settings) if active_only else None
+
+    def keep_topic(topic: str) -> bool:
+        """Hold a satellite's topics while it is in the fleet (configured or active)."""
+        satellite = settings.satellite_of_topic(topic)
+        return fleet is None or satellite is None or fleet(satellite)
 
     def commit_offsets() -> list[TopicPartition]:
         return [TopicPartition(t, p, o) for (t, p), o in core.commit_positions().items()]
@@ -183,6 +192,10 @@ def run(
         # One scheduler per group: it assigns itself every telemetry partition and finds a
         # new satellite's topics within five seconds, with no group rebalance to wait on.
         discover_every_s=5.0,
+        # An inactive satellite's partitions are released once drained: after a benchmark
+        # the broker no longer answers fetches for its fleet's idle topics.
+        keep_topic=keep_topic if active_only else None,
+        on_tick=fleet.tick if fleet is not None else None,
     )
     counts = core.counts
     log.info(
@@ -224,6 +237,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--fetch-min-bytes", type=int, default=1, help="Kafka fetch.min.bytes of the consumer"
     )
+    parser.add_argument(
+        "--active-only",
+        action="store_true",
+        help="consume only the topics of satellites in the fleet (configured, or active in "
+        "PostgreSQL); an inactive satellite's partitions are released once drained",
+    )
     parser.add_argument("--metrics-port", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -239,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch_size=args.batch_size,
         fetch_wait_ms=args.fetch_wait_ms,
         fetch_min_bytes=args.fetch_min_bytes,
+        active_only=args.active_only,
         metrics_port=args.metrics_port,
     )
 

@@ -8,6 +8,7 @@ code takes a ``Settings`` argument and never reads the environment itself.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -172,6 +173,14 @@ class Settings(BaseSettings):
 
     def subsystem_topic(self, subsystem: str, satellite_id: str) -> str:
         return self.topic_subsystem_template.format(subsystem=subsystem, satellite_id=satellite_id)
+
+    def satellite_of_topic(self, topic: str) -> str | None:
+        """The satellite id a subsystem topic is named after (None: not such a topic)."""
+        pattern = re.escape(self.topic_subsystem_template)
+        pattern = pattern.replace(re.escape("{subsystem}"), r"[^.]+", 1)
+        pattern = pattern.replace(re.escape("{satellite_id}"), r"(?P<satellite_id>.+)", 1)
+        found = re.fullmatch(pattern, topic)
+        return found.group("satellite_id") if found else None
 
 
 @lru_cache(maxsize=1)

@@ -323,6 +323,8 @@ def pipeline_services(settings: Settings, replay: bool) -> list[Service]:
 
     h = settings.host
     found: list[Service] = []
+    #: the live scheduler holds only the fleet's topics (see pipeline/scheduler.py)
+    stage_args = {"scheduler": ("--active-only",)}
     for name in ("router", "scheduler", "writer", "events"):
         port = PORTS[name]
         found.append(
@@ -331,7 +333,7 @@ def pipeline_services(settings: Settings, replay: bool) -> list[Service]:
                 f"http://{h}:{port}/metrics",
                 port,
                 _metrics_check(name, port),
-                _python_module(f"pipeline.{name}"),
+                _python_module(f"pipeline.{name}", *stage_args.get(name, ())),
             )
         )
     for index in range(settings.workers):

@@ -291,6 +291,7 @@ def run_kafka_stage(
     commit_offsets: Callable[[], list[TopicPartition]] | None = None,
     consumer_overrides: dict[str, Any] | None = None,
     discover_every_s: float | None = None,
+    keep_topic: Callable[[str], bool] | None = None,
     batch_wait_s: float = 0.0,
     commit_every_s: float | None = None,
 ) -> None:
@@ -325,14 +326,16 @@ def run_kafka_stage(
     With ``discover_every_s`` the stage assigns itself every partition of the matching
     topics (names, or ``^regex``), found again at that period, and resumes each from its
     group's committed offset: no group membership, so no rebalance pause when a
-    satellite's topics appear, at the price of one instance per group.
+    satellite's topics appear, at the price of one instance per group. ``keep_topic``
+    then narrows the matching topics to those it holds (the scheduler's active
+    satellites); a partition no longer kept is released once drained.
     """
     consumer = Consumer(consumer_config(settings, stage, **(consumer_overrides or {})))
     assigner = None
     if discover_every_s is None:
         consumer.subscribe(list(topics))  # a name starting with ^ is a regex subscription
     else:
-        assigner = TopicAssigner(consumer, topics, discover_every_s)
+        assigner = TopicAssigner(consumer, topics, discover_every_s, keep_topic)
     log.info("%s: consuming %s", stage, ", ".join(topics))
     committer = Committer(consumer, commit_offsets, commit_every_s)
     try:
@@ -445,11 +448,20 @@ def next_batch(
 class TopicAssigner:
     """Keeps a consumer assigned to every partition of the topics matching its patterns."""
 
-    def __init__(self, consumer: Consumer, patterns: Sequence[str], every_s: float) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        patterns: Sequence[str],
+        every_s: float,
+        keep: Callable[[str], bool] | None = None,
+    ) -> None:
         self.consumer = consumer
         self.exact = {p for p in patterns if not p.startswith("^")}
         self.regexes = [re.compile(p) for p in patterns if p.startswith("^")]
         self.every_s = every_s
+        #: which matching topics to hold (None: all); a topic no longer kept is let go
+        #: once everything in it was consumed
+        self.keep = keep
         self.assigned: set[tuple[str, int]] = set()
         self._next = 0.0
 
@@ -468,9 +480,14 @@ class TopicAssigner:
             if topic.error is None and self.matches(name)
             for partition in topic.partitions
         }
+        if self.keep is not None:
+            kept = {tp for tp in present if self.keep(tp[0])}
+            draining = {tp for tp in (self.assigned & present) - kept if not self._drained(*tp)}
+            present = kept | draining
         gone = self.assigned - present
         if gone:
             self.consumer.incremental_unassign([TopicPartition(t, p) for t, p in gone])
+            log.info("released %d partitions (%d in all)", len(gone), len(present))
         new = sorted(present - self.assigned)
         if new:
             committed = self.consumer.committed([TopicPartition(t, p) for t, p in new], timeout=10)
@@ -483,6 +500,13 @@ class TopicAssigner:
             self.consumer.incremental_assign(start)
             log.info("assigned %d new partitions (%d in all)", len(new), len(present))
         self.assigned = present
+
+    def _drained(self, topic: str, partition: int) -> bool:
+        """Whether everything the partition held when last fetched was consumed."""
+        where = TopicPartition(topic, partition)
+        position = self.consumer.position([where])[0].offset
+        _low, high = self.consumer.get_watermark_offsets(where, cached=True)
+        return bool(position >= 0 and high >= 0 and position >= high)
 
 
 class StageContext(NamedTuple):
