@@ -90,6 +90,10 @@ class Fleet:
         if time.monotonic() - self._read_at > self.refresh_s:
             self.refresh()
 
+    def holds(self, satellite_id: str) -> bool:
+        """Whether the satellite is in the fleet as last read (no database read)."""
+        return satellite_id in self.configured or satellite_id in self.registered
+
     def __call__(self, satellite_id: str) -> bool:
         if satellite_id in self.configured or satellite_id in self.registered:
             return True

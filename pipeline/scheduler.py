@@ -52,6 +52,8 @@ from smap_bench.stage import (
 log = logging.getLogger(f"smap_bench.{STAGE}")
 
 DEFAULT_TOPICS = r"^telemetry\..*"
+#: How often --active-only re-reads the fleet (the router: every 30 s).
+FLEET_REFRESH_S = 10.0
 #: How long a send to RabbitMQ is retried before the scheduler gives up (and restarts).
 DISPATCH_RETRY_S = 60.0
 
@@ -146,12 +148,27 @@ def run(
             if seconds is not None:
                 metrics.latency(seconds)
 
-    fleet = Fleet(settings) if active_only else None
+    fleet = Fleet(settings, refresh_s=FLEET_REFRESH_S) if active_only else None
+    not_held: set[str] = set()
+    last_read = [-float("inf")]
 
     def keep_topic(topic: str) -> bool:
-        """Hold a satellite's topics while it is in the fleet (configured or active)."""
+        """Hold a satellite's topics while it is in the fleet (configured or active).
+
+        A satellite not held is looked up again in PostgreSQL at most once per discovery
+        pass (a new replay's satellites are assigned within one pass), and then only at
+        the fleet's periodic re-read: a slow database costs one read per pass, not one per
+        partition."""
         satellite = settings.satellite_of_topic(topic)
-        return fleet is None or satellite is None or fleet(satellite)
+        if fleet is None or satellite is None or fleet.holds(satellite):
+            not_held.discard(satellite or "")
+            return True
+        if satellite not in not_held:
+            not_held.add(satellite)
+            if time.monotonic() - last_read[0] > FLEET_REFRESH_S / 2:
+                last_read[0] = time.monotonic()
+                fleet.refresh()
+        return fleet.holds(satellite)
 
     def commit_offsets() -> list[TopicPartition]:
         return [TopicPartition(t, p, o) for (t, p), o in core.commit_positions().items()]

@@ -176,8 +176,14 @@ class Settings(BaseSettings):
 
     def satellite_of_topic(self, topic: str) -> str | None:
         """The satellite id a subsystem topic is named after (None: not such a topic)."""
-        pattern = re.escape(self.topic_subsystem_template)
-        pattern = pattern.replace(re.escape("{subsystem}"), r"[^.]+", 1)
+        from smap_bench.catalog import Subsystem
+
+        template = self.topic_subsystem_template
+        if "{satellite_id}" not in template:
+            return None
+        subsystems = "|".join(re.escape(s.value) for s in Subsystem)
+        pattern = re.escape(template)
+        pattern = pattern.replace(re.escape("{subsystem}"), f"(?:{subsystems})", 1)
         pattern = pattern.replace(re.escape("{satellite_id}"), r"(?P<satellite_id>.+)", 1)
         found = re.fullmatch(pattern, topic)
         return found.group("satellite_id") if found else None

@@ -328,7 +328,8 @@ def run_kafka_stage(
     group's committed offset: no group membership, so no rebalance pause when a
     satellite's topics appear, at the price of one instance per group. ``keep_topic``
     then narrows the matching topics to those it holds (the scheduler's active
-    satellites); a partition no longer kept is released once drained.
+    satellites); a partition no longer kept is released once drained and quiet for a
+    minute.
     """
     consumer = Consumer(consumer_config(settings, stage, **(consumer_overrides or {})))
     assigner = None
@@ -454,6 +455,8 @@ class TopicAssigner:
         patterns: Sequence[str],
         every_s: float,
         keep: Callable[[str], bool] | None = None,
+        release_after_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.consumer = consumer
         self.exact = {p for p in patterns if not p.startswith("^")}
@@ -462,7 +465,14 @@ class TopicAssigner:
         #: which matching topics to hold (None: all); a topic no longer kept is let go
         #: once everything in it was consumed
         self.keep = keep
+        #: how long a partition no longer kept must stay drained, its end unmoved, before it
+        #: is released: longer than any stage may still be routing to it (the router
+        #: re-reads the fleet every 30 s)
+        self.release_after_s = release_after_s
+        self.clock = clock
         self.assigned: set[tuple[str, int]] = set()
+        self._started_at: dict[tuple[str, int], int] = {}  #: offset each was assigned from
+        self._quiet: dict[tuple[str, int], tuple[int, float]] = {}  #: (end, drained since)
         self._next = 0.0
 
     def matches(self, topic: str) -> bool:
@@ -482,11 +492,16 @@ class TopicAssigner:
         }
         if self.keep is not None:
             kept = {tp for tp in present if self.keep(tp[0])}
-            draining = {tp for tp in (self.assigned & present) - kept if not self._drained(*tp)}
-            present = kept | draining
+            leaving = (self.assigned & present) - kept
+            present = kept | {tp for tp in leaving if not self._releasable(tp)}
+            for tp in set(self._quiet) - leaving:
+                del self._quiet[tp]
         gone = self.assigned - present
         if gone:
             self.consumer.incremental_unassign([TopicPartition(t, p) for t, p in gone])
+            for tp in gone:
+                self._started_at.pop(tp, None)
+                self._quiet.pop(tp, None)
             log.info("released %d partitions (%d in all)", len(gone), len(present))
         new = sorted(present - self.assigned)
         if new:
@@ -498,15 +513,29 @@ class TopicAssigner:
                 for tp in committed
             ]
             self.consumer.incremental_assign(start)
+            self._started_at.update({(tp.topic, tp.partition): tp.offset for tp in start})
             log.info("assigned %d new partitions (%d in all)", len(new), len(present))
         self.assigned = present
 
-    def _drained(self, topic: str, partition: int) -> bool:
-        """Whether everything the partition held when last fetched was consumed."""
-        where = TopicPartition(topic, partition)
+    def _releasable(self, tp: tuple[str, int]) -> bool:
+        """Whether a partition no longer kept has been drained, its end unmoved, for
+        ``release_after_s``: everything it held consumed, and nothing new arriving."""
+        where = TopicPartition(*tp)
         position = self.consumer.position([where])[0].offset
-        _low, high = self.consumer.get_watermark_offsets(where, cached=True)
-        return bool(position >= 0 and high >= 0 and position >= high)
+        low, high = self.consumer.get_watermark_offsets(where, cached=True)
+        if position < 0:  # nothing consumed this run: where it was assigned from
+            position = self._started_at.get(tp, -1)
+            if position == OFFSET_BEGINNING:
+                position = low
+        if not (0 <= high <= position):
+            self._quiet.pop(tp, None)
+            return False
+        now = self.clock()
+        end, since = self._quiet.setdefault(tp, (high, now))
+        if end != high:
+            self._quiet[tp] = (high, now)
+            return False
+        return now - since >= self.release_after_s
 
 
 class StageContext(NamedTuple):
