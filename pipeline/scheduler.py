@@ -209,8 +209,8 @@ def run(
         # One scheduler per group: it assigns itself every telemetry partition and finds a
         # new satellite's topics within five seconds, with no group rebalance to wait on.
         discover_every_s=5.0,
-        # An inactive satellite's partitions are released once drained: after a benchmark
-        # the broker no longer answers fetches for its fleet's idle topics.
+        # An inactive satellite's partitions are released once drained and quiet: after a
+        # benchmark the broker no longer answers fetches for its fleet's idle topics.
         keep_topic=keep_topic if active_only else None,
         on_tick=fleet.tick if fleet is not None else None,
     )
@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--active-only",
         action="store_true",
         help="consume only the topics of satellites in the fleet (configured, or active in "
-        "PostgreSQL); an inactive satellite's partitions are released once drained",
+        "PostgreSQL); an inactive satellite's partitions are released once drained and quiet",
     )
     parser.add_argument("--metrics-port", type=int, default=None)
     args = parser.parse_args(argv)
