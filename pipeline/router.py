@@ -70,8 +70,10 @@ class Fleet:
         self.refresh()
 
     def refresh(self) -> None:
-        self._read_at = time.monotonic()
+        """Re-read the active satellites; the read is timed from its end, so a slow or
+        unreachable database costs one attempt per period, not one per caller."""
         if not self.use_db:
+            self._read_at = time.monotonic()
             return
         try:
             import psycopg
@@ -81,6 +83,8 @@ class Fleet:
         except Exception as error:  # any database trouble: keep the last known fleet
             log.warning("%s: could not read satellites from PostgreSQL: %s", STAGE, error)
             return
+        finally:
+            self._read_at = time.monotonic()
         registered = frozenset(row[0] for row in rows)
         if registered != self.registered:
             log.info("%s: %d satellites registered in PostgreSQL", STAGE, len(registered))
@@ -89,10 +93,6 @@ class Fleet:
     def tick(self) -> None:
         if time.monotonic() - self._read_at > self.refresh_s:
             self.refresh()
-
-    def holds(self, satellite_id: str) -> bool:
-        """Whether the satellite is in the fleet as last read (no database read)."""
-        return satellite_id in self.configured or satellite_id in self.registered
 
     def __call__(self, satellite_id: str) -> bool:
         if satellite_id in self.configured or satellite_id in self.registered:

@@ -52,8 +52,6 @@ from smap_bench.stage import (
 log = logging.getLogger(f"smap_bench.{STAGE}")
 
 DEFAULT_TOPICS = r"^telemetry\..*"
-#: How often --active-only re-reads the fleet (the router: every 30 s).
-FLEET_REFRESH_S = 10.0
 #: How long a send to RabbitMQ is retried before the scheduler gives up (and restarts).
 DISPATCH_RETRY_S = 60.0
 
@@ -148,27 +146,13 @@ def run(
             if seconds is not None:
                 metrics.latency(seconds)
 
-    fleet = Fleet(settings, refresh_s=FLEET_REFRESH_S) if active_only else None
-    not_held: set[str] = set()
-    last_read = [-float("inf")]
+    # --active-only: a satellite's topics are held while the router's fleet holds it
+    # (an unknown id re-reads PostgreSQL at most once a second: once per discovery pass)
+    fleet = Fleet(settings) if active_only else None
 
     def keep_topic(topic: str) -> bool:
-        """Hold a satellite's topics while it is in the fleet (configured or active).
-
-        A satellite not held is looked up again in PostgreSQL at most once per discovery
-        pass (a new replay's satellites are assigned within one pass), and then only at
-        the fleet's periodic re-read: a slow database costs one read per pass, not one per
-        partition."""
         satellite = settings.satellite_of_topic(topic)
-        if fleet is None or satellite is None or fleet.holds(satellite):
-            not_held.discard(satellite or "")
-            return True
-        if satellite not in not_held:
-            not_held.add(satellite)
-            if time.monotonic() - last_read[0] > FLEET_REFRESH_S / 2:
-                last_read[0] = time.monotonic()
-                fleet.refresh()
-        return fleet.holds(satellite)
+        return fleet is None or satellite is None or fleet(satellite)
 
     def commit_offsets() -> list[TopicPartition]:
         return [TopicPartition(t, p, o) for (t, p), o in core.commit_positions().items()]
@@ -211,7 +195,7 @@ def run(
         discover_every_s=5.0,
         # An inactive satellite's partitions are released once drained and quiet: after a
         # benchmark the broker no longer answers fetches for its fleet's idle topics.
-        keep_topic=keep_topic if active_only else None,
+        keep_topic=keep_topic if fleet is not None else None,
         on_tick=fleet.tick if fleet is not None else None,
     )
     counts = core.counts

@@ -202,8 +202,7 @@ def run_inference_task(
     )
     letters = [(base64.b64decode(value), reason) for value, reason in dead_letters or []]
     for item in [*rejected, *outcome.rejected]:
-        state.metrics.rejected(item.reason)
-        log.warning("%s: dead-lettered: %s", STAGE, item.reason)
+        state.dead_letter.refused(item.reason)
         letters.append((item.payload(), item.reason))
     topic = state.settings.topic_results
     messages = [

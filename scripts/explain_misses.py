@@ -18,16 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from smap_bench.inference.repository import find_onnx_models
 from smap_bench.model.runner import channel_scores, data_source
 
 
 def explain(repository: Path, event_gap: int = 100) -> dict:
     source = data_source(None)
-    channels = sorted(
-        p.name.removeprefix("SMAP_")
-        for p in (repository / "onnx").iterdir()
-        if p.name.startswith("SMAP_")
-    )
+    channels = sorted(name.removeprefix("SMAP_") for name in find_onnx_models(repository))
     ranges = []
     for channel in channels:
         scores = channel_scores(source, channel, repository, event_gap=event_gap)

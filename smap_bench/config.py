@@ -176,17 +176,23 @@ class Settings(BaseSettings):
 
     def satellite_of_topic(self, topic: str) -> str | None:
         """The satellite id a subsystem topic is named after (None: not such a topic)."""
-        from smap_bench.catalog import Subsystem
-
-        template = self.topic_subsystem_template
-        if "{satellite_id}" not in template:
-            return None
-        subsystems = "|".join(re.escape(s.value) for s in Subsystem)
-        pattern = re.escape(template)
-        pattern = pattern.replace(re.escape("{subsystem}"), f"(?:{subsystems})", 1)
-        pattern = pattern.replace(re.escape("{satellite_id}"), r"(?P<satellite_id>.+)", 1)
-        found = re.fullmatch(pattern, topic)
+        pattern = _subsystem_topic_pattern(self.topic_subsystem_template)
+        found = pattern.fullmatch(topic) if pattern is not None else None
         return found.group("satellite_id") if found else None
+
+
+@lru_cache(maxsize=8)
+def _subsystem_topic_pattern(template: str) -> re.Pattern[str] | None:
+    """The template as a regex capturing the satellite id (None: the template has none)."""
+    from smap_bench.catalog import Subsystem
+
+    if "{satellite_id}" not in template:
+        return None
+    subsystems = "|".join(re.escape(s.value) for s in Subsystem)
+    pattern = re.escape(template)
+    pattern = pattern.replace(re.escape("{subsystem}"), f"(?:{subsystems})", 1)
+    pattern = pattern.replace(re.escape("{satellite_id}"), r"(?P<satellite_id>.+)", 1)
+    return re.compile(pattern)
 
 
 @lru_cache(maxsize=1)

@@ -227,14 +227,19 @@ class DeadLetter:
             ]
         return Outgoing(self.topic, value or b"", key, headers)
 
+    def refused(self, reason: str) -> None:
+        """Count and log one rejection (its dead letter sent by :meth:`send`, or by the
+        caller from :meth:`message`)."""
+        self.metrics.rejected(reason)
+        log.warning("%s: dead-lettered: %s", self.stage, reason)
+
     def send(self, value: bytes | None, reason: str, source: Message | None = None) -> None:
         """Produce the dead letter and count the rejection; the caller flushes."""
         letter = self.message(value, reason, source)
         self.producer.produce(
             letter.topic, value=letter.value, key=letter.key, headers=letter.headers
         )
-        self.metrics.rejected(reason)
-        log.warning("%s: dead-lettered: %s", self.stage, reason)
+        self.refused(reason)
 
 
 @dataclass
