@@ -24,6 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from smap_bench.config import Settings, get_settings
+from smap_bench.model.context import ContextConfig
 
 if TYPE_CHECKING:  # torch is imported only when a command runs, not by `smap-bench --help`
     from smap_bench.model import runner
@@ -292,6 +293,7 @@ def evaluate_seeds(
     jobs: int = 1,
     rule: str = "static",
     horizon: int = 0,
+    context: ContextConfig | None = None,
 ) -> dict[str, Any]:
     """Train (or reuse) each seed's models and score the test splits as the live pipeline
     does; returns the ``evaluate`` JSON (headline as mean/std over seeds, per-channel rows,
@@ -299,6 +301,7 @@ def evaluate_seeds(
     from smap_bench import evaluation
     from smap_bench.model import runner
 
+    context_config = context
     if repository_for is None:
 
         def repository_for(settings: Settings, seed: int) -> Path:
@@ -320,6 +323,7 @@ def evaluate_seeds(
             settings.stride,
             settings.event_gap,
             rule=rule,
+            context=context_config,
         )
         pooled["seed"] = seed
         pooled["repository"] = str(repository)
@@ -354,6 +358,7 @@ def evaluate_seeds(
         "stride": settings.stride,
         "event_gap": settings.event_gap,
         "rule": _rule_description(rule),
+        "context": None if context_config is None else context_config.to_dict(),
         "per_channel": _mean_rows(runs),
         "runs": runs,
     }
@@ -383,6 +388,20 @@ def evaluate(
         ),
     ] = "static",
     horizon: HorizonOpt = 0,
+    context: Annotated[
+        bool,
+        typer.Option(
+            "--context",
+            help="Also flag windows whose recent telemetry values are unlike every stretch "
+            "of the train split (the context detector, smap_bench.model.context)",
+        ),
+    ] = False,
+    context_length: Annotated[
+        int, typer.Option(min=2, help="Context detector: records of history per window")
+    ] = ContextConfig.length,
+    context_factor: Annotated[
+        float, typer.Option(min=0.01, help="Context detector: threshold factor")
+    ] = ContextConfig.factor,
 ) -> None:
     """Train (or reuse) models for each seed and score the test splits as the live pipeline
     does: windows of 30 every 10 records, event-wise metrics pooled over channels."""
@@ -399,6 +418,7 @@ def evaluate(
         jobs=_jobs(jobs),
         rule=rule,
         horizon=horizon,
+        context=ContextConfig(context_length, context_factor) if context else None,
     )
     console.print(evaluation_table(report))
     if report["missing_channels"]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from smap_bench import evaluation
+from smap_bench import evaluation, windows
 from smap_bench.data.loader import (
     ChannelData,
     DataSource,
@@ -23,6 +23,7 @@ from smap_bench.data.loader import (
     load_channel,
     resolve_data_dir,
 )
+from smap_bench.model.context import ContextConfig, fit_context_detector
 from smap_bench.model.export import export_onnx_bytes
 from smap_bench.model.offline import onnx_session, split_flags
 from smap_bench.model.repository import onnx_path, read_metadata, write_model
@@ -118,11 +119,14 @@ def evaluate_repository(
     stride: int = 10,
     event_gap: int = 0,
     rule: str = "static",
+    context: ContextConfig | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Score each channel's test split through its ONNX model; pooled report and the
     channels skipped for lack of data or model. ``event_gap`` is the event rule
     (:func:`smap_bench.evaluation.bridge_gaps`); ``rule`` the window decision rule
-    (``static`` or ``stream``, :mod:`smap_bench.model.stream_rule`)."""
+    (``static`` or ``stream``, :mod:`smap_bench.model.stream_rule`). With ``context``, a
+    window is also anomalous when the context detector flags it
+    (:mod:`smap_bench.model.context`, offline only: the live pipeline does not run it)."""
     if rule not in RULES:
         raise ValueError(f"unknown decision rule {rule!r} (known: {', '.join(RULES)})")
     results = []
@@ -153,6 +157,13 @@ def evaluate_repository(
             min(stride, model_window),
             stream_rule,
         )
+        extra: dict[str, Any] = {"threshold": float(meta["threshold"]), "seed": meta.get("seed")}
+        if context is not None:
+            context_flags, context_threshold = _context_record_flags(
+                data, meta, context, model_window, min(stride, model_window)
+            )
+            flags = flags | context_flags
+            extra["context_threshold"] = context_threshold
         results.append(
             evaluation.evaluate_channel(
                 channel,
@@ -160,12 +171,34 @@ def evaluate_repository(
                 data.anomalies,
                 len(data.test),
                 event_gap=event_gap,
-                extra={"threshold": float(meta["threshold"]), "seed": meta.get("seed")},
+                extra=extra,
             )
         )
     if not results:
         raise ValueError(f"no channel could be evaluated from {repository}")
     return evaluation.pool(results), missing
+
+
+def _context_record_flags(
+    data: ChannelData, meta: dict[str, Any], config: ContextConfig, window: int, stride: int
+) -> tuple[np.ndarray, float]:
+    """Per-record flags of the context detector over the test split (the same windows and
+    responsibility rule as the model's), fitted on the train split with the model's
+    normalisation of the telemetry value; and its threshold."""
+    normalisation = meta["normalisation"]
+    detector = fit_context_detector(
+        data.train[:, 0],
+        float(normalisation["offset"][0]),
+        float(normalisation["scale"][0]),
+        config,
+        stride,
+    )
+    starts = windows.window_starts(len(data.test), window, stride)
+    window_flags = detector.window_flags(data.test[:, 0], starts, window)
+    record_flags = windows.record_flags_from_windows(
+        window_flags, starts, len(data.test), window, stride
+    )
+    return record_flags, detector.threshold
 
 
 def seed_config(config: TrainConfig, seed: int) -> TrainConfig:

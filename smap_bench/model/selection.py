@@ -38,6 +38,7 @@ import numpy as np
 
 from smap_bench import evaluation, windows
 from smap_bench.data.loader import LabeledRange
+from smap_bench.model.context import ContextConfig, held_out_context_flags
 from smap_bench.model.threshold import ThresholdConfig, fit_threshold
 
 #: Anomaly kinds injected into held-out normal data (as the dataset's labels describe
@@ -213,6 +214,8 @@ class Judged:
     starts: np.ndarray
     n_records: int
     anomaly: LabeledRange | None = None
+    #: window decisions of the context detector, by its configuration
+    context_flags: dict[ContextConfig, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -254,8 +257,10 @@ def channel_material(
     train_stride: int = 4,
     validation_fraction: float = 0.2,
     kinds: Sequence[str] = KINDS,
+    contexts: Sequence[ContextConfig] = (),
 ) -> ChannelMaterial:
-    """Score one channel's train split for the selection (``score``: windows -> scores)."""
+    """Score one channel's train split for the selection (``score``: windows -> scores),
+    with the decisions of the context detector under each of ``contexts``."""
     train = np.asarray(train, dtype=np.float32)
     n_validation = round(len(train) * validation_fraction)
     fit_part, tail = train[:-n_validation], train[-n_validation:]
@@ -270,8 +275,10 @@ def channel_material(
     for index, judged_half in enumerate(halves):
         rng = injection_rng(channel, seed, index)
         injected = []
+        copies = []
         for kind in kinds:
             series, anomaly = inject(judged_half, kind, rng, low, high)
+            copies.append(series)
             item = live_judged(series, score, window, stride)
             item.anomaly = anomaly
             injected.append(item)
@@ -282,6 +289,27 @@ def channel_material(
                 injected=injected,
             )
         )
+        if contexts:
+            fold = folds[-1]
+            lo = len(fit_part) + index * half
+            stretch = slice(lo, lo + len(judged_half))
+            values = [judged_half[:, 0], *(copy[:, 0] for copy in copies)]
+            span = max(high - low, MIN_SPAN)
+            offset = low - (span - (high - low)) / 2
+            for config in contexts:
+                decided = held_out_context_flags(
+                    train[:, 0],
+                    offset,
+                    span,
+                    stretch,
+                    values,
+                    fold.clean.starts,
+                    window,
+                    config,
+                    stride,
+                )
+                for item, flags in zip([fold.clean, *injected], decided, strict=True):
+                    item.context_flags[config] = flags
     return ChannelMaterial(channel, score(fit_windows), folds)
 
 
@@ -334,10 +362,18 @@ class Outcome:
 
 
 def flags_of(
-    item: Judged, statistic: ScoreFn, threshold: float, window: int, stride: int
+    item: Judged,
+    statistic: ScoreFn,
+    threshold: float,
+    window: int,
+    stride: int,
+    context: ContextConfig | None = None,
 ) -> np.ndarray:
-    """Record flags of a judged series under a statistic and threshold (the live rule)."""
+    """Record flags of a judged series under a statistic and threshold (the live rule),
+    or'ed with the context detector's decisions under ``context``."""
     window_flags = statistic(item.scores) > threshold
+    if context is not None:
+        window_flags = window_flags | item.context_flags[context]
     return windows.record_flags_from_windows(
         window_flags, item.starts, item.n_records, window, stride
     )
@@ -349,10 +385,13 @@ def judge(
     window: int = 30,
     stride: int = 10,
     event_gap: int = 0,
+    context: ContextConfig | None = None,
 ) -> Outcome:
     """Pooled held-out recall and false alarms of one candidate over all channels, with
     predicted segments formed by the event rule (:func:`smap_bench.evaluation.bridge_gaps`
-    with ``event_gap``), as the evaluation and the events stage form them."""
+    with ``event_gap``), as the evaluation and the events stage form them; with
+    ``context``, a window is also anomalous when the context detector flags it (the
+    material must have been built with that configuration)."""
     statistic = STATISTICS[candidate.statistic]
     detected = injected = fps = records = 0
     by_kind: dict[str, int] = {}
@@ -362,13 +401,13 @@ def judge(
             value = fit_threshold(
                 fit_stat, statistic(fold.threshold_scores), candidate.threshold
             ).value
-            clean = flags_of(fold.clean, statistic, value, window, stride)
+            clean = flags_of(fold.clean, statistic, value, window, stride, context)
             fps += len(evaluation.segments(evaluation.bridge_gaps(clean, event_gap)))
             records += fold.clean.n_records
             for item in fold.injected:
                 assert item.anomaly is not None
                 flags = evaluation.bridge_gaps(
-                    flags_of(item, statistic, value, window, stride), event_gap
+                    flags_of(item, statistic, value, window, stride, context), event_gap
                 )
                 hit = evaluation.event_counts(evaluation.segments(flags), [item.anomaly]).tp
                 injected += 1

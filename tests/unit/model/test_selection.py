@@ -5,6 +5,7 @@ import pytest
 
 from smap_bench import windows
 from smap_bench.model import selection
+from smap_bench.model.context import ContextConfig, held_out_context_flags
 from smap_bench.model.rethreshold import refit_metadata, train_config_from
 from smap_bench.model.threshold import ThresholdConfig, fit_threshold, window_statistic
 from smap_bench.model.train import TrainConfig, array_sha256
@@ -140,3 +141,43 @@ def test_refit_metadata_fits_as_training_does_and_updates_the_hash() -> None:
     assert new["rule_selection"] == {"chosen": "test"}
     assert new["metrics"]["x"] == 1
     assert meta["threshold"] == 1.0  # the input is not changed
+
+
+def test_the_context_detector_finds_what_the_window_score_cannot() -> None:
+    # The stand-in model sees only values outside the train range; a frozen value stays
+    # inside it. The context detector (100 records behind each window) sees the stopped
+    # oscillation, and the clean halves, like the rest of training, raise no alarm.
+    train = _segment(2000)
+    context = ContextConfig(length=100, factor=3.0)
+    material = [
+        selection.channel_material(
+            "X-1", train, _deviation_scorer, kinds=("frozen",), contexts=[context]
+        )
+    ]
+    (candidate,) = selection.candidate_grid(["mean"], qs=[1e-4], floor_factors=[2.0])
+    alone = selection.judge(candidate, material)
+    with_context = selection.judge(candidate, material, context=context)
+    assert alone.detected == 0
+    assert with_context.detected == with_context.injected == 2
+    assert with_context.false_positives == alone.false_positives == 0
+
+
+def test_held_out_context_flags_never_match_the_stretch_itself() -> None:
+    # A pulse that occurs once in training, inside the held-out stretch: were the stretch
+    # among the references, its clean copy would match itself and raise nothing.
+    values = 0.5 * np.sin(np.arange(1200) / 7.0)
+    values[1050:1080] = 0.9
+    starts = windows.window_starts(200, 30, 10)
+    (flags,) = held_out_context_flags(
+        values,
+        -0.5,
+        1.4,
+        slice(1000, 1200),
+        [values[1000:1200]],
+        starts,
+        30,
+        ContextConfig(length=100, factor=3.0),
+    )
+    ends = 1000 + starts + 29
+    assert flags[(ends >= 1050) & (ends < 1150)].all()
+    assert not flags[ends < 1050].any()
