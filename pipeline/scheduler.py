@@ -120,7 +120,12 @@ def run(
 ) -> WindowScheduler:
     """Run the scheduler until SIGTERM/SIGINT; returns its state (counts) at the end."""
     metrics, stop, producer, dead_letter, port = start_stage(settings, STAGE, metrics_port)
-    core = WindowScheduler(settings.window_size, settings.stride, known_models=ModelIndex(settings))
+    core = WindowScheduler(
+        settings.window_size,
+        settings.stride,
+        known_models=ModelIndex(settings),
+        context=settings.context_length,
+    )
     dispatch = make_dispatch(queue, metrics)
     spread = settings.workers if min_messages is None else min_messages
 

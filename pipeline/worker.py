@@ -43,6 +43,7 @@ model.
 from __future__ import annotations
 
 import base64
+import time
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,7 @@ from smap_bench.scheduling import DEFAULT_QUEUE, TASK_NAME, encode_tasks
 from smap_bench.schema import InferenceTask, encode
 from smap_bench.scoring import (
     STAGE,
+    ContextDetectors,
     MetadataThresholds,
     elapsed_since,
     parse_tasks,
@@ -138,12 +140,33 @@ class _Process:
             self.producer, settings.topic_dead_letter, STAGE, self.metrics
         )
         self.thresholds = MetadataThresholds(settings.model_repository)
+        config = settings.context_detector
+        self.contexts = (
+            None
+            if config is None
+            else ContextDetectors(
+                settings.model_repository, settings.data_dir, config, settings.stride
+            )
+        )
         self.pool = ThreadPoolExecutor(
             settings.worker_backend_threads, thread_name_prefix="backend"
         )
         if settings.worker_warmup:
             warmed, seconds = warm_up(self.backend, find_onnx_models(settings.model_repository))
             log.info("%s %d: %d models warmed up in %.1f s", STAGE, self.index, warmed, seconds)
+            if self.contexts is not None:
+                started = time.monotonic()
+                fitted = sum(
+                    self.contexts(name) is not None
+                    for name in find_onnx_models(settings.model_repository)
+                )
+                log.info(
+                    "%s %d: %d context detectors fitted in %.1f s",
+                    STAGE,
+                    self.index,
+                    fitted,
+                    time.monotonic() - started,
+                )
         log.info(
             "%s %d: backend %s, results to %s, metrics on %d",
             STAGE,
@@ -198,7 +221,7 @@ def run_inference_task(
     tasks, rejected = parse_tasks(payload)
     state.metrics.received(len(tasks) + len(rejected))
     outcome = score_concurrently(
-        tasks, state.backend, state.thresholds, state.settings.stride, state.pool
+        tasks, state.backend, state.thresholds, state.settings.stride, state.pool, state.contexts
     )
     letters = [(base64.b64decode(value), reason) for value, reason in dead_letters or []]
     for item in [*rejected, *outcome.rejected]:

@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from smap_bench.model.context import ContextConfig
+
 #: The checkout this package was installed from (editable install), used to find
 #: repository-relative defaults when commands run from another directory.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +56,22 @@ class Settings(BaseSettings):
             "Event rule: anomalous records parted by at most this many normal records are"
             " one event (smap_bench.evaluation.bridge_gaps)"
         ),
+    )
+    # The context detector beside TranAD (smap_bench.model.context): its length and factor
+    # were chosen on training data only (scripts/select_context.py).
+    context_length: int = Field(
+        default=ContextConfig.length,
+        ge=0,
+        description=(
+            "Context detector: records of the telemetry value behind each window, judged"
+            " against the train split (0: off; the scheduler sends them, the worker judges)"
+        ),
+    )
+    context_factor: float = Field(
+        default=ContextConfig.factor,
+        gt=0,
+        description="Context detector: threshold as a multiple of the train split's own"
+        " most unusual stretch",
     )
 
     # --- local stack -------------------------------------------------------------------
@@ -134,6 +152,13 @@ class Settings(BaseSettings):
     topic_control: str = "simulator-control"  # simulator commands (smap_bench.simulation)
     topic_status: str = "simulator-status"  # simulator state, every second (latest wins)
 
+    @field_validator("context_length", mode="after")
+    @classmethod
+    def _context_of_two_or_more(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("context_length must be 0 (off) or at least 2 records")
+        return value
+
     @field_validator("data_dir", "model_repository", "run_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
@@ -153,6 +178,13 @@ class Settings(BaseSettings):
         return self
 
     # --- derived addresses ------------------------------------------------------------
+    @property
+    def context_detector(self) -> ContextConfig | None:
+        """The served context detector's configuration (None: off)."""
+        if self.context_length == 0:
+            return None
+        return ContextConfig(self.context_length, self.context_factor)
+
     @property
     def kafka_host_port(self) -> tuple[str, int]:
         first = self.kafka_bootstrap.split(",")[0]

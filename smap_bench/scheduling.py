@@ -159,8 +159,10 @@ class WindowScheduler:
         origin: int = 0,
         known_models: Callable[[str], bool] | None = None,
         recent_job_ids: int = 200_000,
+        context: int = 0,
     ) -> None:
-        WindowBuffer(window_size, stride, n_features, origin)  # checks the geometry
+        WindowBuffer(window_size, stride, n_features, origin, context)  # checks the geometry
+        self.context = context
         self.window_size = window_size
         self.stride = stride
         self.n_features = n_features
@@ -295,7 +297,9 @@ class WindowScheduler:
         stream_key = (record.satellite_id, record.subsystem)
         stream = self._streams.get(stream_key)
         if stream is None:
-            buffer = WindowBuffer(self.window_size, self.stride, self.n_features, self.origin)
+            buffer = WindowBuffer(
+                self.window_size, self.stride, self.n_features, self.origin, self.context
+            )
             stream = _Stream(buffer=buffer, partition=key)
             self._streams[stream_key] = stream
             self._partition_streams.setdefault(key, set()).add(stream_key)
@@ -327,6 +331,7 @@ class WindowScheduler:
             subsystem=record.subsystem,
             model_name=model,
             input_data=window.data.tolist(),
+            context=None if window.context is None else window.context.tolist(),
             window_start=window.timestamps[0],
             window_end=window.timestamps[-1],
             loop=window.loop,

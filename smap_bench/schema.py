@@ -177,7 +177,9 @@ class InferenceTask(Message):
     """One window of one (satellite, subsystem) to score (Celery ``run_inference_task``).
 
     ``input_data`` is window_size x 25 (30 x 25 in the seed); any positive number of
-    rows is accepted so that the window size stays a setting.
+    rows is accepted so that the window size stays a setting. ``context`` (an extra field)
+    is the telemetry value of the records up to the window's last, for the context
+    detector (:mod:`smap_bench.model.context`); absent while the stream is shorter.
     """
 
     job_id: str = Field(min_length=1)
@@ -185,6 +187,7 @@ class InferenceTask(Message):
     subsystem: Subsystem
     model_name: str = Field(min_length=1)
     input_data: list[list[FiniteFloat]]
+    context: list[FiniteFloat] | None = Field(default=None, min_length=2)
     window_start: Timestamp
     window_end: Timestamp
     loop: NonNegInt | None = None
@@ -231,6 +234,9 @@ class InferenceResult(Message):
     status: str
     job_id: str = Field(min_length=1)
     threshold: FiniteFloat | None = None
+    #: the context detector's distance and threshold (None: the window was not judged)
+    context_distance: FiniteFloat | None = None
+    context_threshold: FiniteFloat | None = None
     loop: NonNegInt | None = None
     record_index_start: NonNegInt | None = None
     channel: str | None = None

@@ -13,6 +13,12 @@ flagged window marks the records it is responsible for
 (:func:`smap_bench.windows.responsible_range`, turned into record flags by
 :func:`smap_bench.windows.record_flags_from_windows`).
 
+**The context detector.** When the scheduler sends a window's ``context`` (the telemetry
+value of the last ``context_length`` records) and the worker serves a detector for the
+channel (:class:`ContextDetectors`, fitted on the train split as the offline evaluation
+fits it), the window is also anomalous when the context's distance exceeds the
+detector's threshold (:mod:`smap_bench.model.context`); the result carries both numbers.
+
 **Feature errors.** Each result carries ``feature_errors``: the mean squared difference
 between input and reconstruction per feature (raw units, as the model's reconstruction
 is), over the records the window is responsible for, so the events builder can name the
@@ -43,6 +49,7 @@ from typing import Any
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
+from smap_bench.data.loader import load_channel
 from smap_bench.inference.base import (
     BackendUnavailableError,
     InferenceBackend,
@@ -51,6 +58,7 @@ from smap_bench.inference.base import (
     ModelNotReadyError,
 )
 from smap_bench.inference.repository import onnx_models_dir, read_metadata
+from smap_bench.model.context import ContextConfig, ContextDetector, detector_from_metadata
 from smap_bench.model.threshold import window_is_anomalous as threshold_rule
 from smap_bench.schema import InferenceResult, InferenceTask, describe
 from smap_bench.stage import stamp
@@ -60,6 +68,7 @@ __all__ = [
     "SERVICE",
     "STAGE",
     "BatchOutcome",
+    "ContextDetectors",
     "MetadataThresholds",
     "Rejected",
     "batch_feature_errors",
@@ -192,6 +201,48 @@ class MetadataThresholds:
         return value
 
 
+class ContextDetectors:
+    """Context detectors per model, fitted on the channel's train split under ``data_dir``
+    and cached until the model's metadata changes (as :class:`MetadataThresholds`).
+
+    A channel without a train split there (or a model without metadata) has no detector:
+    its windows are judged by the model alone, and a warning says so once per model.
+    """
+
+    def __init__(
+        self, repository: Path, data_dir: Path | None, config: ContextConfig, stride: int = 10
+    ) -> None:
+        self.repository = Path(repository)
+        self.data_dir = data_dir
+        self.config = config
+        self.stride = stride
+        self._cache: dict[str, tuple[int, ContextDetector | None]] = {}
+
+    def __call__(self, model_name: str) -> ContextDetector | None:
+        path = onnx_models_dir(self.repository) / model_name / "metadata.json"
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            mtime = -1
+        cached = self._cache.get(model_name)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        detector = None
+        try:
+            metadata = read_metadata(path.parent)
+            channel = str(metadata.get("channel") or model_name.removeprefix("SMAP_"))
+            train = load_channel(channel, self.data_dir).train
+            detector = detector_from_metadata(train, metadata, self.config, self.stride)
+        except (OSError, ValueError) as error:
+            log.warning(
+                "%s: no context detector, windows judged by the model alone (%s)",
+                model_name,
+                describe(error),
+            )
+        self._cache[model_name] = (mtime, detector)
+        return detector
+
+
 # --------------------------------------------------------------------------------------
 # Scoring a batch of tasks
 # --------------------------------------------------------------------------------------
@@ -267,8 +318,11 @@ def score_tasks(
     *,
     stride: int,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    contexts: Callable[[str], ContextDetector | None] | None = None,
 ) -> BatchOutcome:
-    """Score validated tasks: one backend call per model, one result per window."""
+    """Score validated tasks: one backend call per model, one result per window; with
+    ``contexts``, windows that carry a context are also judged by the model's context
+    detector."""
     outcome = BatchOutcome()
     by_model: dict[str, list[InferenceTask]] = {}
     for task in tasks:
@@ -287,7 +341,8 @@ def score_tasks(
                     f"{group[0].window_size}"
                 )
                 outcome.rejected.append(Rejected(t, reason, t.job_id))
-        _score_group(model, same_shape, threshold, backend, stride, now, outcome)
+        detector = contexts(model) if contexts is not None else None
+        _score_group(model, same_shape, threshold, backend, stride, now, outcome, detector)
     return outcome
 
 
@@ -299,7 +354,12 @@ def _score_group(
     stride: int,
     now: Callable[[], datetime],
     outcome: BatchOutcome,
+    detector: ContextDetector | None = None,
 ) -> None:
+    if detector is not None:
+        group = _with_valid_context(model, group, detector, outcome)
+        if not group:
+            return
     windows = np.stack([t.input_array() for t in group])
     try:
         output = backend.infer(model, windows)
@@ -310,7 +370,7 @@ def _score_group(
     except InvalidWindowError as error:
         if len(group) > 1:  # find the window(s) at fault, score the others
             for task in group:
-                _score_group(model, [task], threshold, backend, stride, now, outcome)
+                _score_group(model, [task], threshold, backend, stride, now, outcome, detector)
             return
         outcome.rejected.append(Rejected(group[0], describe(error), group[0].job_id))
         return
@@ -321,6 +381,11 @@ def _score_group(
     reconstruction = np.asarray(output.reconstruction, dtype=np.float64)
     finite = np.isfinite(scores).all(axis=1) & np.isfinite(reconstruction).all(axis=(1, 2))
     flags = windows_anomalous(np.where(finite[:, None], scores, 0.0), threshold)
+    distances = _context_distances(group, detector)
+    context_threshold = None if detector is None else detector.threshold
+    by_context = [
+        d is not None and context_threshold is not None and d > context_threshold for d in distances
+    ]
     rounded = np.round(reconstruction, RECONSTRUCTION_DECIMALS)
     means, maxima = scores.mean(axis=1), scores.max(axis=1)
     rows = [responsible_rows(t.record_index_start, t.window_size, stride) for t in group]
@@ -343,7 +408,7 @@ def _score_group(
                 window_end_time=task.window_end,
                 mean_anomaly_score=float(means[i]),
                 max_anomaly_score=float(maxima[i]),
-                is_anomaly=bool(flags[i]),
+                is_anomaly=bool(flags[i]) or by_context[i],
                 anomaly_scores=scores[i].tolist(),
                 reconstructions=rounded[i].tolist(),
                 inference_time_ms=float(output.elapsed_ms),
@@ -352,6 +417,8 @@ def _score_group(
                 status="success",
                 job_id=task.job_id,
                 threshold=threshold,
+                context_distance=distances[i],
+                context_threshold=context_threshold if distances[i] is not None else None,
                 loop=task.loop,
                 record_index_start=task.record_index_start,
                 channel=task.channel,
@@ -359,6 +426,39 @@ def _score_group(
                 feature_errors=errors[i].tolist(),
             )
         )
+
+
+def _with_valid_context(
+    model: str, group: list[InferenceTask], detector: ContextDetector, outcome: BatchOutcome
+) -> list[InferenceTask]:
+    """The tasks whose context (if any) the detector can judge; the others rejected."""
+    length = detector.config.length
+    valid = []
+    for task in group:
+        if task.context is not None and len(task.context) != length:
+            reason = (
+                f"{model}: context has {len(task.context)} values, the context detector "
+                f"needs the last {length}"
+            )
+            outcome.rejected.append(Rejected(task, reason, task.job_id))
+        else:
+            valid.append(task)
+    return valid
+
+
+def _context_distances(
+    group: list[InferenceTask], detector: ContextDetector | None
+) -> list[float | None]:
+    """Each task's context distance (None: no detector, or no context in the task)."""
+    out: list[float | None] = [None] * len(group)
+    if detector is None:
+        return out
+    judged = [i for i, t in enumerate(group) if t.context is not None]
+    if judged:
+        rows = np.asarray([group[i].context for i in judged], dtype=np.float64)
+        for i, distance in zip(judged, detector.distances_of(rows), strict=True):
+            out[i] = float(distance)
+    return out
 
 
 def undelivered_tasks(
@@ -412,6 +512,7 @@ def score_concurrently(
     thresholds: Callable[[str], float],
     stride: int,
     pool: Executor,
+    contexts: Callable[[str], ContextDetector | None] | None = None,
 ) -> BatchOutcome:
     """:func:`~smap_bench.scoring.score_tasks`, one model's windows per thread of ``pool``;
     the outcomes merged in the order of the models' first windows, as ``score_tasks``
@@ -420,9 +521,10 @@ def score_concurrently(
     for task in tasks:
         by_model.setdefault(task.model_name, []).append(task)
     if len(by_model) <= 1:
-        return score_tasks(tasks, backend, thresholds, stride=stride)
+        return score_tasks(tasks, backend, thresholds, stride=stride, contexts=contexts)
     parts = pool.map(
-        lambda group: score_tasks(group, backend, thresholds, stride=stride), by_model.values()
+        lambda group: score_tasks(group, backend, thresholds, stride=stride, contexts=contexts),
+        by_model.values(),
     )
     merged = BatchOutcome()
     for part in parts:

@@ -223,6 +223,9 @@ class Window:
     last_record_index: int
     data: np.ndarray = field(repr=False)  #: (window_size, n_features) float32
     timestamps: tuple[Any, ...] = field(repr=False)  #: the records' timestamps, as pushed
+    #: the telemetry value (column 0) of the ``context`` records ending with the window's
+    #: last, float32; None when the buffer keeps no context or holds fewer records
+    context: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,11 +272,18 @@ class WindowBuffer:
 
     Memory is a ring of ``2 * window_size`` rows in which each record is written twice, so
     the newest window is always one contiguous slice.
+
+    With ``context`` > 0 the buffer also keeps the telemetry value (column 0) of the last
+    ``context`` records, in a ring of its own, and hands it out with each window whose
+    run (the consecutive records since the last gap or new loop) holds that many records:
+    the history the context detector judges (:mod:`smap_bench.model.context`).
     """
 
     __slots__ = (
         "_closed_runs",
         "_count",
+        "_history",
+        "_history_pos",
         "_last",
         "_loop",
         "_pos",
@@ -281,6 +291,7 @@ class WindowBuffer:
         "_run_start",
         "_times",
         "_zeros",
+        "context",
         "n_features",
         "origin",
         "stride",
@@ -292,11 +303,21 @@ class WindowBuffer:
     MAX_REMEMBERED_RUNS = 64
 
     def __init__(
-        self, window_size: int = 30, stride: int = 10, n_features: int = 25, origin: int = 0
+        self,
+        window_size: int = 30,
+        stride: int = 10,
+        n_features: int = 25,
+        origin: int = 0,
+        context: int = 0,
     ) -> None:
         _check_geometry(window_size, stride)
         if n_features < 1:
             raise ValueError(f"n_features must be at least 1, got {n_features}")
+        if context < 0:
+            raise ValueError(f"context must be 0 (none) or a number of records, got {context}")
+        self.context = context
+        self._history = np.zeros(2 * context, dtype=np.float32)
+        self._history_pos = 0
         self.window_size = window_size
         self.stride = stride
         self.n_features = n_features
@@ -392,6 +413,12 @@ class WindowBuffer:
         pos = pos + 1 if pos + 1 < size else 0
         self._pos = pos
         self._count += 1
+        context = self.context
+        if context:
+            history = self._history
+            hpos = self._history_pos
+            history[hpos] = history[hpos + context] = row[0]
+            self._history_pos = hpos = hpos + 1 if hpos + 1 < context else 0
 
         first = record_index - size + 1
         if self._count >= size and (first - self.origin) % self.stride == 0:
@@ -401,6 +428,11 @@ class WindowBuffer:
                 last_record_index=record_index,
                 data=ring[pos : pos + size].copy(),
                 timestamps=tuple(times[pos : pos + size]),
+                context=(
+                    self._history[hpos : hpos + context].copy()
+                    if context and self._count >= context
+                    else None
+                ),
             )
             return PushResult(windows=(window,), gap=gap, new_loop=new_loop)
         if gap or new_loop:

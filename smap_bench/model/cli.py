@@ -389,19 +389,21 @@ def evaluate(
     ] = "static",
     horizon: HorizonOpt = 0,
     context: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--context",
+            "--context/--no-context",
             help="Also flag windows whose recent telemetry values are unlike every stretch "
-            "of the train split (the context detector, smap_bench.model.context)",
+            "of the train split (the context detector, smap_bench.model.context); default: "
+            "as the live pipeline serves it (SMAP_CONTEXT_LENGTH > 0)",
         ),
-    ] = False,
+    ] = None,
     context_length: Annotated[
-        int, typer.Option(min=2, help="Context detector: records of history per window")
-    ] = ContextConfig.length,
+        int | None,
+        typer.Option(min=2, help="Context detector: records of history per window [served]"),
+    ] = None,
     context_factor: Annotated[
-        float, typer.Option(min=0.01, help="Context detector: threshold factor")
-    ] = ContextConfig.factor,
+        float | None, typer.Option(min=0.01, help="Context detector: threshold factor [served]")
+    ] = None,
 ) -> None:
     """Train (or reuse) models for each seed and score the test splits as the live pipeline
     does: windows of 30 every 10 records, event-wise metrics pooled over channels."""
@@ -409,8 +411,19 @@ def evaluate(
 
     if rule not in RULES:
         raise typer.BadParameter(f"unknown rule {rule!r} (known: {', '.join(RULES)})")
+    settings = get_settings()
+    served = settings.context_detector
+    use_context = served is not None if context is None else context
+    context_config = (
+        ContextConfig(
+            context_length or (served.length if served else ContextConfig.length),
+            context_factor or (served.factor if served else ContextConfig.factor),
+        )
+        if use_context
+        else None
+    )
     report = evaluate_seeds(
-        get_settings(),
+        settings,
         channels,
         seeds,
         epochs,
@@ -418,7 +431,7 @@ def evaluate(
         jobs=_jobs(jobs),
         rule=rule,
         horizon=horizon,
-        context=ContextConfig(context_length, context_factor) if context else None,
+        context=context_config,
     )
     console.print(evaluation_table(report))
     if report["missing_channels"]:

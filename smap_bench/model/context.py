@@ -32,7 +32,7 @@ served threshold's floor factor of 2 (``--context-length 250 --context-factor 2`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ __all__ = [
     "ContextDetector",
     "context_distances",
     "contexts_ending_at",
+    "detector_from_metadata",
     "fit_context_detector",
     "held_out_context_flags",
 ]
@@ -144,17 +145,56 @@ def context_distances(
 
 @dataclass(frozen=True)
 class ContextDetector:
-    """One channel's context detector: its train contexts and threshold."""
+    """One channel's context detector: its normalised train series and threshold.
+
+    The distances of the live worker and of the offline evaluation both come from
+    :meth:`nearest` (one sliding dot product over the train series per context), so the
+    two take the same decisions for the same records."""
 
     config: ContextConfig
     offset: float
     scale: float
-    references: np.ndarray  #: every train context ``[m, length]``, normalised
+    series: np.ndarray = field(repr=False)  #: the train split's telemetry value, normalised
     threshold: float
     train_distance_max: float  #: the train split's most unusual stretch (NaN: too short)
+    _squares: np.ndarray = field(init=False, repr=False)  #: squared norm of each train context
+
+    def __post_init__(self) -> None:
+        length = self.config.length
+        if len(self.series) < length:
+            squares = np.zeros(0)
+        else:
+            cumulative = np.concatenate([[0.0], np.cumsum(self.series**2)])
+            squares = cumulative[length:] - cumulative[:-length]
+        object.__setattr__(self, "_squares", squares)
 
     def normalise(self, values: np.ndarray) -> np.ndarray:
         return (_series(values) - self.offset) / self.scale
+
+    def nearest(self, rows: np.ndarray) -> np.ndarray:
+        """Distance of each normalised context row ``[k, length]`` to its nearest train
+        context (NaN for all when the train split is shorter than a context)."""
+        length = self.config.length
+        out = np.full(len(rows), np.nan)
+        if len(self._squares) == 0:
+            return out
+        for i, row in enumerate(np.asarray(rows, dtype=np.float64)):
+            squared = row @ row + self._squares - 2 * np.correlate(self.series, row, "valid")
+            out[i] = np.sqrt(max(float(squared.min()), 0.0) / length)
+        return out
+
+    def distances_of(self, contexts: np.ndarray) -> np.ndarray:
+        """Distance of each raw context row ``[k, length]`` (as the live scheduler sends
+        them: the telemetry value of the ``length`` records up to a window's last)."""
+        contexts = np.asarray(contexts, dtype=np.float64)
+        if contexts.ndim != 2 or contexts.shape[1] != self.config.length:
+            raise ValueError(
+                f"context has shape {contexts.shape}, the detector needs "
+                f"[k, {self.config.length}] (the last {self.config.length} telemetry values)"
+            )
+        if not np.all(np.isfinite(contexts)):
+            raise ValueError("context: values hold NaN or infinity")
+        return self.nearest((contexts - self.offset) / self.scale)
 
     def distances(self, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Distance of the context ending at each of ``ends`` in a raw series (NaN where
@@ -164,7 +204,7 @@ class ContextDetector:
         judged = ends >= self.config.length - 1
         if judged.any():
             rows = contexts_ending_at(self.normalise(values), ends[judged], self.config.length)
-            out[judged] = context_distances(rows, self.references)
+            out[judged] = self.nearest(rows)
         return out
 
     def window_flags(self, values: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
@@ -205,7 +245,21 @@ def fit_context_detector(
     all_ends = np.arange(length - 1, len(values))
     references = contexts_ending_at(values, all_ends, length)
     threshold, train_max = _threshold(references, all_ends, config, stride)
-    return ContextDetector(config, float(offset), float(scale), references, threshold, train_max)
+    return ContextDetector(config, float(offset), float(scale), values, threshold, train_max)
+
+
+def detector_from_metadata(
+    train: np.ndarray, metadata: dict[str, Any], config: ContextConfig, stride: int = 10
+) -> ContextDetector:
+    """A channel's detector from its train split ``[n, features]`` and its model's
+    metadata (the normalisation of the telemetry value): what the worker serves and the
+    offline evaluation scores, so both take the same decisions."""
+    try:
+        normalisation = metadata["normalisation"]
+        offset, scale = float(normalisation["offset"][0]), float(normalisation["scale"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ValueError("context: the model's metadata has no normalisation") from None
+    return fit_context_detector(np.asarray(train)[:, 0], offset, scale, config, stride)
 
 
 def held_out_context_flags(

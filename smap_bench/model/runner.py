@@ -23,7 +23,7 @@ from smap_bench.data.loader import (
     load_channel,
     resolve_data_dir,
 )
-from smap_bench.model.context import ContextConfig, fit_context_detector
+from smap_bench.model.context import ContextConfig, detector_from_metadata
 from smap_bench.model.export import export_onnx_bytes
 from smap_bench.model.offline import onnx_session, split_flags
 from smap_bench.model.repository import onnx_path, read_metadata, write_model
@@ -126,7 +126,8 @@ def evaluate_repository(
     (:func:`smap_bench.evaluation.bridge_gaps`); ``rule`` the window decision rule
     (``static`` or ``stream``, :mod:`smap_bench.model.stream_rule`). With ``context``, a
     window is also anomalous when the context detector flags it
-    (:mod:`smap_bench.model.context`, offline only: the live pipeline does not run it)."""
+    (:mod:`smap_bench.model.context`; the live pipeline serves
+    ``Settings.context_detector``)."""
     if rule not in RULES:
         raise ValueError(f"unknown decision rule {rule!r} (known: {', '.join(RULES)})")
     results = []
@@ -185,14 +186,7 @@ def _context_record_flags(
     """Per-record flags of the context detector over the test split (the same windows and
     responsibility rule as the model's), fitted on the train split with the model's
     normalisation of the telemetry value; and its threshold."""
-    normalisation = meta["normalisation"]
-    detector = fit_context_detector(
-        data.train[:, 0],
-        float(normalisation["offset"][0]),
-        float(normalisation["scale"][0]),
-        config,
-        stride,
-    )
+    detector = detector_from_metadata(data.train, meta, config, stride)
     starts = windows.window_starts(len(data.test), window, stride)
     window_flags = detector.window_flags(data.test[:, 0], starts, window)
     record_flags = windows.record_flags_from_windows(
@@ -223,13 +217,17 @@ def channel_scores(
     window: int = 30,
     stride: int = 10,
     event_gap: int = 0,
+    context: ContextConfig | None = None,
 ) -> ChannelScores:
     """Score one channel's test split through its ONNX model (flags under the event rule
-    :func:`smap_bench.evaluation.bridge_gaps` with ``event_gap``)."""
+    :func:`smap_bench.evaluation.bridge_gaps` with ``event_gap``, or'ed with the context
+    detector's under ``context``)."""
     data = load_channel(channel, source.path)
     meta = read_metadata(repository, channel)
     session = onnx_session(onnx_path(repository, channel))
     threshold = float(meta["threshold"])
     flags, statistic = split_flags(session, data.test, threshold, window, stride)
+    if context is not None:
+        flags = flags | _context_record_flags(data, meta, context, window, stride)[0]
     flags = evaluation.bridge_gaps(flags, event_gap)
     return ChannelScores(data, statistic, flags, threshold)

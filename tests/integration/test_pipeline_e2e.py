@@ -63,6 +63,7 @@ def test_live_and_offline_scores_agree(live_pipeline: Settings, replay: dict) ->
         live_pipeline.window_size,
         live_pipeline.stride,
         live_pipeline.event_gap,
+        context=live_pipeline.context_detector,
     )
     assert skipped == []
     assert abs(replay["event"]["f1"] - offline["event"]["f1"]) <= 0.01

@@ -100,6 +100,7 @@ def state(
         metrics=metrics,
         backend=OnnxBackend(repository),
         thresholds=MetadataThresholds(repository),
+        contexts=None,
         pool=ThreadPoolExecutor(2),
         producer=producer,
         dead_letter=DeadLetter(producer, "dlq", STAGE, metrics),  # type: ignore[arg-type]

@@ -1,0 +1,175 @@
+"""The context detector in the live path: the buffer's context, the scheduler's task, the
+worker's decision, and their agreement with the offline evaluation (no services)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smap_bench.inference.onnx_backend import OnnxBackend
+from smap_bench.model.context import ContextConfig, ContextDetector, fit_context_detector
+from smap_bench.scheduling import Position, WindowScheduler
+from smap_bench.schema import InferenceTask, deterministic_job_id
+from smap_bench.scoring import ContextDetectors, MetadataThresholds, score_tasks
+from smap_bench.windows import WindowBuffer, window_starts
+
+from .test_scheduling import TOPIC, features, record
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "triton-repository"
+T0 = datetime(2025, 11, 12, 10, 0, tzinfo=UTC)
+
+
+def _row(value: float) -> np.ndarray:
+    row = np.zeros(25, dtype=np.float32)
+    row[0] = value
+    return row
+
+
+def test_the_buffer_hands_out_the_last_context_values_of_the_run() -> None:
+    buffer = WindowBuffer(30, 10, context=50)
+    contexts = {}
+    for index in [*range(0, 120), *range(125, 200)]:  # a gap of 5 records after 119
+        result = buffer.push(1, index, _row(float(index)))
+        for window in result.windows:
+            contexts[window.last_record_index] = window.context
+    assert contexts[39] is None  # 40 records behind it: fewer than 50
+    np.testing.assert_array_equal(contexts[49], np.arange(0, 50, dtype=np.float32))
+    np.testing.assert_array_equal(contexts[119], np.arange(70, 120, dtype=np.float32))
+    # after the gap the run starts again: no context until 50 consecutive records
+    assert contexts[159] is None and contexts[169] is None
+    np.testing.assert_array_equal(contexts[179], np.arange(130, 180, dtype=np.float32))
+    np.testing.assert_array_equal(contexts[199], np.arange(150, 200, dtype=np.float32))
+
+
+def test_a_new_loop_starts_the_context_again() -> None:
+    buffer = WindowBuffer(30, 10, context=40)
+    for index in range(60):
+        buffer.push(1, index, _row(1.0))
+    windows = [w for i in range(40) for w in buffer.push(2, i, _row(2.0)).windows]
+    assert [w.context is None for w in windows] == [True, False]
+    assert windows[1].context is not None and set(windows[1].context.tolist()) == {2.0}
+
+
+def test_a_buffer_without_context_hands_none() -> None:
+    buffer = WindowBuffer(30, 10)
+    windows = [w for i in range(100) for w in buffer.push(1, i, _row(float(i))).windows]
+    assert windows and all(w.context is None for w in windows)
+    with pytest.raises(ValueError, match="context"):
+        WindowBuffer(30, 10, context=-1)
+
+
+def test_the_scheduler_sends_the_context_with_the_task() -> None:
+    scheduler = WindowScheduler(30, 10, context=40)
+    tasks = []
+    for offset, index in enumerate(range(70)):
+        outcome = scheduler.accept(record(index), Position(TOPIC, 0, offset))
+        if outcome.task is not None:
+            tasks.append(outcome.task)
+    assert [t.record_index_start for t in tasks] == [0, 10, 20, 30, 40]
+    assert [t.context is None for t in tasks] == [True, False, False, False, False]
+    expected = [np.float32(features(i)[0]) for i in range(30, 70)]
+    assert tasks[-1].context == pytest.approx(expected)
+    # the task survives the trip through JSON and validation
+    again = InferenceTask.model_validate_json(tasks[-1].model_dump_json())
+    assert again.context == tasks[-1].context
+
+
+def _periodic(n: int) -> np.ndarray:
+    return 0.5 + 0.4 * np.sin(2 * np.pi * np.arange(n) / 20)
+
+
+@pytest.fixture
+def detector() -> ContextDetector:
+    return fit_context_detector(_periodic(400), 0.0, 1.0, ContextConfig(40, 3.0))
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    shutil.copytree(FIXTURE, tmp_path / "repo")
+    return tmp_path / "repo"
+
+
+def _task(start: int, context: list[float] | None) -> InferenceTask:
+    data = np.random.default_rng(start).normal(0, 1, (30, 25))
+    return InferenceTask(
+        job_id=deterministic_job_id("sat3", "TCS", 1, start),
+        satellite_id="sat3",
+        subsystem="TCS",
+        model_name="SMAP_T-1",
+        input_data=data.tolist(),
+        context=context,
+        window_start=T0 + timedelta(seconds=start),
+        window_end=T0 + timedelta(seconds=start + 29),
+        loop=1,
+        record_index_start=start,
+        channel="T-1",
+    )
+
+
+def test_the_worker_flags_a_window_by_its_context(
+    repository: Path, detector: ContextDetector
+) -> None:
+    metadata = repository / "onnx" / "SMAP_T-1" / "metadata.json"
+    metadata.write_text(json.dumps({**json.loads(metadata.read_text()), "threshold": 1e9}))
+    like_training = _periodic(40).tolist()
+    stopped = [0.5] * 40  # the oscillation stopped
+    tasks = [_task(0, None), _task(10, like_training), _task(20, stopped), _task(30, [0.5] * 10)]
+    outcome = score_tasks(
+        tasks,
+        OnnxBackend(repository),
+        MetadataThresholds(repository),
+        stride=10,
+        contexts=lambda model: detector,
+    )
+    by_start = {r.record_index_start: r for r in outcome.results}
+    assert sorted(by_start) == [0, 10, 20]
+    # no context: judged by the model alone (whose threshold nothing reaches here)
+    assert by_start[0].context_distance is None and by_start[0].context_threshold is None
+    assert not by_start[0].is_anomaly
+    assert by_start[10].context_distance == pytest.approx(0.0, abs=1e-6)
+    assert not by_start[10].is_anomaly
+    assert by_start[20].context_distance > detector.threshold
+    assert by_start[20].context_threshold == detector.threshold
+    assert by_start[20].is_anomaly
+    # a context of the wrong length is refused with a reason naming the model
+    (rejected,) = outcome.rejected
+    assert rejected.job_id == tasks[3].job_id
+    assert "SMAP_T-1" in rejected.reason and "context has 10 values" in rejected.reason
+
+
+def test_live_context_decisions_equal_the_offline_ones(detector: ContextDetector) -> None:
+    test = _periodic(400)
+    test[250:330] = 0.5
+    test[360:370] = 0.95
+    offline = detector.window_flags(test, window_starts(len(test), 30, 10), 30)
+    buffer = WindowBuffer(30, 10, context=40)
+    live = []
+    for index, value in enumerate(test.astype(np.float32)):
+        for window in buffer.push(1, index, _row(float(value))).windows:
+            context = window.context
+            live.append(
+                context is not None
+                and bool(detector.distances_of(context[None])[0] > detector.threshold)
+            )
+    assert offline.any() and not offline.all()
+    assert live == offline.tolist()
+
+
+def test_context_detectors_need_the_normalisation_and_the_train_split(
+    repository: Path, tmp_path: Path
+) -> None:
+    detectors = ContextDetectors(repository, None, ContextConfig(40, 3.0))
+    # the fixture model's metadata has no normalisation: no detector, the model alone
+    assert detectors("SMAP_T-1") is None
+    assert detectors("SMAP_NO-SUCH") is None
+    metadata = repository / "onnx" / "SMAP_T-1" / "metadata.json"
+    meta = json.loads(metadata.read_text())
+    meta["normalisation"] = {"offset": [0.0] * 25, "scale": [1.0] * 25}
+    metadata.write_text(json.dumps(meta))
+    fitted = ContextDetectors(repository, None, ContextConfig(40, 3.0))("SMAP_T-1")
+    assert fitted is not None and fitted.threshold >= 0.05
