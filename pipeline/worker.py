@@ -43,9 +43,9 @@ model.
 from __future__ import annotations
 
 import base64
-import time
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -144,9 +144,7 @@ class _Process:
         self.contexts = (
             None
             if config is None
-            else ContextDetectors(
-                settings.model_repository, settings.data_dir, config, settings.stride
-            )
+            else ContextDetectors(settings.model_repository, settings.data_dir, config)
         )
         self.pool = ThreadPoolExecutor(
             settings.worker_backend_threads, thread_name_prefix="backend"

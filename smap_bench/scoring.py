@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -203,20 +204,30 @@ class MetadataThresholds:
 
 class ContextDetectors:
     """Context detectors per model, fitted on the channel's train split under ``data_dir``
-    and cached until the model's metadata changes (as :class:`MetadataThresholds`).
+    (as the offline evaluation resolves it) and cached until the model's metadata changes
+    (as :class:`MetadataThresholds`).
 
-    A channel without a train split there (or a model without metadata) has no detector:
-    its windows are judged by the model alone, and a warning says so once per model.
+    A model without a detector (no metadata or normalisation, no train split, or one too
+    short to fit) has its windows judged by the model alone; a warning says why, and the
+    fit is tried again after :attr:`RETRY_S`, so a data directory missing for a while
+    does not switch the detector off for the worker's life.
     """
 
+    #: Seconds before a model whose detector could not be fitted is tried again.
+    RETRY_S = 60.0
+
     def __init__(
-        self, repository: Path, data_dir: Path | None, config: ContextConfig, stride: int = 10
+        self,
+        repository: Path,
+        data_dir: Path | None,
+        config: ContextConfig,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.repository = Path(repository)
         self.data_dir = data_dir
         self.config = config
-        self.stride = stride
-        self._cache: dict[str, tuple[int, ContextDetector | None]] = {}
+        self.clock = clock
+        self._cache: dict[str, tuple[int, ContextDetector | None, float]] = {}
 
     def __call__(self, model_name: str) -> ContextDetector | None:
         path = onnx_models_dir(self.repository) / model_name / "metadata.json"
@@ -224,22 +235,31 @@ class ContextDetectors:
             mtime = path.stat().st_mtime_ns
         except OSError:
             mtime = -1
+        now = self.clock()
         cached = self._cache.get(model_name)
         if cached is not None and cached[0] == mtime:
-            return cached[1]
+            kept, fitted_at = cached[1], cached[2]
+            if kept is not None or now - fitted_at < self.RETRY_S:
+                return kept
         detector = None
         try:
             metadata = read_metadata(path.parent)
             channel = str(metadata.get("channel") or model_name.removeprefix("SMAP_"))
             train = load_channel(channel, self.data_dir).train
-            detector = detector_from_metadata(train, metadata, self.config, self.stride)
+            detector = detector_from_metadata(train, metadata, self.config)
+            if not math.isfinite(detector.threshold):
+                raise ValueError(
+                    f"train split of {len(train)} records holds no two contexts of "
+                    f"{self.config.length} records apart"
+                )
         except (OSError, ValueError) as error:
+            detector = None
             log.warning(
                 "%s: no context detector, windows judged by the model alone (%s)",
                 model_name,
                 describe(error),
             )
-        self._cache[model_name] = (mtime, detector)
+        self._cache[model_name] = (mtime, detector, now)
         return detector
 
 
@@ -356,10 +376,6 @@ def _score_group(
     outcome: BatchOutcome,
     detector: ContextDetector | None = None,
 ) -> None:
-    if detector is not None:
-        group = _with_valid_context(model, group, detector, outcome)
-        if not group:
-            return
     windows = np.stack([t.input_array() for t in group])
     try:
         output = backend.infer(model, windows)
@@ -381,7 +397,7 @@ def _score_group(
     reconstruction = np.asarray(output.reconstruction, dtype=np.float64)
     finite = np.isfinite(scores).all(axis=1) & np.isfinite(reconstruction).all(axis=(1, 2))
     flags = windows_anomalous(np.where(finite[:, None], scores, 0.0), threshold)
-    distances = _context_distances(group, detector)
+    distances = _context_distances(model, group, detector)
     context_threshold = None if detector is None else detector.threshold
     by_context = [
         d is not None and context_threshold is not None and d > context_threshold for d in distances
@@ -428,36 +444,29 @@ def _score_group(
         )
 
 
-def _with_valid_context(
-    model: str, group: list[InferenceTask], detector: ContextDetector, outcome: BatchOutcome
-) -> list[InferenceTask]:
-    """The tasks whose context (if any) the detector can judge; the others rejected."""
-    length = detector.config.length
-    valid = []
-    for task in group:
-        if task.context is not None and len(task.context) != length:
-            reason = (
-                f"{model}: context has {len(task.context)} values, the context detector "
-                f"needs the last {length}"
-            )
-            outcome.rejected.append(Rejected(task, reason, task.job_id))
-        else:
-            valid.append(task)
-    return valid
-
-
 def _context_distances(
-    group: list[InferenceTask], detector: ContextDetector | None
+    model: str, group: list[InferenceTask], detector: ContextDetector | None
 ) -> list[float | None]:
-    """Each task's context distance (None: no detector, or no context in the task)."""
+    """Each task's context distance; None where the window is not judged by context: no
+    detector, no context in the task, or a context of another length than the detector's
+    (the scheduler and the worker disagree on ``SMAP_CONTEXT_LENGTH``: logged, and the
+    model's decision stands, so a settings drift costs the context, not the windows)."""
     out: list[float | None] = [None] * len(group)
     if detector is None:
         return out
-    judged = [i for i, t in enumerate(group) if t.context is not None]
+    length = detector.config.length
+    judged = [i for i, t in enumerate(group) if t.context is not None and len(t.context) == length]
+    if len(judged) < sum(t.context is not None for t in group):
+        log.warning(
+            "%s: tasks with a context of another length than the detector's %d judged "
+            "by the model alone (SMAP_CONTEXT_LENGTH differs between scheduler and worker?)",
+            model,
+            length,
+        )
     if judged:
         rows = np.asarray([group[i].context for i in judged], dtype=np.float64)
         for i, distance in zip(judged, detector.distances_of(rows), strict=True):
-            out[i] = float(distance)
+            out[i] = float(distance) if math.isfinite(distance) else None
     return out
 
 

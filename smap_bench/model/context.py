@@ -11,21 +11,31 @@ history. This detector gives a window a longer view, without a network:
 - **Distance.** A context's distance is the root-mean-square difference to its nearest
   context of the same length in the channel's train split: small where training holds a
   stretch like it anywhere, large where nothing in training looks like it.
-- **Threshold, from the train split only.** Each train context (every ``stride``
-  records) is matched against the train contexts that do not overlap it (an exclusion
-  zone of ``length`` records, so no context matches itself or its neighbours): the
-  largest of these distances is the train split's own most unusual stretch. The
+- **Threshold, from the train split only.** Each train context (every
+  :data:`FIT_STRIDE` records) is matched against the train contexts that do not overlap
+  it (an exclusion zone of ``length`` records, so no context matches itself or its
+  neighbours): the largest of these distances is the train split's own most unusual stretch. The
   threshold is ``factor`` times that distance, and never below ``min_distance``
-  (several channels are constant over their train split, where that distance is 0).
+  (several channels are constant over their train split, where that distance is 0). A
+  train split too short to hold two contexts ``length`` records apart has no such
+  distance: its detector never flags (an infinite threshold), rather than flag at the
+  minimum where nothing is known.
 - **Decision.** A window is anomalous by context when its context's distance exceeds the
-  threshold; a window with fewer than ``length`` records behind it is not judged. The
-  window's decision marks the records it is responsible for, as TranAD's does
-  (:func:`smap_bench.windows.record_flags_from_windows`).
+  threshold; a window with fewer than ``length`` records up to its last is not judged.
+  The window's decision marks the records it is responsible for, as TranAD's does
+  (:func:`smap_bench.windows.record_flags_from_windows`), and a window is anomalous when
+  TranAD or the context says so.
+- **Live.** The scheduler's window buffer sends each window's context
+  (``Settings.context_length``; :class:`smap_bench.windows.WindowBuffer`), and the worker
+  judges it with the detector fitted here (:class:`smap_bench.scoring.ContextDetectors`).
+  After a gap, a new loop or a scheduler restart, a stream needs ``length`` consecutive
+  records again before its windows are judged by context.
 
 One set of hyperparameters serves every channel. The minimum is 5 % of the train span.
 The length and factor were chosen on training data only (``scripts/select_context.py``:
 the selection's held-out halves with injected anomalies, :mod:`selection`) from lengths
-100 and 250 and factors 1.5, 2 and 3: 100 records and a factor of 3. The configuration
+100 and 250 and factors 1.5, 2 and 3: 100 records and a factor of 3 (best on the served
+models and on the mean over three training seeds' models, by small margins). The configuration
 first declared, before any test split was scored, was telemanom's 250 records with the
 served threshold's floor factor of 2 (``--context-length 250 --context-factor 2``).
 """
@@ -39,6 +49,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = [
+    "FIT_STRIDE",
     "ContextConfig",
     "ContextDetector",
     "context_distances",
@@ -50,6 +61,11 @@ __all__ = [
 
 #: Query rows matched at once (bounds the [rows, references] distance matrix).
 _CHUNK = 256
+
+#: Every how many train contexts one is matched for the threshold (the live stride, fixed
+#: here so that the worker and the offline evaluation fit the same threshold whatever
+#: their window settings).
+FIT_STRIDE = 10
 
 
 @dataclass(frozen=True)
@@ -215,18 +231,20 @@ class ContextDetector:
 
 
 def _threshold(
-    references: np.ndarray, ends: np.ndarray, config: ContextConfig, stride: int
+    references: np.ndarray, ends: np.ndarray, config: ContextConfig
 ) -> tuple[float, float]:
-    """The threshold from a self-join of the references (every ``stride``-th as a query,
-    exclusion zone ``length``), and the largest self-join distance (NaN: none left)."""
+    """The threshold from a self-join of the references (every :data:`FIT_STRIDE`-th as
+    a query, exclusion zone ``length``), and the largest self-join distance; both
+    infinite and NaN when no two references lie ``length`` records apart."""
     if len(references) == 0:
-        return config.min_distance, float("nan")
+        return float("inf"), float("nan")
     distances = context_distances(
-        references[::stride], references, ends[::stride], ends, exclusion=config.length
+        references[::FIT_STRIDE], references, ends[::FIT_STRIDE], ends, exclusion=config.length
     )
-    train_max = float(np.nanmax(distances)) if np.isfinite(distances).any() else float("nan")
-    base = config.factor * train_max if np.isfinite(train_max) else 0.0
-    return max(base, config.min_distance), train_max
+    if not np.isfinite(distances).any():
+        return float("inf"), float("nan")
+    train_max = float(np.nanmax(distances))
+    return max(config.factor * train_max, config.min_distance), train_max
 
 
 def fit_context_detector(
@@ -234,7 +252,6 @@ def fit_context_detector(
     offset: float,
     scale: float,
     config: ContextConfig | None = None,
-    stride: int = 10,
 ) -> ContextDetector:
     """Fit one channel's detector on its train split's telemetry value (see the module)."""
     config = config or ContextConfig()
@@ -244,12 +261,12 @@ def fit_context_detector(
     length = config.length
     all_ends = np.arange(length - 1, len(values))
     references = contexts_ending_at(values, all_ends, length)
-    threshold, train_max = _threshold(references, all_ends, config, stride)
+    threshold, train_max = _threshold(references, all_ends, config)
     return ContextDetector(config, float(offset), float(scale), values, threshold, train_max)
 
 
 def detector_from_metadata(
-    train: np.ndarray, metadata: dict[str, Any], config: ContextConfig, stride: int = 10
+    train: np.ndarray, metadata: dict[str, Any], config: ContextConfig
 ) -> ContextDetector:
     """A channel's detector from its train split ``[n, features]`` and its model's
     metadata (the normalisation of the telemetry value): what the worker serves and the
@@ -259,7 +276,7 @@ def detector_from_metadata(
         offset, scale = float(normalisation["offset"][0]), float(normalisation["scale"][0])
     except (KeyError, IndexError, TypeError, ValueError):
         raise ValueError("context: the model's metadata has no normalisation") from None
-    return fit_context_detector(np.asarray(train)[:, 0], offset, scale, config, stride)
+    return fit_context_detector(np.asarray(train)[:, 0], offset, scale, config)
 
 
 def held_out_context_flags(
@@ -271,7 +288,6 @@ def held_out_context_flags(
     starts: np.ndarray,
     window: int,
     config: ContextConfig | None = None,
-    stride: int = 10,
 ) -> list[np.ndarray]:
     """Window decisions of the detector on held-out stretches of a train split, for the
     training-only selection (:mod:`smap_bench.model.selection`).
@@ -290,7 +306,7 @@ def held_out_context_flags(
     clear = (all_ends < lo) | (all_ends - length + 1 >= hi)
     ref_ends = all_ends[clear]
     references = contexts_ending_at(values, ref_ends, length)
-    threshold, _ = _threshold(references, ref_ends, config, stride)
+    threshold, _ = _threshold(references, ref_ends, config)
     ends = lo + np.asarray(starts, dtype=np.int64) + window - 1
     out = []
     for series in judged:

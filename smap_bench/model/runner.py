@@ -186,7 +186,7 @@ def _context_record_flags(
     """Per-record flags of the context detector over the test split (the same windows and
     responsibility rule as the model's), fitted on the train split with the model's
     normalisation of the telemetry value; and its threshold."""
-    detector = detector_from_metadata(data.train, meta, config, stride)
+    detector = detector_from_metadata(data.train, meta, config)
     starts = windows.window_starts(len(data.test), window, stride)
     window_flags = detector.window_flags(data.test[:, 0], starts, window)
     record_flags = windows.record_flags_from_windows(

@@ -306,7 +306,6 @@ def channel_material(
                     fold.clean.starts,
                     window,
                     config,
-                    stride,
                 )
                 for item, flags in zip([fold.clean, *injected], decided, strict=True):
                     item.context_flags[config] = flags

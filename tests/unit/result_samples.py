@@ -70,6 +70,7 @@ def result(
     feature_errors: list[float] | None = None,
     model_name: str = "SMAP_E-1",
     with_position: bool = True,
+    context_distance: float | None = None,
 ) -> InferenceResult:
     """The result of the window of records ``[start, start + window)``.
 
@@ -79,6 +80,8 @@ def result(
     if scores is None:
         scores = [score_of(start + i) + (10.0 if anomalous else 0.0) for i in range(window)]
     extra: dict[str, Any] = {} if feature_errors is None else {"feature_errors": feature_errors}
+    if context_distance is not None:  # judged by the context detector, threshold 0.5
+        extra |= {"context_distance": context_distance, "context_threshold": 0.5}
     return InferenceResult(
         satellite_id=satellite_id,
         subsystem=subsystem,

@@ -105,6 +105,15 @@ def test_result_per_window_samples_sit_at_the_window_end() -> None:
     assert {v for n, _, v, _ in normal if n == "inference_anomaly_detected"} == {0.0}
 
 
+def test_the_context_detectors_numbers_sit_at_the_window_end_when_judged() -> None:
+    judged = [parse(line) for line in result_lines(result(10, context_distance=0.75), 10)]
+    per_window = {name: (value, ts) for name, _, value, ts in judged}
+    assert per_window["inference_context_distance"] == (0.75, ms(39))
+    assert per_window["inference_context_threshold"] == (0.5, ms(39))
+    unjudged = {name for name, *_ in (parse(line) for line in result_lines(result(10), 10))}
+    assert not unjudged & {"inference_context_distance", "inference_context_threshold"}
+
+
 def test_reconstruction_samples_per_feature_and_their_mean() -> None:
     samples = [parse(line) for line in result_lines(result(20), stride=10)]
     at_45 = [(n, lab, v) for n, lab, v, ts in samples if ts == ms(45)]
@@ -137,8 +146,9 @@ def test_inference_series_per_satellite_do_not_depend_on_the_window() -> None:
     keys: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
     for sub in SUBSYSTEMS:
         for start in (0, 10, 20, 500):
-            keys |= {series_key(line) for line in result_lines(result(start, subsystem=sub), 10)}
-    assert len(keys) == series_per_satellite()["inference"] == 7 * 32
+            judged = result(start, subsystem=sub, context_distance=0.25)
+            keys |= {series_key(line) for line in result_lines(judged, 10)}
+    assert len(keys) == series_per_satellite()["inference"] == 7 * 34
     labels = {k for _, items in keys for k, _ in items}
     assert labels == {"satellite_id", "subsystem", "model_name", "feature_index"}
     assert "job_id" not in labels and "timestep" not in labels
@@ -191,7 +201,7 @@ def test_latency_lines_measure_each_known_stage_from_the_simulator() -> None:
 
 def test_series_count_per_satellite() -> None:
     counts = series_per_satellite()
-    assert counts == {"telemetry": 177, "inference": 224, "latency": 28, "total": 429}
+    assert counts == {"telemetry": 177, "inference": 238, "latency": 28, "total": 443}
 
 
 def test_prometheus_line_still_refuses_non_finite_values() -> None:

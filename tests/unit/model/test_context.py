@@ -107,12 +107,27 @@ def test_the_threshold_scales_with_the_train_splits_most_unusual_stretch() -> No
     assert halved.train_distance_max == pytest.approx(detector.train_distance_max / 2)
 
 
-def test_a_train_split_shorter_than_the_context_never_flags() -> None:
+@pytest.mark.parametrize("n_train", [30, 60, 98])
+def test_a_train_split_without_two_contexts_apart_never_flags(n_train: int) -> None:
+    # 30: shorter than one context; 60 and 98: contexts, but none 50 records apart
     config = ContextConfig(length=50)
-    detector = fit_context_detector(np.zeros(30), offset=0.0, scale=1.0, config=config)
-    assert detector.threshold == config.min_distance
+    detector = fit_context_detector(np.zeros(n_train), offset=0.0, scale=1.0, config=config)
+    assert detector.threshold == np.inf and np.isnan(detector.train_distance_max)
     flags = detector.window_flags(np.full(200, 9.0), np.arange(0, 171, 10), 30)
     assert not flags.any()
+
+
+def test_the_served_distance_equals_the_matrix_form() -> None:
+    # the worker and the offline evaluation use ContextDetector.nearest (one sliding dot
+    # product per context); the threshold's self-join uses context_distances
+    rng = np.random.default_rng(4)
+    train = np.cumsum(rng.normal(0, 0.05, 700))
+    detector = fit_context_detector(train, offset=-1.0, scale=2.0, config=ContextConfig(60))
+    rows = (np.cumsum(rng.normal(0, 0.05, (9, 60)), axis=1) - detector.offset) / detector.scale
+    references = contexts_ending_at(detector.series, np.arange(59, 700), 60)
+    np.testing.assert_allclose(
+        detector.nearest(rows), context_distances(rows, references), rtol=1e-9, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize(
