@@ -444,6 +444,10 @@ def _score_group(
         )
 
 
+#: Models whose tasks came with a context of another length (warned once per process).
+_LENGTH_WARNED: set[str] = set()
+
+
 def _context_distances(
     model: str, group: list[InferenceTask], detector: ContextDetector | None
 ) -> list[float | None]:
@@ -456,7 +460,8 @@ def _context_distances(
         return out
     length = detector.config.length
     judged = [i for i, t in enumerate(group) if t.context is not None and len(t.context) == length]
-    if len(judged) < sum(t.context is not None for t in group):
+    if len(judged) < sum(t.context is not None for t in group) and model not in _LENGTH_WARNED:
+        _LENGTH_WARNED.add(model)
         log.warning(
             "%s: tasks with a context of another length than the detector's %d judged "
             "by the model alone (SMAP_CONTEXT_LENGTH differs between scheduler and worker?)",

@@ -301,7 +301,6 @@ def evaluate_seeds(
     from smap_bench import evaluation
     from smap_bench.model import runner
 
-    context_config = context
     if repository_for is None:
 
         def repository_for(settings: Settings, seed: int) -> Path:
@@ -323,7 +322,7 @@ def evaluate_seeds(
             settings.stride,
             settings.event_gap,
             rule=rule,
-            context=context_config,
+            context=context,
         )
         pooled["seed"] = seed
         pooled["repository"] = str(repository)
@@ -358,7 +357,7 @@ def evaluate_seeds(
         "stride": settings.stride,
         "event_gap": settings.event_gap,
         "rule": _rule_description(rule),
-        "context": None if context_config is None else context_config.to_dict(),
+        "context": None if context is None else context.to_dict(),
         "per_channel": _mean_rows(runs),
         "runs": runs,
     }

@@ -7,6 +7,7 @@ CLI and the notebook call these.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -164,7 +165,10 @@ def evaluate_repository(
                 data, meta, context, model_window, min(stride, model_window)
             )
             flags = flags | context_flags
-            extra["context_threshold"] = context_threshold
+            # None: a train split too short to fit (the detector never flags)
+            extra["context_threshold"] = (
+                context_threshold if math.isfinite(context_threshold) else None
+            )
         results.append(
             evaluation.evaluate_channel(
                 channel,
