@@ -2,8 +2,9 @@
 
 The networks stay as trained; what is chosen here is the *window statistic* (which number
 a window's 30 per-record scores are reduced to) and the threshold's hyperparameters (POT
-``q`` and the floor factor over the largest validation statistic). One setting is chosen
-for all channels, and nothing here reads a test split.
+``q`` and the floor factor over the largest validation statistic), and whether and how the
+context detector (:mod:`smap_bench.model.context`) joins the decision. One setting is
+chosen for all channels, and nothing here reads a test split.
 
 The procedure (two-fold cross-fitting on the validation tail of each train split, which
 the network never trained on):
@@ -294,8 +295,11 @@ def channel_material(
             lo = len(fit_part) + index * half
             stretch = slice(lo, lo + len(judged_half))
             values = [judged_half[:, 0], *(copy[:, 0] for copy in copies)]
-            span = max(high - low, MIN_SPAN)
-            offset = low - (span - (high - low)) / 2
+            # the channel model's normalisation of the value (train imports torch: here)
+            from smap_bench.model.train import fit_normalisation
+
+            normalisation = fit_normalisation(train)
+            offset, span = normalisation.offset[0], normalisation.scale[0]
             for config in contexts:
                 decided = held_out_context_flags(
                     train[:, 0],
