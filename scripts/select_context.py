@@ -7,7 +7,11 @@ anomalies (:mod:`smap_bench.model.selection`), alone and or'ed with the context 
 is the selection's: the event-wise F1 expected at one anomaly per 2,880 records. Nothing
 here reads a test split.
 
-    python scripts/select_context.py --repository triton-repository --json PATH
+Two grids: ``context`` (lengths 100 and 250 by factors 1.5, 2 and 3, the hold off: the
+grid that chose the served length and factor) and ``hold`` (the hold factor 0, 1.5, 2 or 3
+beside the served length and factor, and beside 250 x 1.5, the runner-up).
+
+    python scripts/select_context.py --repository triton-repository --grid hold --json PATH
 """
 
 from __future__ import annotations
@@ -32,13 +36,24 @@ log = logging.getLogger("select_context")
 
 LENGTHS = (100, 250)
 FACTORS = (1.5, 2.0, 3.0)
+HOLD_FACTORS = (0.0, 1.5, 2.0, 3.0)
+HOLD_BESIDE = ((100, 3.0), (250, 1.5))
+GRIDS = {
+    "context": [
+        ContextConfig(length, factor, hold_factor=0.0)
+        for length, factor in itertools.product(LENGTHS, FACTORS)
+    ],
+    "hold": [
+        ContextConfig(length, factor, hold_factor=hold)
+        for (length, factor), hold in itertools.product(HOLD_BESIDE, HOLD_FACTORS)
+    ],
+}
 RATES = (576.0, float(selection.RECORDS_PER_ANOMALY), 8640.0)
 
 
-def compare(repository: Path, event_gap: int) -> dict:
+def compare(repository: Path, event_gap: int, grid: list[ContextConfig]) -> dict:
     source = data_source(get_settings().data_dir)
     channels = sorted(name.removeprefix("SMAP_") for name in find_onnx_models(repository))
-    grid = [ContextConfig(length, factor) for length, factor in itertools.product(LENGTHS, FACTORS)]
     material, skipped, served = [], [], None
     for channel in channels:
         data = load_channel(channel, source.path)
@@ -84,14 +99,20 @@ def compare(repository: Path, event_gap: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=get_settings().model_repository)
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="context")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    report = compare(args.repository, get_settings().event_gap)
+    report = compare(args.repository, get_settings().event_gap, GRIDS[args.grid])
+    report["grid"] = args.grid
     for row in report["rows"]:
         context = row["context"]
-        label = "no context" if context is None else f"L={context['length']} x{context['factor']}"
+        label = (
+            "no context"
+            if context is None
+            else f"L={context['length']} x{context['factor']} hold x{context['hold_factor']}"
+        )
         print(
-            f"{label:14} recall {row['recall']:.3f} fp {row['false_positives']:3d} "
+            f"{label:26} recall {row['recall']:.3f} fp {row['false_positives']:3d} "
             f"f1@2880 {row['f1_at_2880']:.4f} by kind {row['detected_by_kind']}"
         )
     print("best:", report["best"]["context"])

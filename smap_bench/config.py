@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         description="Context detector: threshold as a multiple of the train split's own"
         " most unusual stretch",
     )
+    context_hold_factor: float = Field(
+        default=ContextConfig.hold_factor,
+        ge=0,
+        description="Context detector: a window whose telemetry value has held still longer"
+        " than this multiple of the train split's longest hold is anomalous (0: off)",
+    )
 
     # --- local stack -------------------------------------------------------------------
     run_dir: Path = Field(
@@ -183,7 +189,9 @@ class Settings(BaseSettings):
         """The served context detector's configuration (None: off)."""
         if self.context_length == 0:
             return None
-        return ContextConfig(self.context_length, self.context_factor)
+        return ContextConfig(
+            self.context_length, self.context_factor, hold_factor=self.context_hold_factor
+        )
 
     @property
     def kafka_host_port(self) -> tuple[str, int]:

@@ -25,6 +25,8 @@ metric                              labels                                      
 ``inference_threshold``             satellite_id, subsystem, model_name          window end
 ``inference_context_distance``      satellite_id, subsystem, model_name          window end
 ``inference_context_threshold``     satellite_id, subsystem, model_name          window end
+``inference_context_hold``          satellite_id, subsystem, model_name          window end
+``inference_context_hold_threshold``  satellite_id, subsystem, model_name        window end
 ``smap_e2e_latency_seconds``        satellite_id, subsystem, stage               window end
 ==================================  ===========================================  =========
 
@@ -45,8 +47,8 @@ VictoriaMetrics keeps one of them only when run with ``-dedup.minScrapeInterval=
 adds no series.
 
 Series per satellite (:func:`series_per_satellite`): telemetry 7 x 25 + 2 = 177,
-inference 7 x (25 + 9) = 238, latency 7 x 4 (router, scheduler, worker, writer) = 28;
-443 in all (2,215 for 5 satellites, 443,000 for 1,000).
+inference 7 x (25 + 11) = 252, latency 7 x 4 (router, scheduler, worker, writer) = 28;
+457 in all (2,285 for 5 satellites, 457,000 for 1,000).
 
 Per-timestep timestamps: a result carries only ``window_start_time`` and
 ``window_end_time``; timestep ``i`` of ``n`` is placed at
@@ -107,8 +109,9 @@ def series_per_satellite(
     counts = {
         "telemetry": n_subsystems * n_features + 2,
         # detected, score, score_mean, score_max, reconstruction x features,
-        # reconstruction_mean, time_ms, threshold, context distance and threshold
-        "inference": n_subsystems * (n_features + 9),
+        # reconstruction_mean, time_ms, threshold, context distance and threshold, context
+        # hold and hold threshold
+        "inference": n_subsystems * (n_features + 11),
         "latency": n_subsystems * n_latency_stages,
     }
     counts["total"] = sum(counts.values())
@@ -221,7 +224,8 @@ def result_lines(result: InferenceResult, stride: int) -> list[str]:
     Per window, at ``window_end_time``: ``inference_anomaly_detected`` (0/1),
     ``inference_anomaly_score_mean``, ``inference_anomaly_score_max``,
     ``inference_time_ms`` and, when the result has them, ``inference_threshold``,
-    ``inference_context_distance`` and ``inference_context_threshold`` (the context
+    ``inference_context_distance`` and ``inference_context_threshold``,
+    ``inference_context_hold`` and ``inference_context_hold_threshold`` (the context
     detector's, :mod:`smap_bench.model.context`).
     Per responsible timestep (:func:`responsible_offsets`), at that record's timestamp:
     ``inference_anomaly_score``, ``inference_reconstruction_mean`` (mean over the
@@ -243,6 +247,11 @@ def result_lines(result: InferenceResult, stride: int) -> list[str]:
     if result.context_distance is not None and result.context_threshold is not None:
         lines.append(f"inference_context_distance{{{labels}}} {result.context_distance!r}{end}")
         lines.append(f"inference_context_threshold{{{labels}}} {result.context_threshold!r}{end}")
+    if result.context_hold is not None and result.context_hold_threshold is not None:
+        lines.append(f"inference_context_hold{{{labels}}} {result.context_hold}{end}")
+        lines.append(
+            f"inference_context_hold_threshold{{{labels}}} {result.context_hold_threshold!r}{end}"
+        )
     # Per timestep: score, reconstruction mean, then the 25 reconstructed features.
     prefixes = _timestep_prefixes(labels)
     width = len(prefixes)

@@ -237,6 +237,10 @@ class InferenceResult(Message):
     #: the context detector's distance and threshold (None: the window was not judged)
     context_distance: FiniteFloat | None = None
     context_threshold: FiniteFloat | None = None
+    #: the context's hold (records the telemetry value stayed exactly the same, at most the
+    #: context's length) and its threshold (None: not judged, or the hold is off)
+    context_hold: int | None = Field(default=None, ge=1)
+    context_hold_threshold: FiniteFloat | None = None
     loop: NonNegInt | None = None
     record_index_start: NonNegInt | None = None
     channel: str | None = None

@@ -247,10 +247,10 @@ class ContextDetectors:
             channel = str(metadata.get("channel") or model_name.removeprefix("SMAP_"))
             train = load_channel(channel, self.data_dir).train
             detector = detector_from_metadata(train, metadata, self.config)
-            if not math.isfinite(detector.threshold):
+            if not (math.isfinite(detector.threshold) or math.isfinite(detector.hold_threshold)):
                 raise ValueError(
                     f"train split of {len(train)} records holds no two contexts of "
-                    f"{self.config.length} records apart"
+                    f"{self.config.length} records apart, and the hold is off"
                 )
         except (OSError, ValueError) as error:
             detector = None
@@ -397,11 +397,14 @@ def _score_group(
     reconstruction = np.asarray(output.reconstruction, dtype=np.float64)
     finite = np.isfinite(scores).all(axis=1) & np.isfinite(reconstruction).all(axis=(1, 2))
     flags = windows_anomalous(np.where(finite[:, None], scores, 0.0), threshold)
-    distances = _context_distances(model, group, detector)
+    distances, holds = _context_judgements(model, group, detector)
+    by_context = _context_flags(detector, distances, holds)
     context_threshold = None if detector is None else detector.threshold
-    by_context = [
-        d is not None and context_threshold is not None and d > context_threshold for d in distances
-    ]
+    hold_threshold = (
+        detector.hold_threshold
+        if detector is not None and math.isfinite(detector.hold_threshold)
+        else None
+    )
     rounded = np.round(reconstruction, RECONSTRUCTION_DECIMALS)
     means, maxima = scores.mean(axis=1), scores.max(axis=1)
     rows = [responsible_rows(t.record_index_start, t.window_size, stride) for t in group]
@@ -435,6 +438,8 @@ def _score_group(
                 threshold=threshold,
                 context_distance=distances[i],
                 context_threshold=context_threshold if distances[i] is not None else None,
+                context_hold=holds[i],
+                context_hold_threshold=hold_threshold if holds[i] is not None else None,
                 loop=task.loop,
                 record_index_start=task.record_index_start,
                 channel=task.channel,
@@ -448,16 +453,18 @@ def _score_group(
 _LENGTH_WARNED: set[str] = set()
 
 
-def _context_distances(
+def _context_judgements(
     model: str, group: list[InferenceTask], detector: ContextDetector | None
-) -> list[float | None]:
-    """Each task's context distance; None where the window is not judged by context: no
-    detector, no context in the task, or a context of another length than the detector's
-    (the scheduler and the worker disagree on ``SMAP_CONTEXT_LENGTH``: logged, and the
-    model's decision stands, so a settings drift costs the context, not the windows)."""
-    out: list[float | None] = [None] * len(group)
+) -> tuple[list[float | None], list[int | None]]:
+    """Each task's context distance and hold; None where the window is not judged by
+    context: no detector, no context in the task, or a context of another length than the
+    detector's (the scheduler and the worker disagree on ``SMAP_CONTEXT_LENGTH``: logged,
+    and the model's decision stands, so a settings drift costs the context, not the
+    windows). A distance that is not finite is None; the hold is judged all the same."""
+    distances: list[float | None] = [None] * len(group)
+    holds: list[int | None] = [None] * len(group)
     if detector is None:
-        return out
+        return distances, holds
     length = detector.config.length
     judged = [i for i, t in enumerate(group) if t.context is not None and len(t.context) == length]
     if len(judged) < sum(t.context is not None for t in group) and model not in _LENGTH_WARNED:
@@ -470,9 +477,27 @@ def _context_distances(
         )
     if judged:
         rows = np.asarray([group[i].context for i in judged], dtype=np.float64)
-        for i, distance in zip(judged, detector.distances_of(rows), strict=True):
-            out[i] = float(distance) if math.isfinite(distance) else None
-    return out
+        window = group[0].window_size  # one window size per group (score_tasks)
+        found = zip(
+            judged, detector.distances_of(rows), detector.holds_of(rows, window), strict=True
+        )
+        for i, distance, hold in found:
+            distances[i] = float(distance) if math.isfinite(distance) else None
+            holds[i] = int(hold)
+    return distances, holds
+
+
+def _context_flags(
+    detector: ContextDetector | None, distances: list[float | None], holds: list[int | None]
+) -> list[bool]:
+    """Anomalous by context, per task (never where the task was not judged by context)."""
+    if detector is None:
+        return [False] * len(distances)
+    flags = detector.flags_of(
+        np.array([np.nan if d is None else d for d in distances], dtype=np.float64),
+        np.array([-1 if h is None else h for h in holds], dtype=np.int64),
+    )
+    return [bool(f) for f in flags]
 
 
 def undelivered_tasks(

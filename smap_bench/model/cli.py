@@ -403,6 +403,14 @@ def evaluate(
     context_factor: Annotated[
         float | None, typer.Option(min=0.01, help="Context detector: threshold factor [served]")
     ] = None,
+    hold_factor: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Context detector: hold threshold as a multiple of the train split's "
+            "longest hold (0: the hold off) [served]",
+        ),
+    ] = None,
 ) -> None:
     """Train (or reuse) models for each seed and score the test splits as the live pipeline
     does: windows of 30 every 10 records, event-wise metrics pooled over channels."""
@@ -417,6 +425,11 @@ def evaluate(
         ContextConfig(
             context_length or (served.length if served else ContextConfig.length),
             context_factor or (served.factor if served else ContextConfig.factor),
+            hold_factor=(
+                hold_factor
+                if hold_factor is not None
+                else (served.hold_factor if served else ContextConfig.hold_factor)
+            ),
         )
         if use_context
         else None

@@ -24,7 +24,7 @@ from smap_bench.data.loader import (
     load_channel,
     resolve_data_dir,
 )
-from smap_bench.model.context import ContextConfig, detector_from_metadata
+from smap_bench.model.context import ContextConfig, ContextDetector, detector_from_metadata
 from smap_bench.model.export import export_onnx_bytes
 from smap_bench.model.offline import onnx_session, split_flags
 from smap_bench.model.repository import onnx_path, read_metadata, write_model
@@ -161,14 +161,18 @@ def evaluate_repository(
         )
         extra: dict[str, Any] = {"threshold": float(meta["threshold"]), "seed": meta.get("seed")}
         if context is not None:
-            context_flags, context_threshold = _context_record_flags(
+            context_flags, detector = _context_record_flags(
                 data, meta, context, model_window, min(stride, model_window)
             )
             flags = flags | context_flags
-            # None: a train split too short to fit (the detector never flags)
+            # None: a train split too short to fit, or the hold off (never flags)
             extra["context_threshold"] = (
-                context_threshold if math.isfinite(context_threshold) else None
+                detector.threshold if math.isfinite(detector.threshold) else None
             )
+            extra["context_hold_threshold"] = (
+                detector.hold_threshold if math.isfinite(detector.hold_threshold) else None
+            )
+            extra["train_hold_max"] = detector.train_hold_max
         results.append(
             evaluation.evaluate_channel(
                 channel,
@@ -186,17 +190,17 @@ def evaluate_repository(
 
 def _context_record_flags(
     data: ChannelData, meta: dict[str, Any], config: ContextConfig, window: int, stride: int
-) -> tuple[np.ndarray, float]:
+) -> tuple[np.ndarray, ContextDetector]:
     """Per-record flags of the context detector over the test split (the same windows and
     responsibility rule as the model's), fitted on the train split with the model's
-    normalisation of the telemetry value; and its threshold."""
+    normalisation of the telemetry value; and the detector."""
     detector = detector_from_metadata(data.train, meta, config)
     starts = windows.window_starts(len(data.test), window, stride)
     window_flags = detector.window_flags(data.test[:, 0], starts, window)
     record_flags = windows.record_flags_from_windows(
         window_flags, starts, len(data.test), window, stride
     )
-    return record_flags, detector.threshold
+    return record_flags, detector
 
 
 def seed_config(config: TrainConfig, seed: int) -> TrainConfig:

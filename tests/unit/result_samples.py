@@ -82,6 +82,7 @@ def result(
     extra: dict[str, Any] = {} if feature_errors is None else {"feature_errors": feature_errors}
     if context_distance is not None:  # judged by the context detector, threshold 0.5
         extra |= {"context_distance": context_distance, "context_threshold": 0.5}
+        extra |= {"context_hold": 7, "context_hold_threshold": 30.0}
     return InferenceResult(
         satellite_id=satellite_id,
         subsystem=subsystem,

@@ -144,6 +144,35 @@ def test_the_worker_flags_a_window_by_its_context(
     # a context of another length (scheduler and worker settings differ): the model's
     # decision stands and the window is scored, not lost
     assert by_start[30].context_distance is None and not by_start[30].is_anomaly
+    assert by_start[30].context_hold is None and by_start[30].context_hold_threshold is None
+    # every judged window carries its hold: 40 records held (the stopped oscillation)
+    # against the minimum of 30 (the periodic train split never holds a value)
+    assert by_start[10].context_hold == 1 and by_start[20].context_hold == 40
+    assert by_start[20].context_hold_threshold == 30.0
+
+
+def test_the_worker_flags_a_window_by_its_hold(repository: Path) -> None:
+    metadata = repository / "onnx" / "SMAP_T-1" / "metadata.json"
+    metadata.write_text(json.dumps({**json.loads(metadata.read_text()), "threshold": 1e9}))
+    # the distance cannot flag (its threshold at least 10): only the hold can
+    detector = fit_context_detector(
+        _periodic(400), 0.0, 1.0, ContextConfig(40, 1e6, min_distance=10.0)
+    )
+    held = _periodic(40).tolist()
+    held[-31:] = [held[-31]] * 31  # held 31 records, one more than the minimum of 30
+    short = _periodic(40).tolist()
+    short[-30:] = [short[-30]] * 30
+    outcome = score_tasks(
+        [_task(0, held), _task(10, short)],
+        OnnxBackend(repository),
+        MetadataThresholds(repository),
+        stride=10,
+        contexts=lambda model: detector,
+    )
+    by_start = {r.record_index_start: r for r in outcome.results}
+    assert by_start[0].context_hold == 31 and by_start[0].is_anomaly
+    assert by_start[10].context_hold == 30 and not by_start[10].is_anomaly
+    assert by_start[0].context_distance < detector.threshold
 
 
 def test_live_context_decisions_equal_the_offline_ones(detector: ContextDetector) -> None:
@@ -158,7 +187,11 @@ def test_live_context_decisions_equal_the_offline_ones(detector: ContextDetector
             context = window.context
             live.append(
                 context is not None
-                and bool(detector.distances_of(context[None])[0] > detector.threshold)
+                and bool(
+                    detector.flags_of(
+                        detector.distances_of(context[None]), detector.holds_of(context[None], 30)
+                    )[0]
+                )
             )
     assert offline.any() and not offline.all()
     assert live == offline.tolist()
@@ -193,16 +226,22 @@ def test_context_detectors_without_the_channels_data_give_none(
     assert ContextDetectors(repository, tmp_path / "empty", ContextConfig(40))("SMAP_T-1") is None
 
 
-def test_served_decisions_equal_the_offline_evaluations_on_a_real_channel() -> None:
-    """T-1 (whose test split the context detector flags) through the scheduler's buffer
-    and the worker's detectors, against the offline evaluation's record flags."""
+@pytest.mark.parametrize("channel", ["T-1", "P-1"])
+def test_served_decisions_equal_the_offline_evaluations_on_a_real_channel(channel: str) -> None:
+    """T-1 (whose test split the context's distance flags) and P-1 (whose test split its
+    hold flags) through the scheduler's buffer and the worker's detectors, against the
+    offline evaluation's record flags."""
     repository = Path(__file__).resolve().parents[2] / "triton-repository"
-    data = load_channel("T-1")
+    data = load_channel(channel)
     config = ContextConfig()
-    meta = read_metadata(repository, "T-1")
-    offline, threshold = _context_record_flags(data, meta, config, 30, 10)
-    detector = ContextDetectors(repository, None, config)("SMAP_T-1")
-    assert detector is not None and detector.threshold == threshold
+    meta = read_metadata(repository, channel)
+    offline, fitted = _context_record_flags(data, meta, config, 30, 10)
+    detector = ContextDetectors(repository, None, config)(f"SMAP_{channel}")
+    assert detector is not None
+    assert (detector.threshold, detector.hold_threshold) == (
+        fitted.threshold,
+        fitted.hold_threshold,
+    )
     buffer = WindowBuffer(30, 10, context=config.length)
     starts, decisions = [], []
     for index, row in enumerate(data.test):
@@ -211,7 +250,11 @@ def test_served_decisions_equal_the_offline_evaluations_on_a_real_channel() -> N
             context = window.context
             decisions.append(
                 context is not None
-                and bool(detector.distances_of(context[None])[0] > detector.threshold)
+                and bool(
+                    detector.flags_of(
+                        detector.distances_of(context[None]), detector.holds_of(context[None], 30)
+                    )[0]
+                )
             )
     live = record_flags_from_windows(np.array(decisions), np.array(starts), len(data.test))
     assert offline.any()

@@ -110,8 +110,10 @@ def test_the_context_detectors_numbers_sit_at_the_window_end_when_judged() -> No
     per_window = {name: (value, ts) for name, _, value, ts in judged}
     assert per_window["inference_context_distance"] == (0.75, ms(39))
     assert per_window["inference_context_threshold"] == (0.5, ms(39))
+    assert per_window["inference_context_hold"] == (7.0, ms(39))
+    assert per_window["inference_context_hold_threshold"] == (30.0, ms(39))
     unjudged = {name for name, *_ in (parse(line) for line in result_lines(result(10), 10))}
-    assert not unjudged & {"inference_context_distance", "inference_context_threshold"}
+    assert not {n for n in unjudged if n.startswith("inference_context")}
 
 
 def test_reconstruction_samples_per_feature_and_their_mean() -> None:
@@ -148,7 +150,7 @@ def test_inference_series_per_satellite_do_not_depend_on_the_window() -> None:
         for start in (0, 10, 20, 500):
             judged = result(start, subsystem=sub, context_distance=0.25)
             keys |= {series_key(line) for line in result_lines(judged, 10)}
-    assert len(keys) == series_per_satellite()["inference"] == 7 * 34
+    assert len(keys) == series_per_satellite()["inference"] == 7 * 36
     labels = {k for _, items in keys for k, _ in items}
     assert labels == {"satellite_id", "subsystem", "model_name", "feature_index"}
     assert "job_id" not in labels and "timestep" not in labels
@@ -201,7 +203,7 @@ def test_latency_lines_measure_each_known_stage_from_the_simulator() -> None:
 
 def test_series_count_per_satellite() -> None:
     counts = series_per_satellite()
-    assert counts == {"telemetry": 177, "inference": 238, "latency": 28, "total": 443}
+    assert counts == {"telemetry": 177, "inference": 252, "latency": 28, "total": 457}
 
 
 def test_prometheus_line_still_refuses_non_finite_values() -> None:

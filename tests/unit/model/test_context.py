@@ -10,6 +10,9 @@ from smap_bench.model.context import (
     context_distances,
     contexts_ending_at,
     fit_context_detector,
+    held_out_context_flags,
+    hold_counts,
+    longest_holds,
 )
 
 
@@ -132,8 +135,97 @@ def test_the_served_distance_equals_the_matrix_form() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"length": 1}, "at least 2"), ({"factor": 0.0}, "factor"), ({"min_distance": -1}, "factor")],
+    [
+        ({"length": 1}, "at least 2"),
+        ({"factor": 0.0}, "factor"),
+        ({"min_distance": -1}, "factor"),
+        ({"hold_factor": -1.0}, "hold_factor"),
+        ({"min_hold": 0}, "min_hold"),
+    ],
 )
 def test_bad_configs_are_refused(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ContextConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_hold_counts_count_the_records_that_kept_the_value() -> None:
+    values = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 1.0])
+    np.testing.assert_array_equal(hold_counts(values), [1, 2, 3, 1, 2, 1, 1])
+    assert hold_counts(np.zeros(0)).size == 0
+
+
+def test_a_window_s_hold_is_counted_inside_the_context_over_the_window_s_records() -> None:
+    rows = np.array(
+        [
+            [5.0, 5.0, 5.0, 5.0, 1.0, 2.0],  # the hold of 4 ended before the last 2 records
+            [5.0, 5.0, 5.0, 5.0, 5.0, 5.0],  # held over the whole context: at most its length
+            [1.0, 2.0, 3.0, 4.0, 7.0, 7.0],
+        ]
+    )
+    np.testing.assert_array_equal(longest_holds(rows, window=2), [1, 6, 2])
+    np.testing.assert_array_equal(longest_holds(rows, window=3), [4, 6, 2])
+
+
+def test_values_that_differ_below_float32_precision_count_as_held() -> None:
+    # the live scheduler buffers float32: the offline count compares the same numbers
+    values = np.array([0.1, 0.1 + 1e-12, 0.2])
+    np.testing.assert_array_equal(hold_counts(values), [1, 2, 1])
+
+
+def _with_holds(n: int, holds: dict[int, int]) -> np.ndarray:
+    """A periodic series whose value stops at each start for the given number of records."""
+    values = _periodic(n, period=17)
+    for start, length in holds.items():
+        values[start : start + length] = values[start]
+    return values
+
+
+def test_a_window_holding_longer_than_training_ever_did_is_flagged() -> None:
+    # training holds 20 records once: threshold 2 x 20 = 40 (above the minimum of 30);
+    # the distance's threshold is set so high that only the hold can flag
+    config = ContextConfig(length=80, factor=1e6, min_distance=10.0, hold_factor=2.0, min_hold=30)
+    detector = fit_context_detector(_with_holds(800, {300: 20}), 0.0, 1.0, config)
+    assert detector.train_hold_max == 20 and detector.hold_threshold == 40.0
+    test = _with_holds(600, {150: 35, 400: 60})
+    starts = np.arange(0, len(test) - 30 + 1, 10)
+    flags = detector.window_flags(test, starts, 30)
+    ends = starts + 29
+    # the 35-record hold stays under 40; the 60-record one passes 40 at record 440 and is
+    # seen by every window holding a record from there to its end (record 459)
+    np.testing.assert_array_equal(flags, (ends >= 440) & (starts <= 459))
+
+
+def test_the_hold_threshold_has_a_minimum_and_can_be_switched_off() -> None:
+    train = _with_holds(800, {300: 5})
+    assert fit_context_detector(train, 0.0, 1.0, ContextConfig(80)).hold_threshold == 30.0
+    off = fit_context_detector(
+        train, 0.0, 1.0, ContextConfig(80, factor=1e6, min_distance=10.0, hold_factor=0.0)
+    )
+    assert off.hold_threshold == np.inf
+    test = _with_holds(400, {100: 90})
+    assert not off.window_flags(test, np.arange(0, 371, 10), 30).any()
+
+
+def test_a_channel_that_holds_longer_than_a_context_in_training_is_never_flagged_by_it() -> None:
+    # a value held 60 records in training: 2 x 60 = 120 is beyond what a context of 80 holds
+    config = ContextConfig(length=80, factor=1e6, min_distance=10.0)
+    detector = fit_context_detector(_with_holds(800, {300: 60}), 0.0, 1.0, config)
+    test = np.full(500, 0.3)
+    assert not detector.window_flags(test, np.arange(0, 471, 10), 30).any()
+
+
+def test_held_out_holds_are_judged_against_the_train_records_outside_the_stretch() -> None:
+    # the only long hold of the train split lies inside the held-out stretch: fitted on the
+    # records around it, the threshold is the minimum and the stretch's own hold is flagged
+    config = ContextConfig(length=80, factor=1e6, min_distance=10.0, hold_factor=2.0, min_hold=30)
+    train = _with_holds(900, {650: 50})
+    stretch = slice(600, 800)
+    starts = np.arange(0, 200 - 30 + 1, 10)
+    clean, copy = held_out_context_flags(
+        train, 0.0, 1.0, stretch, [train[stretch], _periodic(200, 17)], starts, 30, config
+    )
+    assert clean.any()
+    assert not copy.any()
+    # fitted on the whole split, the same hold is what training knows: never flagged
+    whole = fit_context_detector(train, 0.0, 1.0, config)
+    assert whole.hold_threshold == 100.0
