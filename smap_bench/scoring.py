@@ -247,11 +247,14 @@ class ContextDetectors:
             channel = str(metadata.get("channel") or model_name.removeprefix("SMAP_"))
             train = load_channel(channel, self.data_dir).train
             detector = detector_from_metadata(train, metadata, self.config)
-            if not (math.isfinite(detector.threshold) or math.isfinite(detector.hold_threshold)):
-                raise ValueError(
+            if not math.isfinite(detector.threshold):
+                reason = (
                     f"train split of {len(train)} records holds no two contexts of "
-                    f"{self.config.length} records apart, and the hold is off"
+                    f"{self.config.length} records apart"
                 )
+                if not math.isfinite(detector.hold_threshold):
+                    raise ValueError(f"{reason}, and the hold is off")
+                log.warning("%s: context judged by its hold alone (%s)", model_name, reason)
         except (OSError, ValueError) as error:
             detector = None
             log.warning(
@@ -399,7 +402,9 @@ def _score_group(
     flags = windows_anomalous(np.where(finite[:, None], scores, 0.0), threshold)
     distances, holds = _context_judgements(model, group, detector)
     by_context = _context_flags(detector, distances, holds)
-    context_threshold = None if detector is None else detector.threshold
+    context_threshold = (
+        detector.threshold if detector is not None and math.isfinite(detector.threshold) else None
+    )
     hold_threshold = (
         detector.hold_threshold
         if detector is not None and math.isfinite(detector.hold_threshold)

@@ -219,6 +219,45 @@ def test_context_detectors_need_the_normalisation_and_retry_a_failed_fit(
     assert detectors("SMAP_T-1") is fitted
 
 
+def test_a_detector_whose_distance_cannot_be_fitted_judges_the_hold_alone(
+    repository: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metadata = repository / "onnx" / "SMAP_T-1" / "metadata.json"
+    meta = json.loads(metadata.read_text())
+    meta["normalisation"] = {"offset": [0.0] * 25, "scale": [1.0] * 25}
+    meta["threshold"] = 1e9
+    metadata.write_text(json.dumps(meta))
+    # 60 train records: contexts of 40, but no two of them 40 records apart
+    data_dir = tmp_path / "data"
+    (data_dir / "train").mkdir(parents=True)
+    (data_dir / "test").mkdir()
+    train = np.zeros((60, 25), dtype=np.float32)
+    train[:, 0] = _periodic(60)
+    np.save(data_dir / "train" / "T-1.npy", train)
+    np.save(data_dir / "test" / "T-1.npy", train)
+    (data_dir / "labeled_anomalies.csv").write_text(
+        'chan_id,spacecraft,anomaly_sequences,class,num_values\nT-1,SMAP,"[[10, 20]]",[point],60\n'
+    )
+    with caplog.at_level("WARNING"):
+        detector = ContextDetectors(repository, data_dir, ContextConfig(40, 3.0))("SMAP_T-1")
+    assert detector is not None
+    assert detector.threshold == np.inf and detector.hold_threshold == 30.0
+    assert "judged by its hold alone" in caplog.text
+    held = [0.25] * 40
+    outcome = score_tasks(
+        [_task(0, held), _task(10, _periodic(40).tolist())],
+        OnnxBackend(repository),
+        MetadataThresholds(repository),
+        stride=10,
+        contexts=lambda model: detector,
+    )
+    by_start = {r.record_index_start: r for r in outcome.results}
+    # an infinite threshold is never sent: the distance is reported, the threshold not
+    assert by_start[0].context_threshold is None and by_start[0].context_distance is not None
+    assert by_start[0].is_anomaly and by_start[0].context_hold == 40
+    assert not by_start[10].is_anomaly
+
+
 def test_context_detectors_without_the_channels_data_give_none(
     repository: Path, tmp_path: Path
 ) -> None:
@@ -226,36 +265,58 @@ def test_context_detectors_without_the_channels_data_give_none(
     assert ContextDetectors(repository, tmp_path / "empty", ContextConfig(40))("SMAP_T-1") is None
 
 
+class _ModelNeverFlags:
+    """The served threshold for every model: out of the model's reach, so a window's
+    decision is the context's alone."""
+
+    def __call__(self, model_name: str) -> float:
+        return 1e9
+
+
 @pytest.mark.parametrize("channel", ["T-1", "P-1"])
 def test_served_decisions_equal_the_offline_evaluations_on_a_real_channel(channel: str) -> None:
     """T-1 (whose test split the context's distance flags) and P-1 (whose test split its
-    hold flags) through the scheduler's buffer and the worker's detectors, against the
-    offline evaluation's record flags."""
+    hold flags) through the scheduler's buffer and the worker's scoring with its context
+    detectors, against the offline evaluation's record flags."""
     repository = Path(__file__).resolve().parents[2] / "triton-repository"
     data = load_channel(channel)
     config = ContextConfig()
     meta = read_metadata(repository, channel)
     offline, fitted = _context_record_flags(data, meta, config, 30, 10)
-    detector = ContextDetectors(repository, None, config)(f"SMAP_{channel}")
+    detectors = ContextDetectors(repository, None, config)
+    detector = detectors(f"SMAP_{channel}")
     assert detector is not None
     assert (detector.threshold, detector.hold_threshold) == (
         fitted.threshold,
         fitted.hold_threshold,
     )
     buffer = WindowBuffer(30, 10, context=config.length)
-    starts, decisions = [], []
+    tasks = []
     for index, row in enumerate(data.test):
         for window in buffer.push(0, index, row).windows:
-            starts.append(window.first_record_index)
-            context = window.context
-            decisions.append(
-                context is not None
-                and bool(
-                    detector.flags_of(
-                        detector.distances_of(context[None]), detector.holds_of(context[None], 30)
-                    )[0]
+            start = window.first_record_index
+            tasks.append(
+                InferenceTask(
+                    job_id=deterministic_job_id("sat1", "ACS", 0, start),
+                    satellite_id="sat1",
+                    subsystem="ACS",
+                    model_name=f"SMAP_{channel}",
+                    input_data=window.data.tolist(),
+                    context=None if window.context is None else window.context.tolist(),
+                    window_start=T0 + timedelta(seconds=start),
+                    window_end=T0 + timedelta(seconds=start + 29),
+                    loop=0,
+                    record_index_start=start,
+                    channel=channel,
                 )
             )
-    live = record_flags_from_windows(np.array(decisions), np.array(starts), len(data.test))
+    outcome = score_tasks(
+        tasks, OnnxBackend(repository), _ModelNeverFlags(), stride=10, contexts=detectors
+    )
+    assert outcome.rejected == [] and len(outcome.results) == len(tasks)
+    results = sorted(outcome.results, key=lambda r: r.record_index_start or 0)
+    starts = np.array([r.record_index_start for r in results])
+    decisions = np.array([r.is_anomaly for r in results])
+    live = record_flags_from_windows(decisions, starts, len(data.test))
     assert offline.any()
     np.testing.assert_array_equal(live, offline)

@@ -229,3 +229,10 @@ def test_held_out_holds_are_judged_against_the_train_records_outside_the_stretch
     # fitted on the whole split, the same hold is what training knows: never flagged
     whole = fit_context_detector(train, 0.0, 1.0, config)
     assert whole.hold_threshold == 100.0
+    # a long hold after the stretch counts for the threshold: 2 x 50 = 100, so the same
+    # stretch with the hold of 50 is no longer flagged
+    after = _with_holds(900, {650: 50, 820: 50})
+    (flags,) = held_out_context_flags(
+        after, 0.0, 1.0, stretch, [after[stretch]], starts, 30, config
+    )
+    assert not flags.any()
