@@ -25,7 +25,11 @@ per feature over the event's records, from the worker's optional ``feature_error
 field (:func:`smap_bench.scoring.feature_errors`: per feature, the mean squared error over
 the records the window is responsible for), each window weighted by those records; the
 features with the largest errors are the event's top contributors (:func:`top_features`).
-Windows without the field leave the errors to those that have it.
+Windows without the field leave the errors to those that have it. ``detected_by`` is the
+union of its windows' detectors (TranAD's score, the context's distance, its hold: the
+worker's ``detected_by``), in :data:`~smap_bench.schema.DETECTORS` order: what an operator
+reads first, since a held value or an unusual stretch is not a high reconstruction
+error, and an event found by them alone may peak below the model's threshold.
 
 :class:`InMemoryEvents` applies plans to a dict; :class:`smap_bench.event_store.EventStore`
 applies the same plans to PostgreSQL.
@@ -40,7 +44,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from smap_bench.metrics import responsible_offsets, timestep_times_ms
-from smap_bench.schema import NUM_FEATURES, InferenceResult
+from smap_bench.schema import DETECTORS, NUM_FEATURES, InferenceResult
 
 #: How many features :func:`top_features` reports by default.
 TOP_FEATURES = 5
@@ -65,6 +69,7 @@ class WindowSpan:
     threshold: float
     feature_errors: tuple[float, ...] | None
     job_id: str
+    detected_by: frozenset[str] = frozenset()
 
     @property
     def stream(self) -> StreamKey:
@@ -92,6 +97,7 @@ class Event:
     feature_errors: tuple[float, ...] | None = None
     event_id: int | None = None
     state: str = "open"
+    detected_by: frozenset[str] = frozenset()
 
     @property
     def stream(self) -> StreamKey:
@@ -182,6 +188,7 @@ def span_of(result: InferenceResult, stride: int) -> WindowSpan | None:
         threshold=result.threshold,
         feature_errors=errors,
         job_id=result.job_id,
+        detected_by=frozenset(result.detected_by or ()),
     )
 
 
@@ -214,7 +221,15 @@ def event_of(span: WindowSpan) -> Event:
         model_name=span.model_name,
         threshold=span.threshold,
         feature_errors=span.feature_errors,
+        detected_by=span.detected_by,
     )
+
+
+def detectors_list(detected_by: Iterable[str]) -> list[str]:
+    """The stored form of a set of detectors: known ones in :data:`DETECTORS` order, then
+    any other name sorted."""
+    names = set(detected_by)
+    return [d for d in DETECTORS if d in names] + sorted(names - set(DETECTORS))
 
 
 def plan(span: WindowSpan, neighbours: Sequence[Event], gap: int = 0) -> Plan | None:
@@ -224,14 +239,18 @@ def plan(span: WindowSpan, neighbours: Sequence[Event], gap: int = 0) -> Plan | 
     touches it within ``gap`` records (the event rule; more are fine, they are
     filtered). The result keeps the earliest touching event (its id, model and
     threshold), grows it to cover the span, every other touching event and the normal
-    records between them, and absorbs those.
+    records between them, and absorbs those. A span inside an event changes it only when
+    it adds a detector the event did not have.
     """
     touching = sorted(
         (event for event in neighbours if event.touches(span, gap)),
         key=lambda event: event.start_record_index,
     )
-    if any(event.contains(span) for event in touching):
-        return None
+    for event in touching:
+        if event.contains(span):
+            if span.detected_by <= event.detected_by:
+                return None
+            return Plan(replace(event, detected_by=event.detected_by | span.detected_by))
     if not touching:
         return Plan(event_of(span))
     keep = touching[0]
@@ -246,6 +265,7 @@ def plan(span: WindowSpan, neighbours: Sequence[Event], gap: int = 0) -> Plan | 
         end_time=last.end_time,
         peak_score=max(part.peak_score for part in parts),
         feature_errors=_weighted_errors(parts),
+        detected_by=frozenset().union(*(part.detected_by for part in parts)),
     )
     absorbed = tuple(event.event_id for event in touching[1:] if event.event_id is not None)
     return Plan(merged, absorbed)

@@ -31,13 +31,14 @@ from smap_bench.anomaly_events import (
     Event,
     Plan,
     WindowSpan,
+    detectors_list,
     feature_errors_from_json,
     feature_errors_json,
     plan,
     span_of,
 )
 from smap_bench.metrics import ORIGIN_STAGE
-from smap_bench.schema import InferenceResult, decode, describe
+from smap_bench.schema import DETECTORS, InferenceResult, decode, describe
 from smap_bench.stage import StageMetrics
 from smap_bench.writing import DeadLetterSink, KafkaMessage, call_with_retry
 
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 
 _COLUMNS = (
     "event_id, satellite_id, subsystem, loop, start_record_index, end_record_index,"
-    " start_time, end_time, peak_score, model_name, threshold, top_features, state"
+    " start_time, end_time, peak_score, model_name, threshold, top_features, state,"
+    " detected_by"
 )
 
 
@@ -64,6 +66,7 @@ def _event(row: Sequence[Any]) -> Event:
         threshold=row[10],
         feature_errors=feature_errors_from_json(row[11]),
         state=row[12],
+        detected_by=frozenset(row[13] or ()),
     )
 
 
@@ -164,13 +167,16 @@ class EventStore:
         cur.execute(
             "INSERT INTO anomaly_events (satellite_id, subsystem, model_name, loop,"
             " start_record_index, end_record_index, start_time, end_time, peak_score,"
-            " threshold, top_features)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " threshold, top_features, detected_by)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (satellite_id, subsystem, loop, start_record_index) DO UPDATE SET"
             "  end_record_index = GREATEST(anomaly_events.end_record_index,"
             "                              EXCLUDED.end_record_index),"
             "  end_time = GREATEST(anomaly_events.end_time, EXCLUDED.end_time),"
             "  peak_score = GREATEST(anomaly_events.peak_score, EXCLUDED.peak_score),"
+            "  detected_by = ARRAY(SELECT d FROM (SELECT DISTINCT unnest("
+            "    anomaly_events.detected_by || EXCLUDED.detected_by) AS d) AS u"
+            "    ORDER BY array_position(%s::text[], d), d),"
             "  updated_at = now()"
             " RETURNING event_id, (xmax = 0) AS inserted",
             (
@@ -185,6 +191,8 @@ class EventStore:
                 event.peak_score,
                 event.threshold,
                 Jsonb(feature_errors_json(event.feature_errors)),
+                detectors_list(event.detected_by),
+                list(DETECTORS),
             ),
         )
         row = cur.fetchone()
@@ -221,7 +229,7 @@ class EventStore:
         cur.execute(
             "UPDATE anomaly_events SET start_record_index = %s, end_record_index = %s,"
             " start_time = %s, end_time = %s, peak_score = %s, top_features = %s,"
-            " updated_at = now() WHERE event_id = %s",
+            " detected_by = %s, updated_at = now() WHERE event_id = %s",
             (
                 event.start_record_index,
                 event.end_record_index,
@@ -229,6 +237,7 @@ class EventStore:
                 event.end_time,
                 event.peak_score,
                 Jsonb(feature_errors_json(event.feature_errors)),
+                detectors_list(event.detected_by),
                 event.event_id,
             ),
         )

@@ -24,7 +24,7 @@ these errors into the one-line reason written to the dead-letter topic.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import numpy as np
 from pydantic import (
@@ -59,6 +59,11 @@ SatelliteId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za
 
 NonNegInt = Annotated[int, Field(ge=0)]
 Stages = dict[str, FiniteFloat]
+
+#: What judged a window anomalous: TranAD's score over the model's threshold, the context
+#: detector's distance, or its hold (:mod:`smap_bench.model.context`).
+Detector = Literal["model", "context", "hold"]
+DETECTORS: tuple[Detector, ...] = ("model", "context", "hold")
 
 M = TypeVar("M", bound="Message")
 
@@ -241,6 +246,9 @@ class InferenceResult(Message):
     #: context's length) and its threshold (None: not judged, or the hold is off)
     context_hold: int | None = Field(default=None, ge=1)
     context_hold_threshold: FiniteFloat | None = None
+    #: the detectors that flagged the window, in :data:`DETECTORS` order (empty: normal;
+    #: None: a producer that does not say)
+    detected_by: list[Detector] | None = None
     loop: NonNegInt | None = None
     record_index_start: NonNegInt | None = None
     channel: str | None = None
@@ -254,6 +262,10 @@ class InferenceResult(Message):
                 f"expected window_size {self.window_size}"
             )
         _check_matrix("reconstructions", self.reconstructions, self.window_size)
+        if self.detected_by is not None and bool(self.detected_by) != self.is_anomaly:
+            raise ValueError(
+                f"detected_by {self.detected_by} does not fit is_anomaly {self.is_anomaly}"
+            )
         return self
 
 

@@ -17,7 +17,9 @@ flagged window marks the records it is responsible for
 value of the last ``context_length`` records) and the worker serves a detector for the
 channel (:class:`ContextDetectors`, fitted on the train split as the offline evaluation
 fits it), the window is also anomalous when the context's distance exceeds the
-detector's threshold (:mod:`smap_bench.model.context`); the result carries both numbers.
+detector's threshold or its hold the hold threshold (:mod:`smap_bench.model.context`).
+The result carries those numbers, and ``detected_by`` names what flagged the window
+(``model``, ``context``, ``hold``) for the events it joins.
 
 **Feature errors.** Each result carries ``feature_errors``: the mean squared difference
 between input and reconstruction per feature (raw units, as the model's reconstruction
@@ -61,7 +63,7 @@ from smap_bench.inference.base import (
 from smap_bench.inference.repository import onnx_models_dir, read_metadata
 from smap_bench.model.context import ContextConfig, ContextDetector, detector_from_metadata
 from smap_bench.model.threshold import window_is_anomalous as threshold_rule
-from smap_bench.schema import InferenceResult, InferenceTask, describe
+from smap_bench.schema import DETECTORS, InferenceResult, InferenceTask, describe
 from smap_bench.stage import stamp
 from smap_bench.windows import responsible_range
 
@@ -401,7 +403,7 @@ def _score_group(
     finite = np.isfinite(scores).all(axis=1) & np.isfinite(reconstruction).all(axis=(1, 2))
     flags = windows_anomalous(np.where(finite[:, None], scores, 0.0), threshold)
     distances, holds = _context_judgements(model, group, detector)
-    by_context = _context_flags(detector, distances, holds)
+    by_distance, by_hold = _context_flags(detector, distances, holds)
     context_threshold = (
         detector.threshold if detector is not None and math.isfinite(detector.threshold) else None
     )
@@ -432,7 +434,7 @@ def _score_group(
                 window_end_time=task.window_end,
                 mean_anomaly_score=float(means[i]),
                 max_anomaly_score=float(maxima[i]),
-                is_anomaly=bool(flags[i]) or by_context[i],
+                is_anomaly=bool(flags[i]) or by_distance[i] or by_hold[i],
                 anomaly_scores=scores[i].tolist(),
                 reconstructions=rounded[i].tolist(),
                 inference_time_ms=float(output.elapsed_ms),
@@ -445,6 +447,13 @@ def _score_group(
                 context_threshold=context_threshold if distances[i] is not None else None,
                 context_hold=holds[i],
                 context_hold_threshold=hold_threshold if holds[i] is not None else None,
+                detected_by=[
+                    name
+                    for name, flagged in zip(
+                        DETECTORS, (bool(flags[i]), by_distance[i], by_hold[i]), strict=True
+                    )
+                    if flagged
+                ],
                 loop=task.loop,
                 record_index_start=task.record_index_start,
                 channel=task.channel,
@@ -494,15 +503,16 @@ def _context_judgements(
 
 def _context_flags(
     detector: ContextDetector | None, distances: list[float | None], holds: list[int | None]
-) -> list[bool]:
-    """Anomalous by context, per task (never where the task was not judged by context)."""
+) -> tuple[list[bool], list[bool]]:
+    """Anomalous by the context's distance and by its hold, per task (never where the task
+    was not judged by context)."""
     if detector is None:
-        return [False] * len(distances)
-    flags = detector.flags_of(
-        np.array([np.nan if d is None else d for d in distances], dtype=np.float64),
-        np.array([-1 if h is None else h for h in holds], dtype=np.int64),
+        return [False] * len(distances), [False] * len(holds)
+    by_distance = detector.distance_flags(
+        np.array([np.nan if d is None else d for d in distances], dtype=np.float64)
     )
-    return [bool(f) for f in flags]
+    by_hold = detector.hold_flags(np.array([-1 if h is None else h for h in holds]))
+    return [bool(f) for f in by_distance], [bool(f) for f in by_hold]
 
 
 def undelivered_tasks(

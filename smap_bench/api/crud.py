@@ -30,6 +30,7 @@ _EFFECTIVE_STATE = (
 _EVENT_COLUMNS = (
     "e.event_id, e.satellite_id, e.subsystem, e.model_name, e.loop, e.start_record_index,"
     " e.end_record_index, e.start_time, e.end_time, e.peak_score, e.threshold, e.top_features,"
+    " e.detected_by,"
     f" {_EFFECTIVE_STATE} AS state, e.state AS stored_state,"
     " CASE WHEN e.state = 'shelved' AND e.shelved_until > now() THEN e.shelved_until END"
     " AS shelved_until,"

@@ -205,6 +205,12 @@ class EventPublic(BaseModel):
     peak_score: float
     threshold: float
     top_features: Any
+    detected_by: list[str] = Field(
+        default_factory=list,
+        description="What flagged the event's windows: 'model' (TranAD's score), 'context'"
+        " (the recent values unlike every stretch of training), 'hold' (the value held still"
+        " longer than training ever held it); empty for events stored before it was recorded",
+    )
     state: AlarmState
     shelved_until: datetime | None
     created_at: datetime

@@ -38,6 +38,7 @@ EVENT_COLUMNS = [
     "peak_score",
     "threshold",
     "top_features",
+    "detected_by",
     "state",
     "shelved_until",
     "updated_at",
@@ -312,6 +313,14 @@ def top_feature_names(value: Any, n: int = 3) -> str:
     return ", ".join(names)
 
 
+def detectors_text(value: Any) -> str:
+    """What flagged an event, as the alarm list shows it (``model, hold``; empty when the
+    event does not say)."""
+    if not isinstance(value, list | tuple):
+        return ""
+    return ", ".join(str(item) for item in value)
+
+
 #: Urgency of each alarm state in the alarm list (smaller: shown first).
 ALARM_RANK = {"open": 0, "acknowledged": 1, "shelved": 2, "cleared": 3}
 
@@ -331,6 +340,7 @@ def alarm_table(events: pd.DataFrame) -> pd.DataFrame:
         "start",
         "duration_s",
         "peak/threshold",
+        "by",
         "top",
     ]
     if events.empty:
@@ -344,6 +354,7 @@ def alarm_table(events: pd.DataFrame) -> pd.DataFrame:
             "start": events["start_time"].dt.strftime("%Y-%m-%d %H:%M:%S"),
             "duration_s": (events["end_time"] - events["start_time"]).dt.total_seconds(),
             "peak/threshold": (events["peak_score"] / events["threshold"]).round(2),
+            "by": [detectors_text(v) for v in events["detected_by"]],
             "top": [top_feature_names(v) for v in events["top_features"]],
         }
     )

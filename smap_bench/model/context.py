@@ -286,11 +286,19 @@ class ContextDetector:
             )
         return longest_holds(contexts, window)
 
-    def flags_of(self, distances: np.ndarray, holds: np.ndarray) -> np.ndarray:
-        """Anomalous by context: the distance or the hold over its threshold (a NaN
-        distance, a context not judged, is not anomalous by distance)."""
+    def distance_flags(self, distances: np.ndarray) -> np.ndarray:
+        """Anomalous by distance: over the threshold (a NaN distance, a context not
+        judged, is not)."""
         by_distance = np.nan_to_num(np.asarray(distances, dtype=np.float64), nan=-np.inf)
-        return (by_distance > self.threshold) | (np.asarray(holds) > self.hold_threshold)
+        return by_distance > self.threshold
+
+    def hold_flags(self, holds: np.ndarray) -> np.ndarray:
+        """Anomalous by hold: over the hold threshold."""
+        return np.asarray(holds) > self.hold_threshold
+
+    def flags_of(self, distances: np.ndarray, holds: np.ndarray) -> np.ndarray:
+        """Anomalous by context: the distance or the hold over its threshold."""
+        return self.distance_flags(distances) | self.hold_flags(holds)
 
     def distances(self, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Distance of the context ending at each of ``ends`` in a raw series (NaN where

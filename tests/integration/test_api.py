@@ -193,14 +193,15 @@ def insert_event(
     start: datetime | None = None,
     state: str = "open",
     shelved_until: datetime | None = None,
+    detected_by: tuple[str, ...] = ("model",),
 ) -> int:
     start = start or datetime.now(UTC) - timedelta(minutes=5)
     first = next(_RECORDS)
     row = conn.execute(
         "INSERT INTO anomaly_events (satellite_id, subsystem, model_name, loop,"
         " start_record_index, end_record_index, start_time, end_time, peak_score, threshold,"
-        " top_features, state, shelved_until)"
-        " VALUES (%s, %s, 'SMAP_A-1', 0, %s, %s, %s, %s, 2.5, 1.0, %s, %s, %s)"
+        " top_features, state, shelved_until, detected_by)"
+        " VALUES (%s, %s, 'SMAP_A-1', 0, %s, %s, %s, %s, 2.5, 1.0, %s, %s, %s, %s)"
         " RETURNING event_id",
         (
             satellite_id,
@@ -212,6 +213,7 @@ def insert_event(
             Jsonb([{"feature_index": 0, "error": 1.5}]),
             state,
             shelved_until,
+            list(detected_by),
         ),
     ).fetchone()
     assert row is not None
@@ -344,11 +346,12 @@ def test_models_come_from_the_repository_until_the_registry_has_rows(api: Api) -
 def test_alarm_lifecycle_with_history(api: Api) -> None:
     satellite = unique_satellite()
     with api.db() as conn:
-        event_id = insert_event(conn, satellite)
+        event_id = insert_event(conn, satellite, detected_by=("model", "hold"))
     with api.client() as client:
         listed = client.get("/api/events", params={"satellite_id": satellite}).json()
         assert listed["count"] == 1
         assert listed["data"][0]["allowed_actions"] == ["acknowledge", "shelve"]
+        assert listed["data"][0]["detected_by"] == ["model", "hold"]
     with api.authed(operator="alice") as client:
         path = f"/api/events/{event_id}/transitions"
         refused = client.post(path, json={"action": "clear"})

@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -479,7 +479,14 @@ def test_event_store_applies_the_same_rules_as_the_in_memory_table(live_stack: S
         for k, flag in enumerate(flags)
         if (
             span := span_of(
-                result(k * 10, satellite_id=sat, loop=1, anomalous=flag, feature_errors=errors[k]),
+                result(
+                    k * 10,
+                    satellite_id=sat,
+                    loop=1,
+                    anomalous=flag,
+                    feature_errors=errors[k],
+                    detected_by=(["hold"] if k == 5 else ["model"]) if flag else [],
+                ),
                 10,
             )
         )
@@ -498,6 +505,10 @@ def test_event_store_applies_the_same_rules_as_the_in_memory_table(live_stack: S
             assert (second.extended, second.merged) == (2, 2)
             again = store.apply(spans)
             assert again.unchanged == len(spans) and again.changed == 0
+            # a redelivered window judged anomalous by the context too adds its detector
+            wider = replace(spans[-1], detected_by=frozenset({"model", "context"}))
+            assert store.apply([wider]).extended == 1
+            expected.apply(wider)
             stored = store.events(sat)
         want = expected.stream_events(sat, "EPS")
         ranges = [(e.start_record_index, e.end_record_index) for e in stored]
@@ -507,6 +518,19 @@ def test_event_store_applies_the_same_rules_as_the_in_memory_table(live_stack: S
             assert got.peak_score == pytest.approx(exp.peak_score)
             assert got.start_time == exp.start_time and got.end_time == exp.end_time
             assert got.feature_errors == pytest.approx(exp.feature_errors)
+            assert got.detected_by == exp.detected_by
+        assert [e.detected_by for e in stored] == [
+            {"model"},
+            {"model", "hold"},
+            {"model", "context"},
+        ]
+        with psycopg.connect(live_stack.postgres_dsn, connect_timeout=5) as conn:
+            (order,) = conn.execute(
+                "SELECT detected_by FROM anomaly_events WHERE satellite_id = %s"
+                " ORDER BY start_record_index DESC LIMIT 1",
+                (sat,),
+            ).fetchone() or (None,)
+        assert order == ["model", "context"]  # stored in DETECTORS order
         with psycopg.connect(live_stack.postgres_dsn, connect_timeout=5) as conn:
             history = conn.execute(
                 "SELECT h.event_id, h.to_state, h.comment FROM alarm_history h"

@@ -71,6 +71,7 @@ def result(
     model_name: str = "SMAP_E-1",
     with_position: bool = True,
     context_distance: float | None = None,
+    detected_by: list[str] | None = None,
 ) -> InferenceResult:
     """The result of the window of records ``[start, start + window)``.
 
@@ -83,6 +84,8 @@ def result(
     if context_distance is not None:  # judged by the context detector, threshold 0.5
         extra |= {"context_distance": context_distance, "context_threshold": 0.5}
         extra |= {"context_hold": 7, "context_hold_threshold": 30.0}
+    if detected_by is not None:
+        extra["detected_by"] = detected_by
     return InferenceResult(
         satellite_id=satellite_id,
         subsystem=subsystem,

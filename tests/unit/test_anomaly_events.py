@@ -12,6 +12,7 @@ import pytest
 from smap_bench.anomaly_events import (
     InMemoryEvents,
     WindowSpan,
+    detectors_list,
     event_of,
     feature_errors_from_json,
     feature_errors_json,
@@ -269,3 +270,34 @@ def test_every_order_of_three_touching_windows_ends_in_one_event() -> None:
         for span in order:
             book.apply(span)
         assert ranges(book) == [(0, 0, 49)]
+
+
+def test_an_event_records_the_union_of_its_windows_detectors() -> None:
+    book = InMemoryEvents(gap=40)  # records 30..59 lie between the first two windows
+    by_model = span_of(result(0, anomalous=True, detected_by=["model"]), STRIDE)
+    by_hold = span_of(result(40, anomalous=True, detected_by=["hold"]), STRIDE)
+    silent = span_of(result(50, anomalous=True), STRIDE)  # a producer that does not say
+    assert by_model is not None and by_hold is not None and silent is not None
+    assert by_hold.detected_by == {"hold"} and silent.detected_by == frozenset()
+    for span in (by_model, by_hold, silent):
+        book.apply(span)
+    (event,) = book.stream_events("sat1", Subsystem.EPS.value)
+    assert event.detected_by == {"model", "hold"}
+    assert detectors_list(event.detected_by) == ["model", "hold"]
+    assert detectors_list({"hold", "zeta", "context"}) == ["context", "hold", "zeta"]
+
+
+def test_a_redelivered_window_changes_an_event_only_by_a_new_detector() -> None:
+    span = span_of(result(10, anomalous=True, detected_by=["model"]), STRIDE)
+    assert span is not None
+    stored = replace(event_of(span), event_id=7)
+    assert plan(span, [stored]) is None
+    # the same records, judged anomalous by the context too (another worker's settings)
+    wider = replace(span, detected_by=frozenset({"model", "context"}))
+    change = plan(wider, [stored])
+    assert change is not None and not change.creates
+    assert change.event.event_id == 7 and change.event.detected_by == {"model", "context"}
+    assert (change.event.start_record_index, change.event.end_record_index) == (
+        stored.start_record_index,
+        stored.end_record_index,
+    )

@@ -149,6 +149,7 @@ def test_the_worker_flags_a_window_by_its_context(
     # against the minimum of 30 (the periodic train split never holds a value)
     assert by_start[10].context_hold == 1 and by_start[20].context_hold == 40
     assert by_start[20].context_hold_threshold == 30.0
+    assert by_start[10].detected_by == [] and by_start[20].detected_by == ["context", "hold"]
 
 
 def test_the_worker_flags_a_window_by_its_hold(repository: Path) -> None:
@@ -171,6 +172,7 @@ def test_the_worker_flags_a_window_by_its_hold(repository: Path) -> None:
     )
     by_start = {r.record_index_start: r for r in outcome.results}
     assert by_start[0].context_hold == 31 and by_start[0].is_anomaly
+    assert by_start[0].detected_by == ["hold"]
     assert by_start[10].context_hold == 30 and not by_start[10].is_anomaly
     assert by_start[0].context_distance < detector.threshold
 

@@ -156,6 +156,16 @@ def test_reading_from_an_array() -> None:
     assert reading.code == "T" and reading.num_features == 25 and reading.features[24] == 24.0
 
 
+def test_detected_by_must_fit_the_decision() -> None:
+    flagged = result() | {"is_anomaly": True}
+    assert InferenceResult.model_validate(flagged | {"detected_by": ["model", "hold"]})
+    assert InferenceResult.model_validate(result() | {"detected_by": []}).detected_by == []
+    assert InferenceResult.model_validate(flagged).detected_by is None  # does not say
+    assert "does not fit is_anomaly" in _error(InferenceResult, flagged | {"detected_by": []})
+    assert "does not fit" in _error(InferenceResult, result() | {"detected_by": ["context"]})
+    assert "detected_by.0" in _error(InferenceResult, flagged | {"detected_by": ["magic"]})
+
+
 def test_window_size_is_not_fixed_at_30() -> None:
     assert InferenceTask.model_validate(task(rows=10)).window_size == 10
     assert InferenceResult.model_validate(result(window=10)).window_size == 10

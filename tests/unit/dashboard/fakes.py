@@ -35,8 +35,10 @@ def event_payload(
     start: datetime = T0,
     seconds: int = 20,
     state: str = "open",
+    detected_by: list[str] | None = None,
 ) -> dict[str, Any]:
     return {
+        "detected_by": detected_by,
         "event_id": event_id,
         "satellite_id": satellite_id,
         "subsystem": subsystem,

@@ -172,7 +172,7 @@ def test_alarm_table_keeps_id_order_and_ranks_urgency() -> None:
     events = frames.events_frame(
         [
             event_payload(3, start=T0 + timedelta(minutes=2), state="open"),
-            event_payload(1, start=T0, state="acknowledged"),
+            event_payload(1, start=T0, state="acknowledged", detected_by=["model", "hold"]),
             event_payload(2, start=T0 + timedelta(minutes=1), state="cleared"),
         ]
     )
@@ -182,6 +182,7 @@ def test_alarm_table_keeps_id_order_and_ranks_urgency() -> None:
     assert table["stream"].iloc[0] == "sat1 / ACS"
     assert table["peak/threshold"].iloc[0] == 5.0
     assert table["top"].iloc[0] == "f0, f3"
+    assert table["by"].tolist() == ["model, hold", "", ""]
 
 
 def test_state_counts_lists_every_state() -> None:
