@@ -15,7 +15,8 @@ ranges are at most ``gap`` records apart. Hence:
 - arrival order does not matter: a late window that touches an event extends it, and
   one that bridges two events merges them into the earlier one;
 - a redelivered window's range already lies inside an event, so it changes nothing
-  (:func:`plan` returns None): replays and restarts are idempotent.
+  (:func:`plan` returns None) unless it names a detector the event lacks (a window
+  rescored with other settings): replays and restarts are idempotent.
 
 An event's ``start`` is its first record (the first anomalous window's first
 responsible record) and ``end`` its last (inclusive, as stored in PostgreSQL); its
@@ -233,7 +234,8 @@ def detectors_list(detected_by: Iterable[str]) -> list[str]:
 
 
 def plan(span: WindowSpan, neighbours: Sequence[Event], gap: int = 0) -> Plan | None:
-    """How ``span`` changes the stored events; None if it is already part of one.
+    """How ``span`` changes the stored events; None if it is already part of one, with
+    all its detectors.
 
     ``neighbours`` must include every stored event of the span's stream and loop that
     touches it within ``gap`` records (the event rule; more are fine, they are

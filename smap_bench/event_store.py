@@ -4,7 +4,7 @@
 ``anomaly_events`` table: one transaction per Kafka batch, a per-stream advisory lock so
 that two events processes never interleave on one stream, the touching events read
 ``FOR UPDATE``, then an insert (``ON CONFLICT`` on the UNIQUE (satellite_id, subsystem,
-loop, start_record_index), growing end and peak only), an update, or a merge. A new
+loop, start_record_index), growing end, peak and detectors only), an update, or a merge. A new
 event also gets its ``alarm_history`` row (NULL -> 'open'). A merge (a late window
 joining two events, rare) deletes the later event with its history and notes it in the
 history of the event it joined. Re-applying a batch changes nothing, so the stage may
@@ -75,9 +75,9 @@ class ApplyCounts:
     """What one :meth:`EventStore.apply` did, per anomalous window."""
 
     created: int = 0
-    extended: int = 0
+    extended: int = 0  #: events grown, or given a detector they lacked
     merged: int = 0  #: events absorbed into an earlier one
-    unchanged: int = 0  #: windows already part of an event (redeliveries)
+    unchanged: int = 0  #: windows already part of an event with their detectors (redeliveries)
 
     @property
     def changed(self) -> int:

@@ -24,7 +24,7 @@ these errors into the one-line reason written to the dead-letter topic.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
 import numpy as np
 from pydantic import (
@@ -60,10 +60,11 @@ SatelliteId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za
 NonNegInt = Annotated[int, Field(ge=0)]
 Stages = dict[str, FiniteFloat]
 
-#: What judged a window anomalous: TranAD's score over the model's threshold, the context
-#: detector's distance, or its hold (:mod:`smap_bench.model.context`).
-Detector = Literal["model", "context", "hold"]
-DETECTORS: tuple[Detector, ...] = ("model", "context", "hold")
+#: What judges a window anomalous: TranAD's score over the model's threshold, the context
+#: detector's distance, or its hold (:mod:`smap_bench.model.context`). Results may name
+#: others (a newer worker's): consumers keep them, so an upgrade order never dead-letters.
+DETECTORS: tuple[str, ...] = ("model", "context", "hold")
+DetectorName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
 
 M = TypeVar("M", bound="Message")
 
@@ -248,7 +249,7 @@ class InferenceResult(Message):
     context_hold_threshold: FiniteFloat | None = None
     #: the detectors that flagged the window, in :data:`DETECTORS` order (empty: normal;
     #: None: a producer that does not say)
-    detected_by: list[Detector] | None = None
+    detected_by: list[DetectorName] | None = None
     loop: NonNegInt | None = None
     record_index_start: NonNegInt | None = None
     channel: str | None = None

@@ -127,6 +127,26 @@ def register(app: typer.Typer) -> None:
         except Exception as exc:
             raise _fail(f"could not create topics at {settings.kafka_bootstrap}: {exc}") from None
 
+    db_app = typer.Typer(help="The PostgreSQL schema.", no_args_is_help=True)
+    app.add_typer(db_app, name="db")
+
+    @db_app.command("migrate")
+    def db_migrate() -> None:
+        """Create the database if missing and apply the schema migrations not yet applied
+        (compose/sql; safe to re-run: what `make up` does, for hosts it does not manage)."""
+        from smap_bench import db
+
+        settings = get_settings()
+        try:
+            created = db.ensure_database(settings.postgres_dsn)
+            applied = db.migrate(settings.postgres_dsn)
+        except Exception as exc:
+            raise _fail(f"could not migrate the database of SMAP_POSTGRES_DSN: {exc}") from None
+        console.print(
+            f"PostgreSQL: database {'created' if created else 'present'}, "
+            f"migrations applied: {', '.join(applied) or 'none (up to date)'}"
+        )
+
     @app.command()
     def up(
         satellites: Annotated[

@@ -184,3 +184,51 @@ def test_migrations_build_an_empty_database_and_rerun_harmlessly(live_stack: Set
     finally:
         with psycopg.connect(db.admin_dsn(live_stack.postgres_dsn), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{name}"')
+
+
+def test_db_migrate_brings_an_older_volume_up_to_date(live_stack: Settings) -> None:
+    """A database initialised by an older release (only 001, as PostgreSQL's init scripts
+    left it) gets the later migrations from `smap-bench db migrate`, as compose runs it."""
+    from psycopg.conninfo import make_conninfo
+
+    from smap_bench import db
+
+    name = f"smap_bench_probe_{uuid.uuid4().hex[:8]}"
+    dsn = make_conninfo(live_stack.postgres_dsn, dbname=name)
+    assert db.ensure_database(dsn) is True
+    try:
+        first, *later = db.migration_files()
+        with psycopg.connect(dsn) as conn:
+            conn.execute(first.read_text().encode())  # what docker-entrypoint-initdb.d ran
+        env = {**os.environ, "SMAP_POSTGRES_DSN": dsn}
+        run = subprocess.run(
+            [sys.executable, "-m", "smap_bench.cli", "db", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        assert f"migrations applied: {', '.join(p.stem for p in later)}" in run.stdout
+        with psycopg.connect(dsn) as conn:
+            columns = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_name = 'anomaly_events'"
+                )
+            }
+        assert "detected_by" in columns
+        again = subprocess.run(
+            [sys.executable, "-m", "smap_bench.cli", "db", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert again.returncode == 0 and "none (up to date)" in again.stdout
+    finally:
+        with psycopg.connect(db.admin_dsn(live_stack.postgres_dsn), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}"')

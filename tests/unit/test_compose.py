@@ -27,7 +27,7 @@ DOCKERFILE = COMPOSE_DIR / "Dockerfile"
 DOCKERIGNORE = COMPOSE_DIR / "Dockerfile.dockerignore"
 
 #: Services that run once and exit: exempt from health checks, and never restarted.
-ONE_SHOT = {"kafka-init", "cli"}
+ONE_SHOT = {"kafka-init", "db-migrate", "cli"}
 
 #: Container ports each service must offer (ARCHITECTURE.md, "Local stack"; nginx :80).
 DOCUMENTED_PORTS = {
@@ -252,6 +252,14 @@ def test_pipeline_services_run_from_the_app_image(name: str, module: str) -> Non
     assert (COMPOSE_DIR / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
     assert module in _command_text(service), f"{name}: command does not run {module}"
     assert service.get("depends_on"), f"{name}: starts before the services it needs"
+
+
+def test_the_schema_is_migrated_before_the_services_that_read_it() -> None:
+    # PostgreSQL runs compose/sql only on an empty volume; an older volume needs migrate
+    assert _command_text(SERVICES["db-migrate"]) == "smap-bench db migrate"
+    for name in ("events", "api"):
+        condition = SERVICES[name]["depends_on"]["db-migrate"]["condition"]
+        assert condition == "service_completed_successfully", name
 
 
 def test_topics_come_from_the_project_and_the_broker_creates_none() -> None:

@@ -163,7 +163,9 @@ def test_detected_by_must_fit_the_decision() -> None:
     assert InferenceResult.model_validate(flagged).detected_by is None  # does not say
     assert "does not fit is_anomaly" in _error(InferenceResult, flagged | {"detected_by": []})
     assert "does not fit" in _error(InferenceResult, result() | {"detected_by": ["context"]})
-    assert "detected_by.0" in _error(InferenceResult, flagged | {"detected_by": ["magic"]})
+    newer = InferenceResult.model_validate(flagged | {"detected_by": ["model", "spectrum"]})
+    assert newer.detected_by == ["model", "spectrum"]  # a newer worker's detector is kept
+    assert "detected_by.0" in _error(InferenceResult, flagged | {"detected_by": ["Bad Name"]})
 
 
 def test_window_size_is_not_fixed_at_30() -> None:
