@@ -201,14 +201,18 @@ def test_db_migrate_brings_an_older_volume_up_to_date(live_stack: Settings) -> N
         with psycopg.connect(dsn) as conn:
             conn.execute(first.read_text().encode())  # what docker-entrypoint-initdb.d ran
         env = {**os.environ, "SMAP_POSTGRES_DSN": dsn}
-        run = subprocess.run(
-            [sys.executable, "-m", "smap_bench.cli", "db", "migrate"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+
+        def migrate() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "smap_bench.cli", "db", "migrate"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+
+        run = migrate()
         assert run.returncode == 0, run.stderr
         assert f"migrations applied: {', '.join(p.stem for p in later)}" in run.stdout
         with psycopg.connect(dsn) as conn:
@@ -220,14 +224,7 @@ def test_db_migrate_brings_an_older_volume_up_to_date(live_stack: Settings) -> N
                 )
             }
         assert "detected_by" in columns
-        again = subprocess.run(
-            [sys.executable, "-m", "smap_bench.cli", "db", "migrate"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        again = migrate()
         assert again.returncode == 0 and "none (up to date)" in again.stdout
     finally:
         with psycopg.connect(db.admin_dsn(live_stack.postgres_dsn), autocommit=True) as conn:
