@@ -5,7 +5,10 @@ new satellites are picked up within seconds), forms windows per (satellite, subs
 with :class:`smap_bench.scheduling.WindowScheduler`, and sends them to the Celery workers
 over RabbitMQ, several windows per message. Kafka offsets are committed after the
 messages are confirmed by RabbitMQ, and only up to the oldest record a future window
-still needs, so a restart loses no window and re-forms none that was sent.
+(or its context) still needs, so a restart loses no window; the sent frontier, committed
+for the companion group ``<group>.sent``, tells a restarted scheduler which of the windows
+it re-forms were sent already (:mod:`smap_bench.scheduling`), so it sends none twice and
+its first windows carry the context they would have carried without the restart.
 
 Run::
 
@@ -25,16 +28,18 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from pipeline.router import Fleet
 from smap_bench.config import Settings, get_settings
 from smap_bench.inference.repository import find_onnx_models
+from smap_bench.kafka import consumer_config
 from smap_bench.scheduling import (
     DEFAULT_QUEUE,
     STAGE,
     TASK_NAME,
+    PartitionKey,
     Position,
     WindowScheduler,
     batch_tasks,
@@ -76,6 +81,58 @@ class ModelIndex:
             self._names = set(find_onnx_models(self.root))
             self._read_at = now
         return not self._names or name in self._names
+
+
+class SentFrontier:
+    """The scheduler's committed positions across restarts: where each partition resumes
+    (its consumer group's committed offset) and its sent frontier (the companion group
+    ``<group>.sent``), read once per partition and committed with the group's offsets.
+
+    Two consumers that never subscribe serve only to read and write committed offsets; a
+    broker that cannot answer costs the frontier (windows re-sent after a restart, as
+    without one), never a window."""
+
+    def __init__(self, settings: Settings, group: str) -> None:
+        self.group = group
+        self._main = Consumer(consumer_config(settings, group))
+        self._sent = Consumer(consumer_config(settings, f"{group}.sent"))
+        self._looked_up: set[PartitionKey] = set()
+
+    def lookup(self, keys: set[PartitionKey]) -> dict[PartitionKey, tuple[int, int]]:
+        """The committed (read, sent) positions of partitions not looked up before."""
+        wanted = sorted(keys - self._looked_up)
+        if not wanted:
+            return {}
+        self._looked_up.update(wanted)
+        parts = [TopicPartition(topic, partition) for topic, partition in wanted]
+        try:
+            read = self._main.committed(parts, timeout=10)
+            sent = self._sent.committed(parts, timeout=10)
+        except KafkaException as error:
+            log.warning("%s: sent frontiers not read (%s): windows may be re-sent", STAGE, error)
+            return {}
+        out = {}
+        for r, s in zip(read, sent, strict=True):
+            if r.offset >= 0 and s.offset >= 0:
+                out[(r.topic, r.partition)] = (r.offset, s.offset)
+        return out
+
+    def commit(self, sent: dict[PartitionKey, int]) -> None:
+        """Commit the sent frontiers (before the group's own offsets: a crash between the
+        two re-reads more, never less)."""
+        if not sent:
+            return
+        try:
+            self._sent.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in sent.items()],
+                asynchronous=False,
+            )
+        except KafkaException as error:
+            log.warning("%s: sent frontiers not committed (%s)", STAGE, error)
+
+    def close(self) -> None:
+        self._main.close()
+        self._sent.close()
 
 
 def make_dispatch(queue: str, metrics: StageMetrics) -> Callable[[list[InferenceTask]], None]:
@@ -128,9 +185,17 @@ def run(
     )
     dispatch = make_dispatch(queue, metrics)
     spread = settings.workers if min_messages is None else min_messages
+    frontier = SentFrontier(settings, group)
 
     def handle(batch: Sequence[Message]) -> None:
         tasks = []
+        new = {
+            (str(m.topic()), int(m.partition() or 0))
+            for m in batch
+            if not core.knows_partition((str(m.topic()), int(m.partition() or 0)))
+        }
+        if new:
+            core.resume(frontier.lookup(new))
         for message in batch:
             position = Position(
                 str(message.topic()), int(message.partition() or 0), int(message.offset() or 0)
@@ -160,7 +225,9 @@ def run(
         return fleet is None or satellite is None or fleet(satellite)
 
     def commit_offsets() -> list[TopicPartition]:
-        return [TopicPartition(t, p, o) for (t, p), o in core.commit_positions().items()]
+        read, sent = core.commit_plan()
+        frontier.commit(sent)
+        return [TopicPartition(t, p, o) for (t, p), o in read.items()]
 
     log.info(
         "%s: group %s, queue %s, windows %d/%d, up to %d windows per task over at least %d"
@@ -203,16 +270,19 @@ def run(
         keep_topic=keep_topic if fleet is not None else None,
         on_tick=fleet.tick if fleet is not None else None,
     )
+    frontier.close()
     counts = core.counts
     log.info(
         "%s: received %d records, sent %d windows, rejected %d, redelivered %d, "
-        "duplicate windows %d",
+        "duplicate windows %d, already sent before a restart %d (frontiers dropped %d)",
         STAGE,
         counts.received,
         counts.windows,
         counts.rejected,
         counts.redelivered,
         counts.duplicate_windows,
+        counts.already_sent,
+        counts.frontiers_dropped,
     )
     return core
 

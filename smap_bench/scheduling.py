@@ -21,6 +21,16 @@ The scheduler stage (``pipeline/scheduler.py``) is a thin Kafka/Celery shell aro
   forms the same windows with the same job ids, the first of which is the first window not
   yet dispatched. The caller commits only after the tasks of everything consumed so far
   were dispatched (``run_kafka_stage`` does it in that order).
+- **Context across restarts.** With a context (``context`` > ``window_size``), a future
+  window also needs the ``context - window_size`` records before its first, so
+  :meth:`WindowScheduler.commit_plan` gives two positions per partition: where to read
+  from (the oldest record a future window *or its context* needs) and the *sent frontier*
+  (the oldest record a future window needs: every window starting before it was
+  dispatched). The shell commits the first for its consumer group and the second for a
+  companion group (``<group>.sent``). A restarted scheduler given the frontier
+  (:meth:`WindowScheduler.resume`) re-reads the context, so its first windows carry the
+  same context as they would have without the restart, and drops the windows it re-forms
+  before the frontier (``counts.already_sent``), so none is sent twice.
 - **Redeliveries.** Within one run, a message at an offset already consumed (Kafka
   re-delivers from the committed offset after a rebalance) is skipped, and a job id
   dispatched recently is never dispatched again. An offset below the last committed one
@@ -119,6 +129,8 @@ class SchedulerCounts:
     rejected: int = 0
     redelivered: int = 0
     duplicate_windows: int = 0
+    already_sent: int = 0  #: windows re-formed after a restart, before the sent frontier
+    frontiers_dropped: int = 0  #: frontiers not trusted: the partition resumed elsewhere
 
 
 def next_grid_start(record_index: int, stride: int, origin: int = 0) -> int:
@@ -178,6 +190,10 @@ class WindowScheduler:
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._recent_limit = recent_job_ids
         self._model_names: dict[str, str] = {}
+        #: Per partition, the sent frontier a restarted scheduler was given (see the module),
+        #: and the read position it must resume from for the frontier to hold.
+        self._sent_frontier: dict[PartitionKey, int] = {}
+        self._resume_read: dict[PartitionKey, int] = {}
 
     # --- input ------------------------------------------------------------------------
     def accept(self, value: bytes | str | None, position: Position) -> Outcome:
@@ -186,6 +202,10 @@ class WindowScheduler:
         next_offset = self._next_offset.get(key)
         if next_offset is None:
             self._floor[key] = position.offset
+            read = self._resume_read.pop(key, None)
+            if read is not None and position.offset != read:
+                self._sent_frontier.pop(key, None)
+                self.counts.frontiers_dropped += 1
         elif position.offset < next_offset:
             if position.offset >= self._floor[key]:
                 self.counts.redelivered += 1
@@ -222,7 +242,10 @@ class WindowScheduler:
             window = pushed.windows[0]
             stream.last_start = window.first_record_index
             task = self._task(record, window, model)
-            if task.job_id in self._recent:
+            if self._sent_before_restart(key, stream, window.first_record_index):
+                self.counts.already_sent += 1
+                task = None
+            elif task.job_id in self._recent:
                 self.counts.duplicate_windows += 1
                 task, duplicate = None, True
             else:
@@ -232,23 +255,51 @@ class WindowScheduler:
         return Outcome(task=task, duplicate_window=duplicate)
 
     # --- offsets ----------------------------------------------------------------------
-    def commit_positions(self) -> dict[PartitionKey, int]:
-        """Offset to commit for each partition that changed since the last call.
+    def commit_plan(self) -> tuple[dict[PartitionKey, int], dict[PartitionKey, int]]:
+        """Offsets to commit for each partition that changed since the last call: where a
+        restart reads from, and the sent frontier (see the module).
 
-        The offset of the oldest record a future window of the partition's streams still
-        needs, else the offset after the last record consumed.
+        The first is the offset of the oldest record a future window of the partition's
+        streams or its context still needs; the second that of the oldest record a future
+        window needs; both the offset after the last record consumed when nothing is held.
         """
-        out: dict[PartitionKey, int] = {}
+        read: dict[PartitionKey, int] = {}
+        sent: dict[PartitionKey, int] = {}
         for key in self._dirty:
-            offset = self._next_offset[key]
+            offset = frontier = self._next_offset[key]
             for stream_key in self._partition_streams.get(key, ()):
-                held = self._streams[stream_key].held
+                stream = self._streams[stream_key]
+                held = stream.held
                 if held and held[0].offset < offset:
                     offset = held[0].offset
-            out[key] = offset
+                first = self._first_window_held(stream)
+                if first is not None and first.offset < frontier:
+                    frontier = first.offset
+            read[key] = offset
+            sent[key] = frontier
             self._floor[key] = offset
         self._dirty.clear()
-        return out
+        return read, sent
+
+    def commit_positions(self) -> dict[PartitionKey, int]:
+        """Where a restart reads from, for each partition that changed since the last call
+        (:meth:`commit_plan` without the sent frontier)."""
+        return self.commit_plan()[0]
+
+    def resume(self, positions: dict[PartitionKey, tuple[int, int]]) -> None:
+        """A restarted scheduler's committed (read, sent) positions per partition, as
+        :meth:`commit_plan` gave them: windows that start at an offset before the sent
+        frontier were dispatched before the restart and are not sent again. A partition
+        whose first message is not at the committed read position (its log was reset, or
+        another consumer moved on) keeps no frontier (``counts.frontiers_dropped``)."""
+        for key, (read, sent) in positions.items():
+            if read <= sent and key not in self._next_offset:
+                self._resume_read[key] = read
+                self._sent_frontier[key] = sent
+
+    def knows_partition(self, key: PartitionKey) -> bool:
+        """Whether a message of this partition was seen or its frontier given."""
+        return key in self._next_offset or key in self._sent_frontier
 
     @property
     def streams(self) -> int:
@@ -274,6 +325,40 @@ class WindowScheduler:
         for stream_key in self._partition_streams.pop(key, set()):
             del self._streams[stream_key]
         self._next_offset.pop(key, None)
+        self._sent_frontier.pop(key, None)
+        self._resume_read.pop(key, None)
+
+    def _held_at(self, stream: _Stream, record_index: int) -> _Held | None:
+        """The held record of ``record_index`` (held records are consecutive in a run)."""
+        held = stream.held
+        if not held:
+            return None
+        at = record_index - held[0].record_index
+        if 0 <= at < len(held) and held[at].record_index == record_index:
+            return held[at]
+        return None
+
+    def _window_first_needed(self, stream: _Stream) -> int:
+        """The first record a future window of the stream can contain."""
+        if stream.last_start is None:
+            return next_grid_start(stream.run_start, self.stride, self.origin)
+        return stream.last_start + self.stride
+
+    def _first_window_held(self, stream: _Stream) -> _Held | None:
+        """The oldest held record a future window (not only its context) needs."""
+        held = stream.held
+        first_needed = self._window_first_needed(stream)
+        if not held or held[-1].record_index < first_needed:
+            return None
+        found = self._held_at(stream, max(first_needed, held[0].record_index))
+        return found if found is not None else held[0]
+
+    def _sent_before_restart(self, key: PartitionKey, stream: _Stream, first: int) -> bool:
+        frontier = self._sent_frontier.get(key)
+        if frontier is None:
+            return False
+        held = self._held_at(stream, first)
+        return held is not None and held.offset < frontier
 
     def _model_of(self, record: SubsystemRecord) -> str:
         channel = record.channel
@@ -311,11 +396,9 @@ class WindowScheduler:
         return stream
 
     def _trim(self, stream: _Stream) -> None:
-        """Drop held records that no future window of the stream can contain."""
-        if stream.last_start is None:
-            first_needed = next_grid_start(stream.run_start, self.stride, self.origin)
-        else:
-            first_needed = stream.last_start + self.stride
+        """Drop held records that no future window of the stream, or its context, can
+        contain."""
+        first_needed = self._window_first_needed(stream) - max(0, self.context - self.window_size)
         held = stream.held
         while held and held[0].record_index < first_needed:
             held.popleft()

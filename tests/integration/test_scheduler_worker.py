@@ -246,13 +246,19 @@ def test_windows_are_scored_once_across_a_scheduler_restart(run: Run) -> None:
         sent_before = counter(first_port, "produced")
         assert sent_before == 3
 
-        # --- restart: offsets were committed up to the next window's first record ---------
+        # --- restart: offsets were committed up to the next window's context --------------
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=20) == 0
-        reader = Consumer(consumer_config(settings, run.group))
-        committed = reader.committed([TopicPartition(run.topic, 0)], timeout=10)
-        reader.close()
-        assert committed[0].offset == 30  # record 30 is the first the next window needs
+        committed = {}
+        for group in (run.group, f"{run.group}.sent"):
+            reader = Consumer(consumer_config(settings, group))
+            committed[group] = reader.committed([TopicPartition(run.topic, 0)], timeout=10)
+            reader.close()
+        # record 30 is the first the next window needs (the sent frontier); its context of
+        # 100 records reaches back to the stream's first (where the restart reads from)
+        assert settings.context_length == 100
+        assert committed[run.group][0].offset == 0
+        assert committed[f"{run.group}.sent"][0].offset == 30
 
         run.start_scheduler(second_port)
         produce(range(50, 100))

@@ -245,6 +245,69 @@ def test_a_restart_loses_no_window_and_sends_none_twice(cut: int) -> None:
     assert sent == [t.job_id for t in full]
 
 
+@pytest.mark.parametrize("cut", [0, 1, 29, 30, 39, 40, 69, 70, 99, 100, 131, 150, 199, 240])
+def test_a_restart_keeps_the_context_and_sends_no_window_twice(cut: int) -> None:
+    """With a context, a restart given the sent frontier re-reads the context: both runs
+    together send exactly the windows of one uninterrupted run, once each, and every window
+    carries the context it carries there."""
+    records = [*range(0, 147), *range(152, 260)]  # a gap in the middle
+    full = {t.job_id: t for t in feed(WindowScheduler(30, 10, context=100), records)}
+    assert sum(t.context is not None for t in full.values()) > 5
+
+    first = WindowScheduler(30, 10, context=100)
+    sent = feed(first, records[:cut])
+    read, frontier = first.commit_plan()
+    read_at, sent_at = read.get((TOPIC, 0), 0), frontier.get((TOPIC, 0), 0)
+    assert read_at <= sent_at <= cut
+
+    second = WindowScheduler(30, 10, context=100)  # a fresh process: empty buffers
+    second.resume({(TOPIC, 0): (read_at, sent_at)})
+    sent += feed(second, records[read_at:], first_offset=read_at)
+    assert [t.job_id for t in sent] == list(full)
+    for task in sent:
+        assert task.context == full[task.job_id].context, task.record_index_start
+
+
+def test_the_windows_re_formed_before_the_frontier_are_counted_not_sent() -> None:
+    first = WindowScheduler(30, 10, context=100)
+    feed(first, range(145))
+    read, sent = first.commit_plan()
+    assert (read[(TOPIC, 0)], sent[(TOPIC, 0)]) == (50, 120)
+    second = WindowScheduler(30, 10, context=100)
+    second.resume({(TOPIC, 0): (50, 120)})
+    tasks = feed(second, range(50, 160), first_offset=50)
+    # windows 50..110 were sent before the restart; 120 is the first new one, with the
+    # full context of records 50..149 read again
+    assert second.counts.already_sent == 7
+    assert [t.record_index_start for t in tasks] == [120, 130]
+    assert tasks[0].context is not None and len(tasks[0].context) == 100
+
+
+def test_without_a_context_the_read_position_is_the_sent_frontier() -> None:
+    scheduler = WindowScheduler(30, 10)
+    feed(scheduler, range(45))
+    assert scheduler.commit_plan() == ({(TOPIC, 0): 20}, {(TOPIC, 0): 20})
+
+
+def test_a_context_moves_the_read_position_back_and_not_the_frontier() -> None:
+    scheduler = WindowScheduler(30, 10, context=100)
+    feed(scheduler, range(145))
+    # the next window starts at 120; its context reaches back 70 records before it
+    assert scheduler.commit_plan() == ({(TOPIC, 0): 50}, {(TOPIC, 0): 120})
+    early = WindowScheduler(30, 10, context=100)
+    feed(early, range(45))  # the run began at 0: nothing older to keep
+    assert early.commit_plan() == ({(TOPIC, 0): 0}, {(TOPIC, 0): 20})
+
+
+def test_a_frontier_is_dropped_when_the_partition_resumes_elsewhere() -> None:
+    scheduler = WindowScheduler(30, 10, context=100)
+    scheduler.resume({(TOPIC, 0): (50, 120)})
+    # the log was re-created: reading starts at offset 0, not at the committed 50
+    tasks = feed(scheduler, range(150))
+    assert scheduler.counts.frontiers_dropped == 1 and scheduler.counts.already_sent == 0
+    assert [t.record_index_start for t in tasks] == list(range(0, 121, 10))
+
+
 def test_redelivered_offsets_are_skipped() -> None:
     scheduler = WindowScheduler(30, 10)
     feed(scheduler, range(45))
