@@ -15,12 +15,13 @@ The scheduler stage (``pipeline/scheduler.py``) is a thin Kafka/Celery shell aro
 - **Offsets.** Kafka offsets may only be committed up to the oldest record that a future
   window still needs, or a restart would lose the records held in memory. For each stream
   the scheduler keeps the (loop, record_index, offset) of the records from the start of
-  the next window on; :meth:`WindowScheduler.commit_positions` gives, per partition, the
-  offset of the oldest such record (or, when nothing is held, the offset after the last
-  record consumed). A restarted scheduler re-reads from there, its buffers refill, and it
-  forms the same windows with the same job ids, the first of which is the first window not
-  yet dispatched. The caller commits only after the tasks of everything consumed so far
-  were dispatched (``run_kafka_stage`` does it in that order).
+  the next window (or of its context, below) on; :meth:`WindowScheduler.commit_positions`
+  gives, per partition, the offset of the oldest such record (or, when nothing is held,
+  the offset after the last record consumed). A restarted scheduler re-reads from there,
+  its buffers refill, and it forms the same windows with the same job ids; without a
+  context the first of them is the first window not yet dispatched. The caller commits
+  only after the tasks of everything consumed so far were dispatched
+  (``run_kafka_stage`` does it in that order).
 - **Context across restarts.** With a context (``context`` > ``window_size``), a future
   window also needs the ``context - window_size`` records before its first, so
   :meth:`WindowScheduler.commit_plan` gives two positions per partition: where to read
