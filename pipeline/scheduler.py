@@ -6,9 +6,10 @@ with :class:`smap_bench.scheduling.WindowScheduler`, and sends them to the Celer
 over RabbitMQ, several windows per message. Kafka offsets are committed after the
 messages are confirmed by RabbitMQ, and only up to the oldest record a future window
 (or its context) still needs, so a restart loses no window; the sent frontier, committed
-for the companion group ``<group>.sent``, tells a restarted scheduler which of the windows
-it re-forms were sent already (:mod:`smap_bench.scheduling`), so it sends none twice and
-its first windows carry the context they would have carried without the restart.
+for the companion group ``<group>.sent`` (with the record expected where it resumes, in
+``<group>.check``), tells a restarted scheduler which of the windows it re-forms were sent
+already (:mod:`smap_bench.scheduling`), so after a clean stop it sends none twice and its
+first windows carry the context they would have carried without the restart.
 
 Run::
 
@@ -39,6 +40,7 @@ from smap_bench.scheduling import (
     DEFAULT_QUEUE,
     STAGE,
     TASK_NAME,
+    CommitPlan,
     PartitionKey,
     Position,
     WindowScheduler,
@@ -84,55 +86,58 @@ class ModelIndex:
 
 
 class SentFrontier:
-    """The scheduler's committed positions across restarts: where each partition resumes
-    (its consumer group's committed offset) and its sent frontier (the companion group
-    ``<group>.sent``), read once per partition and committed with the group's offsets.
+    """The scheduler's committed positions across restarts (:mod:`smap_bench.scheduling`):
+    where each partition resumes (its consumer group's committed offset), its sent
+    frontier (the companion group ``<group>.sent``) and the record expected where it
+    resumes (``<group>.check``), read once per partition and committed with the group's
+    offsets, the companions first.
 
-    Two consumers that never subscribe serve only to read and write committed offsets; a
-    broker that cannot answer costs the frontier (windows re-sent after a restart, as
-    without one), never a window."""
+    Consumers that never subscribe serve only to read and write committed offsets; a broker
+    that cannot answer costs the frontier (windows re-sent after a restart, as without
+    one), never a window."""
 
     def __init__(self, settings: Settings, group: str) -> None:
-        self.group = group
         self._main = Consumer(consumer_config(settings, group))
         self._sent = Consumer(consumer_config(settings, f"{group}.sent"))
+        self._check = Consumer(consumer_config(settings, f"{group}.check"))
         self._looked_up: set[PartitionKey] = set()
 
-    def lookup(self, keys: set[PartitionKey]) -> dict[PartitionKey, tuple[int, int]]:
-        """The committed (read, sent) positions of partitions not looked up before."""
+    def lookup(self, keys: set[PartitionKey]) -> dict[PartitionKey, tuple[int, int, int | None]]:
+        """The committed (read, sent, check) of partitions not looked up before."""
         wanted = sorted(keys - self._looked_up)
         if not wanted:
             return {}
         self._looked_up.update(wanted)
         parts = [TopicPartition(topic, partition) for topic, partition in wanted]
         try:
-            read = self._main.committed(parts, timeout=10)
-            sent = self._sent.committed(parts, timeout=10)
+            found = [c.committed(parts, timeout=10) for c in (self._main, self._sent, self._check)]
         except KafkaException as error:
             log.warning("%s: sent frontiers not read (%s): windows may be re-sent", STAGE, error)
             return {}
-        out = {}
-        for r, s in zip(read, sent, strict=True):
-            if r.offset >= 0 and s.offset >= 0:
-                out[(r.topic, r.partition)] = (r.offset, s.offset)
+        out: dict[PartitionKey, tuple[int, int, int | None]] = {}
+        for read, sent, check in zip(*found, strict=True):
+            if read.offset >= 0 and sent.offset >= 0:
+                fingerprint = check.offset if check.offset >= 0 else None
+                out[(read.topic, read.partition)] = (read.offset, sent.offset, fingerprint)
         return out
 
-    def commit(self, sent: dict[PartitionKey, int]) -> None:
-        """Commit the sent frontiers (before the group's own offsets: a crash between the
-        two re-reads more, never less)."""
-        if not sent:
-            return
-        try:
-            self._sent.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in sent.items()],
-                asynchronous=False,
-            )
-        except KafkaException as error:
-            log.warning("%s: sent frontiers not committed (%s)", STAGE, error)
+    def commit(self, plan: CommitPlan) -> None:
+        """Commit the sent frontiers and the checks (before the group's own offsets; a
+        crash between them costs re-sent windows, never a lost one)."""
+        for consumer, offsets in ((self._check, plan.check), (self._sent, plan.sent)):
+            if not offsets:
+                continue
+            try:
+                consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    asynchronous=False,
+                )
+            except KafkaException as error:
+                log.warning("%s: sent frontiers not committed (%s)", STAGE, error)
 
     def close(self) -> None:
-        self._main.close()
-        self._sent.close()
+        for consumer in (self._main, self._sent, self._check):
+            consumer.close()
 
 
 def make_dispatch(queue: str, metrics: StageMetrics) -> Callable[[list[InferenceTask]], None]:
@@ -189,11 +194,8 @@ def run(
 
     def handle(batch: Sequence[Message]) -> None:
         tasks = []
-        new = {
-            (str(m.topic()), int(m.partition() or 0))
-            for m in batch
-            if not core.knows_partition((str(m.topic()), int(m.partition() or 0)))
-        }
+        partitions = {(str(m.topic()), int(m.partition() or 0)) for m in batch}
+        new = {key for key in partitions if not core.knows_partition(key)}
         if new:
             core.resume(frontier.lookup(new))
         for message in batch:
@@ -225,9 +227,9 @@ def run(
         return fleet is None or satellite is None or fleet(satellite)
 
     def commit_offsets() -> list[TopicPartition]:
-        read, sent = core.commit_plan()
-        frontier.commit(sent)
-        return [TopicPartition(t, p, o) for (t, p), o in read.items()]
+        plan = core.commit_plan()
+        frontier.commit(plan)
+        return [TopicPartition(t, p, o) for (t, p), o in plan.read.items()]
 
     log.info(
         "%s: group %s, queue %s, windows %d/%d, up to %d windows per task over at least %d"

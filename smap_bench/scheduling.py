@@ -27,11 +27,18 @@ The scheduler stage (``pipeline/scheduler.py``) is a thin Kafka/Celery shell aro
   :meth:`WindowScheduler.commit_plan` gives two positions per partition: where to read
   from (the oldest record a future window *or its context* needs) and the *sent frontier*
   (the oldest record a future window needs: every window starting before it was
-  dispatched). The shell commits the first for its consumer group and the second for a
-  companion group (``<group>.sent``). A restarted scheduler given the frontier
+  dispatched), with a fingerprint of the record at the read position. The shell commits
+  the first for its consumer group, the others for companion groups (``<group>.sent``,
+  ``<group>.check``: Tansu drops commit metadata). A restarted scheduler given them
   (:meth:`WindowScheduler.resume`) re-reads the context, so its first windows carry the
   same context as they would have without the restart, and drops the windows it re-forms
-  before the frontier (``counts.already_sent``), so none is sent twice.
+  before the frontier (``counts.already_sent``), so none is sent twice after a clean stop
+  (a crash re-sends what it dispatched since the last commit, as before). The frontier
+  is trusted only when the partition's first message is the committed record: a log
+  reset (topic re-created) or another consumer's progress costs it, so re-sent windows
+  are the worst case, never lost ones. This holds for one stream per partition (the
+  router's topics); streams sharing a partition share its oldest positions, and some of
+  their windows are then sent again.
 - **Redeliveries.** Within one run, a message at an offset already consumed (Kafka
   re-delivers from the committed offset after a rebalance) is skipped, and a job id
   dispatched recently is never dispatched again. An offset below the last committed one
@@ -72,13 +79,16 @@ __all__ = [
     "DEFAULT_QUEUE",
     "STAGE",
     "TASK_NAME",
+    "CommitPlan",
     "Outcome",
+    "PartitionKey",
     "Position",
     "SchedulerCounts",
     "WindowScheduler",
     "batch_tasks",
     "encode_tasks",
     "next_grid_start",
+    "record_fingerprint",
 ]
 
 #: Stage name: Kafka consumer group, logger, metric label.
@@ -139,6 +149,22 @@ def next_grid_start(record_index: int, stride: int, origin: int = 0) -> int:
     return origin + math.ceil((record_index - origin) / stride) * stride
 
 
+def record_fingerprint(loop: int, record_index: int) -> int:
+    """One non-negative integer for a record's (loop, record_index), committable as a
+    Kafka offset (the companion group ``<group>.check``)."""
+    return (loop << 32) | record_index
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPlan:
+    """Per partition: where to read from, the sent frontier, and the record expected at
+    the read position (:meth:`WindowScheduler.commit_plan`)."""
+
+    read: dict[PartitionKey, int]
+    sent: dict[PartitionKey, int]
+    check: dict[PartitionKey, int]
+
+
 @dataclass(slots=True)
 class _Held:
     loop: int
@@ -150,7 +176,7 @@ class _Held:
 class _Stream:
     buffer: WindowBuffer
     partition: PartitionKey
-    #: Records from the next window's first on, oldest first (what a restart must re-read).
+    #: Records from the next window's context on, oldest first (what a restart re-reads).
     held: deque[_Held] = field(default_factory=deque)
     run_start: int = 0
     last_start: int | None = None  # start of the last window emitted in the current run
@@ -194,19 +220,17 @@ class WindowScheduler:
         #: Per partition, the sent frontier a restarted scheduler was given (see the module),
         #: and the read position it must resume from for the frontier to hold.
         self._sent_frontier: dict[PartitionKey, int] = {}
-        self._resume_read: dict[PartitionKey, int] = {}
+        self._resume_check: dict[PartitionKey, tuple[int, int]] = {}
 
     # --- input ------------------------------------------------------------------------
     def accept(self, value: bytes | str | None, position: Position) -> Outcome:
         """Handle one message of a subsystem topic; return its task, or why it was refused."""
         key = position.partition_key
         next_offset = self._next_offset.get(key)
+        resumed = None
         if next_offset is None:
             self._floor[key] = position.offset
-            read = self._resume_read.pop(key, None)
-            if read is not None and position.offset != read:
-                self._sent_frontier.pop(key, None)
-                self.counts.frontiers_dropped += 1
+            resumed = self._resume_check.pop(key, None)
         elif position.offset < next_offset:
             if position.offset >= self._floor[key]:
                 self.counts.redelivered += 1
@@ -221,8 +245,20 @@ class WindowScheduler:
             if value is None:
                 raise ValueError("empty message (no value)")
             record = decode(SubsystemRecord, value)
-            model = self._model_of(record)
         except (ValidationError, ValueError) as error:
+            record = None
+            reason = describe(error)
+        if resumed is not None and (
+            record is None
+            or (position.offset, record_fingerprint(record.loop, record.record_index)) != resumed
+        ):
+            self._sent_frontier.pop(key, None)
+            self.counts.frontiers_dropped += 1
+        if record is None:
+            return self._reject(reason)
+        try:
+            model = self._model_of(record)
+        except ValueError as error:
             return self._reject(describe(error))
 
         stream = self._stream(record, key)
@@ -256,46 +292,52 @@ class WindowScheduler:
         return Outcome(task=task, duplicate_window=duplicate)
 
     # --- offsets ----------------------------------------------------------------------
-    def commit_plan(self) -> tuple[dict[PartitionKey, int], dict[PartitionKey, int]]:
+    def commit_plan(self) -> CommitPlan:
         """Offsets to commit for each partition that changed since the last call: where a
-        restart reads from, and the sent frontier (see the module).
+        restart reads from, the sent frontier, and the record expected at the read
+        position (see the module).
 
-        The first is the offset of the oldest record a future window of the partition's
-        streams or its context still needs; the second that of the oldest record a future
-        window needs; both the offset after the last record consumed when nothing is held.
+        ``read`` is the offset of the oldest record a future window of the partition's
+        streams or its context still needs, ``sent`` that of the oldest record a future
+        window needs (both the offset after the last record consumed when nothing is
+        held); ``check`` is :func:`record_fingerprint` of the record at ``read``, where
+        ``read`` < ``sent`` (only then can a restart drop a window).
         """
-        read: dict[PartitionKey, int] = {}
-        sent: dict[PartitionKey, int] = {}
+        plan = CommitPlan({}, {}, {})
         for key in self._dirty:
             offset = frontier = self._next_offset[key]
+            oldest: _Held | None = None
             for stream_key in self._partition_streams.get(key, ()):
                 stream = self._streams[stream_key]
                 held = stream.held
                 if held and held[0].offset < offset:
-                    offset = held[0].offset
+                    offset, oldest = held[0].offset, held[0]
                 first = self._first_window_held(stream)
                 if first is not None and first.offset < frontier:
                     frontier = first.offset
-            read[key] = offset
-            sent[key] = frontier
+            plan.read[key] = offset
+            plan.sent[key] = frontier
+            if oldest is not None and offset < frontier:
+                plan.check[key] = record_fingerprint(oldest.loop, oldest.record_index)
             self._floor[key] = offset
         self._dirty.clear()
-        return read, sent
+        return plan
 
     def commit_positions(self) -> dict[PartitionKey, int]:
         """Where a restart reads from, for each partition that changed since the last call
         (:meth:`commit_plan` without the sent frontier)."""
-        return self.commit_plan()[0]
+        return self.commit_plan().read
 
-    def resume(self, positions: dict[PartitionKey, tuple[int, int]]) -> None:
-        """A restarted scheduler's committed (read, sent) positions per partition, as
+    def resume(self, positions: dict[PartitionKey, tuple[int, int, int | None]]) -> None:
+        """A restarted scheduler's committed (read, sent, check) per partition, as
         :meth:`commit_plan` gave them: windows that start at an offset before the sent
         frontier were dispatched before the restart and are not sent again. A partition
-        whose first message is not at the committed read position (its log was reset, or
-        another consumer moved on) keeps no frontier (``counts.frontiers_dropped``)."""
-        for key, (read, sent) in positions.items():
-            if read <= sent and key not in self._next_offset:
-                self._resume_read[key] = read
+        whose first message is not the record committed as ``check`` at the read
+        position (its log was reset, or another consumer moved on) keeps no frontier
+        (``counts.frontiers_dropped``); so does one whose check is missing."""
+        for key, (read, sent, check) in positions.items():
+            if read < sent and check is not None and key not in self._next_offset:
+                self._resume_check[key] = (read, check)
                 self._sent_frontier[key] = sent
 
     def knows_partition(self, key: PartitionKey) -> bool:
@@ -327,7 +369,7 @@ class WindowScheduler:
             del self._streams[stream_key]
         self._next_offset.pop(key, None)
         self._sent_frontier.pop(key, None)
-        self._resume_read.pop(key, None)
+        self._resume_check.pop(key, None)
 
     def _held_at(self, stream: _Stream, record_index: int) -> _Held | None:
         """The held record of ``record_index`` (held records are consecutive in a run)."""
@@ -359,7 +401,12 @@ class WindowScheduler:
         if frontier is None:
             return False
         held = self._held_at(stream, first)
-        return held is not None and held.offset < frontier
+        if held is None:
+            return False  # cannot place it: send it (a duplicate at worst, never a loss)
+        if held.offset >= frontier:
+            del self._sent_frontier[key]  # every later window starts past it too
+            return False
+        return True
 
     def _model_of(self, record: SubsystemRecord) -> str:
         channel = record.channel

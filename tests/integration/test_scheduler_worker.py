@@ -36,6 +36,7 @@ from smap_bench.kafka import (
     ensure_topics,
     producer_config,
 )
+from smap_bench.scheduling import record_fingerprint
 from smap_bench.schema import InferenceResult, deterministic_job_id
 from smap_bench.scoring import windows_anomalous
 from smap_bench.windows import window_starts
@@ -250,7 +251,7 @@ def test_windows_are_scored_once_across_a_scheduler_restart(run: Run) -> None:
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=20) == 0
         committed = {}
-        for group in (run.group, f"{run.group}.sent"):
+        for group in (run.group, f"{run.group}.sent", f"{run.group}.check"):
             reader = Consumer(consumer_config(settings, group))
             committed[group] = reader.committed([TopicPartition(run.topic, 0)], timeout=10)
             reader.close()
@@ -259,6 +260,8 @@ def test_windows_are_scored_once_across_a_scheduler_restart(run: Run) -> None:
         assert settings.context_length == 100
         assert committed[run.group][0].offset == 0
         assert committed[f"{run.group}.sent"][0].offset == 30
+        # the record the restart must find there: loop 1, record 0
+        assert committed[f"{run.group}.check"][0].offset == record_fingerprint(1, 0)
 
         run.start_scheduler(second_port)
         produce(range(50, 100))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,10 +12,12 @@ import pytest
 
 from smap_bench.catalog import Subsystem
 from smap_bench.scheduling import (
+    CommitPlan,
     Position,
     WindowScheduler,
     batch_tasks,
     next_grid_start,
+    record_fingerprint,
 )
 from smap_bench.schema import InferenceTask, deterministic_job_id
 from smap_bench.windows import Rejection, window_starts
@@ -256,12 +259,12 @@ def test_a_restart_keeps_the_context_and_sends_no_window_twice(cut: int) -> None
 
     first = WindowScheduler(30, 10, context=100)
     sent = feed(first, records[:cut])
-    read, frontier = first.commit_plan()
-    read_at, sent_at = read.get((TOPIC, 0), 0), frontier.get((TOPIC, 0), 0)
+    plan = first.commit_plan()
+    read_at, sent_at = plan.read.get((TOPIC, 0), 0), plan.sent.get((TOPIC, 0), 0)
     assert read_at <= sent_at <= cut
 
     second = WindowScheduler(30, 10, context=100)  # a fresh process: empty buffers
-    second.resume({(TOPIC, 0): (read_at, sent_at)})
+    second.resume({(TOPIC, 0): (read_at, sent_at, plan.check.get((TOPIC, 0)))})
     sent += feed(second, records[read_at:], first_offset=read_at)
     assert [t.job_id for t in sent] == list(full)
     for task in sent:
@@ -271,10 +274,11 @@ def test_a_restart_keeps_the_context_and_sends_no_window_twice(cut: int) -> None
 def test_the_windows_re_formed_before_the_frontier_are_counted_not_sent() -> None:
     first = WindowScheduler(30, 10, context=100)
     feed(first, range(145))
-    read, sent = first.commit_plan()
-    assert (read[(TOPIC, 0)], sent[(TOPIC, 0)]) == (50, 120)
+    plan = first.commit_plan()
+    assert (plan.read[(TOPIC, 0)], plan.sent[(TOPIC, 0)]) == (50, 120)
+    assert plan.check[(TOPIC, 0)] == record_fingerprint(1, 50)  # loop 1, record 50
     second = WindowScheduler(30, 10, context=100)
-    second.resume({(TOPIC, 0): (50, 120)})
+    second.resume({(TOPIC, 0): (50, 120, plan.check[(TOPIC, 0)])})
     tasks = feed(second, range(50, 160), first_offset=50)
     # windows 50..110 were sent before the restart; 120 is the first new one, with the
     # full context of records 50..149 read again
@@ -286,26 +290,87 @@ def test_the_windows_re_formed_before_the_frontier_are_counted_not_sent() -> Non
 def test_without_a_context_the_read_position_is_the_sent_frontier() -> None:
     scheduler = WindowScheduler(30, 10)
     feed(scheduler, range(45))
-    assert scheduler.commit_plan() == ({(TOPIC, 0): 20}, {(TOPIC, 0): 20})
+    assert scheduler.commit_plan() == CommitPlan({(TOPIC, 0): 20}, {(TOPIC, 0): 20}, {})
 
 
 def test_a_context_moves_the_read_position_back_and_not_the_frontier() -> None:
     scheduler = WindowScheduler(30, 10, context=100)
     feed(scheduler, range(145))
     # the next window starts at 120; its context reaches back 70 records before it
-    assert scheduler.commit_plan() == ({(TOPIC, 0): 50}, {(TOPIC, 0): 120})
+    plan = scheduler.commit_plan()
+    assert (plan.read, plan.sent) == ({(TOPIC, 0): 50}, {(TOPIC, 0): 120})
     early = WindowScheduler(30, 10, context=100)
     feed(early, range(45))  # the run began at 0: nothing older to keep
-    assert early.commit_plan() == ({(TOPIC, 0): 0}, {(TOPIC, 0): 20})
+    plan = early.commit_plan()
+    assert (plan.read, plan.sent) == ({(TOPIC, 0): 0}, {(TOPIC, 0): 20})
 
 
-def test_a_frontier_is_dropped_when_the_partition_resumes_elsewhere() -> None:
+@pytest.mark.parametrize("first_offset", [0, 50])
+def test_a_frontier_is_dropped_when_the_partition_resumes_elsewhere(first_offset: int) -> None:
+    """The log was re-created while the scheduler was down: reading starts at offset 0
+    (not at the committed 50), or at 50 with another record there (the new log grew past
+    it): the frontier is not trusted and no window of the new log is dropped."""
     scheduler = WindowScheduler(30, 10, context=100)
-    scheduler.resume({(TOPIC, 0): (50, 120)})
-    # the log was re-created: reading starts at offset 0, not at the committed 50
-    tasks = feed(scheduler, range(150))
+    scheduler.resume({(TOPIC, 0): (50, 120, record_fingerprint(1, 50))})
+    tasks = feed(scheduler, range(150), first_offset=first_offset)
     assert scheduler.counts.frontiers_dropped == 1 and scheduler.counts.already_sent == 0
     assert [t.record_index_start for t in tasks] == list(range(0, 121, 10))
+
+
+def test_a_frontier_without_its_check_is_not_trusted() -> None:
+    scheduler = WindowScheduler(30, 10, context=100)
+    scheduler.resume({(TOPIC, 0): (50, 120, None)})
+    tasks = feed(scheduler, range(50, 160), first_offset=50)
+    assert scheduler.counts.already_sent == 0
+    assert [t.record_index_start for t in tasks][:2] == [50, 60]  # re-sent, not lost
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_restarts_at_random_never_lose_or_repeat_a_window(seed: int) -> None:
+    """Random logs (gaps, new loops, duplicate and unreadable messages) cut by up to three
+    restarts at random points, each resumed from the last commit: the runs together send
+    exactly the windows of one uninterrupted run, once each, with the same contexts."""
+    rng = random.Random(seed)
+    messages: list[bytes] = []
+    loop, index = 1, 0
+    while len(messages) < 400:
+        roll = rng.random()
+        if roll < 0.02:
+            loop, index = loop + 1, 0  # the simulator restarted the split
+        elif roll < 0.04:
+            index += rng.randint(1, 15)  # a gap
+        elif roll < 0.05 and index > 0:
+            messages.append(record(index - 1, loop=loop))  # a duplicate
+            continue
+        elif roll < 0.06:
+            messages.append(b"not json")
+            continue
+        messages.append(record(index, loop=loop))
+        index += 1
+
+    def run(scheduler: WindowScheduler, start: int, stop: int) -> list[InferenceTask]:
+        out = []
+        for offset in range(start, stop):
+            task = scheduler.accept(messages[offset], Position(TOPIC, 0, offset)).task
+            if task is not None:
+                out.append(task)
+        return out
+
+    full = {t.job_id: t for t in run(WindowScheduler(30, 10, context=100), 0, len(messages))}
+    cuts = sorted(rng.sample(range(1, len(messages)), 3))
+    sent: list[InferenceTask] = []
+    scheduler = WindowScheduler(30, 10, context=100)
+    position = 0
+    for cut in [*cuts, len(messages)]:
+        sent += run(scheduler, position, cut)
+        plan = scheduler.commit_plan()  # a clean stop commits what it consumed
+        key = (TOPIC, 0)
+        position = plan.read.get(key, position)
+        scheduler = WindowScheduler(30, 10, context=100)
+        if key in plan.read:
+            scheduler.resume({key: (plan.read[key], plan.sent[key], plan.check.get(key))})
+    assert [t.job_id for t in sent] == list(full)
+    assert all(t.context == full[t.job_id].context for t in sent)
 
 
 def test_redelivered_offsets_are_skipped() -> None:
