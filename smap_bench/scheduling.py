@@ -218,7 +218,7 @@ class WindowScheduler:
         self._recent_limit = recent_job_ids
         self._model_names: dict[str, str] = {}
         #: Per partition, the sent frontier a restarted scheduler was given (see the module),
-        #: and the read position it must resume from for the frontier to hold.
+        #: and the (offset, record fingerprint) its first message must match for it to hold.
         self._sent_frontier: dict[PartitionKey, int] = {}
         self._resume_check: dict[PartitionKey, tuple[int, int]] = {}
 
