@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from prometheus_client import Counter
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from pipeline.router import Fleet
@@ -191,6 +192,14 @@ def run(
     dispatch = make_dispatch(queue, metrics)
     spread = settings.workers if min_messages is None else min_messages
     frontier = SentFrontier(settings, group)
+    # Windows re-formed after a restart that were sent before it: neither produced nor
+    # rejected, counted here so that every window a run forms is accounted for.
+    already_sent = Counter(
+        "smap_scheduler_already_sent",
+        "Windows re-formed after a restart and not sent again (sent before it)",
+        registry=metrics.registry,
+    )
+    reported_already_sent = [0]
 
     def handle(batch: Sequence[Message]) -> None:
         tasks = []
@@ -210,6 +219,10 @@ def run(
                 dead_letter.send(message.value(), outcome.rejected, message)
             elif outcome.task is not None:
                 tasks.append(outcome.task)
+        newly = core.counts.already_sent - reported_already_sent[0]
+        if newly:
+            already_sent.inc(newly)
+            reported_already_sent[0] += newly
         for chunk in batch_tasks(tasks, max_windows, spread):
             dispatch(chunk)
             metrics.produced(len(chunk))

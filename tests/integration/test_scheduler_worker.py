@@ -272,6 +272,9 @@ def test_windows_are_scored_once_across_a_scheduler_restart(run: Run) -> None:
 
     # --- nothing lost, nothing sent twice (by job id and by every stage's counters) ----------
     assert counter(second_port, "produced") + sent_before == 8
+    # the restart re-read the context and re-formed the 3 windows sent before it
+    text = httpx.get(f"http://127.0.0.1:{second_port}/metrics", timeout=2).text
+    assert "smap_scheduler_already_sent_total 3.0" in text.splitlines()
     # the duplicate (offset 50) lies after the committed offset: re-read and refused again
     assert counter(second_port, "rejected") == 1
     assert counter(worker_port, "produced") == 8 and counter(worker_port, "rejected") == 0
