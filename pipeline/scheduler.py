@@ -199,7 +199,6 @@ def run(
         "Windows re-formed after a restart and not sent again (sent before it)",
         registry=metrics.registry,
     )
-    reported_already_sent = [0]
 
     def handle(batch: Sequence[Message]) -> None:
         tasks = []
@@ -219,10 +218,8 @@ def run(
                 dead_letter.send(message.value(), outcome.rejected, message)
             elif outcome.task is not None:
                 tasks.append(outcome.task)
-        newly = core.counts.already_sent - reported_already_sent[0]
-        if newly:
-            already_sent.inc(newly)
-            reported_already_sent[0] += newly
+            elif outcome.already_sent:
+                already_sent.inc()
         for chunk in batch_tasks(tasks, max_windows, spread):
             dispatch(chunk)
             metrics.produced(len(chunk))

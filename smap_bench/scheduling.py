@@ -129,6 +129,7 @@ class Outcome:
     rejected: str | None = None
     redelivered: bool = False
     duplicate_window: bool = False
+    already_sent: bool = False  #: a window re-formed after a restart, sent before it
 
 
 @dataclass
@@ -274,14 +275,14 @@ class WindowScheduler:
         stream.held.append(_Held(record.loop, record.record_index, position.offset))
 
         task = None
-        duplicate = False
+        duplicate = already_sent = False
         if pushed.windows:
             window = pushed.windows[0]
             stream.last_start = window.first_record_index
             task = self._task(record, window, model)
             if self._sent_before_restart(key, stream, window.first_record_index):
                 self.counts.already_sent += 1
-                task = None
+                task, already_sent = None, True
             elif task.job_id in self._recent:
                 self.counts.duplicate_windows += 1
                 task, duplicate = None, True
@@ -289,7 +290,7 @@ class WindowScheduler:
                 self._remember(task.job_id)
                 self.counts.windows += 1
         self._trim(stream)
-        return Outcome(task=task, duplicate_window=duplicate)
+        return Outcome(task=task, duplicate_window=duplicate, already_sent=already_sent)
 
     # --- offsets ----------------------------------------------------------------------
     def commit_plan(self) -> CommitPlan:

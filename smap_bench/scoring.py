@@ -402,22 +402,23 @@ def _score_group(
     reconstruction = np.asarray(output.reconstruction, dtype=np.float64)
     finite = np.isfinite(scores).all(axis=1) & np.isfinite(reconstruction).all(axis=(1, 2))
     flags = windows_anomalous(np.where(finite[:, None], scores, 0.0), threshold)
-    distances, holds = _context_judgements(model, group, detector)
-    by_distance, by_hold = _context_flags(detector, distances, holds)
-    context_threshold = (
-        detector.threshold if detector is not None and math.isfinite(detector.threshold) else None
-    )
-    hold_threshold = (
-        detector.hold_threshold
-        if detector is not None and math.isfinite(detector.hold_threshold)
-        else None
-    )
+    judgements = _context_judgements(model, group, detector)
+    context_threshold = None if detector is None else _finite_or_none(detector.threshold)
+    hold_threshold = None if detector is None else _finite_or_none(detector.hold_threshold)
     rounded = np.round(reconstruction, RECONSTRUCTION_DECIMALS)
     means, maxima = scores.mean(axis=1), scores.max(axis=1)
     rows = [responsible_rows(t.record_index_start, t.window_size, stride) for t in group]
     errors = batch_feature_errors(windows, reconstruction, rows)
     created = now()
     for i, task in enumerate(group):
+        judged = judgements[i]
+        detected_by = [
+            name
+            for name, flagged in zip(
+                DETECTORS, (bool(flags[i]), judged.by_distance, judged.by_hold), strict=True
+            )
+            if flagged
+        ]
         if not finite[i]:
             reason = f"{model}: model returned NaN or infinity for this window"
             outcome.rejected.append(Rejected(task, reason, task.job_id))
@@ -434,7 +435,7 @@ def _score_group(
                 window_end_time=task.window_end,
                 mean_anomaly_score=float(means[i]),
                 max_anomaly_score=float(maxima[i]),
-                is_anomaly=bool(flags[i]) or by_distance[i] or by_hold[i],
+                is_anomaly=bool(detected_by),
                 anomaly_scores=scores[i].tolist(),
                 reconstructions=rounded[i].tolist(),
                 inference_time_ms=float(output.elapsed_ms),
@@ -443,17 +444,11 @@ def _score_group(
                 status="success",
                 job_id=task.job_id,
                 threshold=threshold,
-                context_distance=distances[i],
-                context_threshold=context_threshold if distances[i] is not None else None,
-                context_hold=holds[i],
-                context_hold_threshold=hold_threshold if holds[i] is not None else None,
-                detected_by=[
-                    name
-                    for name, flagged in zip(
-                        DETECTORS, (bool(flags[i]), by_distance[i], by_hold[i]), strict=True
-                    )
-                    if flagged
-                ],
+                context_distance=judged.distance,
+                context_threshold=None if judged.distance is None else context_threshold,
+                context_hold=judged.hold,
+                context_hold_threshold=None if judged.hold is None else hold_threshold,
+                detected_by=detected_by,
                 loop=task.loop,
                 record_index_start=task.record_index_start,
                 channel=task.channel,
@@ -467,18 +462,35 @@ def _score_group(
 _LENGTH_WARNED: set[str] = set()
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True, slots=True)
+class _ContextJudgement:
+    """What the context detector said of one window (None: not judged)."""
+
+    distance: float | None = None
+    hold: int | None = None
+    by_distance: bool = False
+    by_hold: bool = False
+
+
+_NOT_JUDGED = _ContextJudgement()
+
+
 def _context_judgements(
     model: str, group: list[InferenceTask], detector: ContextDetector | None
-) -> tuple[list[float | None], list[int | None]]:
-    """Each task's context distance and hold; None where the window is not judged by
-    context: no detector, no context in the task, or a context of another length than the
+) -> list[_ContextJudgement]:
+    """Each task's context distance and hold, and whether each flags it; not judged where
+    there is no detector, no context in the task, or a context of another length than the
     detector's (the scheduler and the worker disagree on ``SMAP_CONTEXT_LENGTH``: logged,
     and the model's decision stands, so a settings drift costs the context, not the
-    windows). A distance that is not finite is None; the hold is judged all the same."""
-    distances: list[float | None] = [None] * len(group)
-    holds: list[int | None] = [None] * len(group)
+    windows). A distance that is not finite is None (it flags nothing); the hold is judged
+    all the same."""
+    out = [_NOT_JUDGED] * len(group)
     if detector is None:
-        return distances, holds
+        return out
     length = detector.config.length
     judged = [i for i, t in enumerate(group) if t.context is not None and len(t.context) == length]
     if len(judged) < sum(t.context is not None for t in group) and model not in _LENGTH_WARNED:
@@ -492,27 +504,21 @@ def _context_judgements(
     if judged:
         rows = np.asarray([group[i].context for i in judged], dtype=np.float64)
         window = group[0].window_size  # one window size per group (score_tasks)
+        distances = detector.distances_of(rows)
+        holds = detector.holds_of(rows, window)
         found = zip(
-            judged, detector.distances_of(rows), detector.holds_of(rows, window), strict=True
+            judged,
+            distances,
+            holds,
+            detector.distance_flags(distances),
+            detector.hold_flags(holds),
+            strict=True,
         )
-        for i, distance, hold in found:
-            distances[i] = float(distance) if math.isfinite(distance) else None
-            holds[i] = int(hold)
-    return distances, holds
-
-
-def _context_flags(
-    detector: ContextDetector | None, distances: list[float | None], holds: list[int | None]
-) -> tuple[list[bool], list[bool]]:
-    """Anomalous by the context's distance and by its hold, per task (never where the task
-    was not judged by context)."""
-    if detector is None:
-        return [False] * len(distances), [False] * len(holds)
-    by_distance = detector.distance_flags(
-        np.array([np.nan if d is None else d for d in distances], dtype=np.float64)
-    )
-    by_hold = detector.hold_flags(np.array([-1 if h is None else h for h in holds]))
-    return [bool(f) for f in by_distance], [bool(f) for f in by_hold]
+        for i, distance, hold, by_distance, by_hold in found:
+            out[i] = _ContextJudgement(
+                _finite_or_none(float(distance)), int(hold), bool(by_distance), bool(by_hold)
+            )
+    return out
 
 
 def undelivered_tasks(

@@ -247,9 +247,6 @@ class ContextDetector:
             squares = cumulative[length:] - cumulative[:-length]
         object.__setattr__(self, "_squares", squares)
 
-    def normalise(self, values: np.ndarray) -> np.ndarray:
-        return (_series(values) - self.offset) / self.scale
-
     def nearest(self, rows: np.ndarray) -> np.ndarray:
         """Distance of each normalised context row ``[k, length]`` to its nearest train
         context (NaN for all when the train split is shorter than a context)."""
@@ -300,28 +297,18 @@ class ContextDetector:
         """Anomalous by context: the distance or the hold over its threshold."""
         return self.distance_flags(distances) | self.hold_flags(holds)
 
-    def distances(self, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        """Distance of the context ending at each of ``ends`` in a raw series (NaN where
-        fewer than ``length`` records lie behind the end)."""
-        ends = np.asarray(ends, dtype=np.int64)
-        out = np.full(len(ends), np.nan)
-        judged = ends >= self.config.length - 1
-        if judged.any():
-            rows = contexts_ending_at(self.normalise(values), ends[judged], self.config.length)
-            out[judged] = self.nearest(rows)
-        return out
-
     def window_flags(self, values: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
         """Anomalous-by-context decision of each window ``[s, s + window)`` of a raw
-        series (False where the window is not judged)."""
+        series (False where fewer than ``length`` records lie behind its last): each
+        window's context judged by :meth:`distances_of` and :meth:`holds_of`, as the
+        worker judges the contexts the scheduler sends."""
         ends = np.asarray(starts, dtype=np.int64) + window - 1
-        distances = self.distances(values, ends)
-        holds = np.zeros(len(ends), dtype=np.int64)
+        flags = np.zeros(len(ends), dtype=bool)
         judged = ends >= self.config.length - 1
         if judged.any():
             rows = contexts_ending_at(values, ends[judged], self.config.length)
-            holds[judged] = longest_holds(rows, window)
-        return self.flags_of(distances, holds)
+            flags[judged] = self.flags_of(self.distances_of(rows), self.holds_of(rows, window))
+        return flags
 
 
 def _threshold(

@@ -272,6 +272,12 @@ def channel_material(
     fit_windows = windows.make_windows(fit_part, window, train_stride)
     stride1 = [score(windows.make_windows(h, window, 1)) for h in halves]
     low, high = float(train[:, 0].min()), float(train[:, 0].max())
+    if contexts:
+        # the channel model's normalisation of the value (train imports torch: here)
+        from smap_bench.model.train import fit_normalisation
+
+        normalisation = fit_normalisation(train)
+        offset, span = normalisation.offset[0], normalisation.scale[0]
     folds = []
     for index, judged_half in enumerate(halves):
         rng = injection_rng(channel, seed, index)
@@ -295,11 +301,6 @@ def channel_material(
             lo = len(fit_part) + index * half
             stretch = slice(lo, lo + len(judged_half))
             values = [judged_half[:, 0], *(copy[:, 0] for copy in copies)]
-            # the channel model's normalisation of the value (train imports torch: here)
-            from smap_bench.model.train import fit_normalisation
-
-            normalisation = fit_normalisation(train)
-            offset, span = normalisation.offset[0], normalisation.scale[0]
             for config in contexts:
                 decided = held_out_context_flags(
                     train[:, 0],
