@@ -7,6 +7,14 @@ written idempotently in one transaction per Kafka batch
 transaction, and a redelivered window changes nothing. A new event gets an
 ``alarm_history`` row ('open'). Bad results go to the dead-letter topic.
 
+Under the confirmed decision rule (``SMAP_DECISION_RULE=confirmed``, served), a window
+that TranAD's score flags joins an event only when the stream rule confirms it against
+its stream's recent windows (:mod:`smap_bench.confirmation`): the stage keeps each
+stream's recent window statistics, holds a flagged window until its history has
+arrived, and commits no offset past a window still waiting. On start it reads back the
+results before its committed offsets (history only, nothing written) so that the
+windows after them are judged on their whole history.
+
 Run::
 
     python -m pipeline.events                              # group "events", metrics on :9105
@@ -16,10 +24,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pydantic import ValidationError
 
 from smap_bench.config import Settings, get_settings
+from smap_bench.confirmation import Confirmer, RepositoryRules, ResultConfirmation
 from smap_bench.event_store import EventsHandler, EventStore
+from smap_bench.kafka import consumer_config
+from smap_bench.model.stream_rule import StreamRuleConfig
+from smap_bench.schema import InferenceResult, decode
 from smap_bench.stage import (
     STAGE_METRICS_PORTS,
     run_kafka_stage,
@@ -34,6 +51,128 @@ log = logging.getLogger(f"smap_bench.{STAGE}")
 MAX_POLL_INTERVAL_MS = 86_400_000
 
 
+class ConfirmationMetrics:
+    """The confirmation's counts as self-metrics (a collector read at each scrape)."""
+
+    def __init__(self, confirmation: ResultConfirmation) -> None:
+        self.confirmation = confirmation
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.confirmation.confirmer.counts
+        judged = CounterMetricFamily(
+            "smap_events_confirmation_windows",
+            "Windows TranAD's score flagged, judged by the stream rule",
+            labels=["outcome"],
+        )
+        judged.add_metric(["confirmed"], counts.confirmed)
+        judged.add_metric(["not_confirmed"], counts.judged - counts.confirmed)
+        yield judged
+        yield CounterMetricFamily(
+            "smap_events_confirmation_incomplete",
+            "Windows judged before their whole history had arrived (patience ran out)",
+            value=counts.incomplete,
+        )
+        yield CounterMetricFamily(
+            "smap_events_unconfirmed",
+            "Flagged windows of models without a stream rule, kept as the worker decided",
+            value=self.confirmation.unconfirmed,
+        )
+        yield GaugeMetricFamily(
+            "smap_events_confirmation_waiting",
+            "Flagged windows waiting for their history",
+            value=self.confirmation.confirmer.waiting,
+        )
+
+
+def confirmation_for(settings: Settings) -> ResultConfirmation | None:
+    """The confirmation the served decision rule asks for (None: the static rule)."""
+    if settings.decision_rule != "confirmed":
+        return None
+    config = StreamRuleConfig()
+    return ResultConfirmation(
+        RepositoryRules(settings.model_repository, config),
+        settings.stride,
+        Confirmer(config.history),
+    )
+
+
+#: Results read back per partition at first; doubled, going further back, while some
+#: stream's history is still incomplete, up to :data:`READ_BACK_MAX`.
+READ_BACK_FIRST = 2_000
+READ_BACK_MAX = 200_000
+
+
+def read_back_history(
+    settings: Settings, group: str, confirmation: ResultConfirmation, timeout_s: float = 60.0
+) -> int:
+    """Read the results before the group's committed offsets into the confirmation's
+    histories (nothing is judged or written); returns how many were read.
+
+    Per partition it reads back :data:`READ_BACK_FIRST` results, then twice as many
+    before those, and so on, until every stream it met holds its newest window's whole
+    history, the partition's start is reached, or :data:`READ_BACK_MAX` were read (other
+    satellites' traffic can lie between a stream's windows). A stream whose history is
+    not all read back has its first windows judged on what was (counted as incomplete)."""
+    topic = settings.topic_results
+    consumer = Consumer(consumer_config(settings, group))
+    read = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            return 0
+        partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
+        for part in consumer.committed(partitions, timeout=10):
+            if part.offset < 0:  # nothing committed yet: nothing was judged before
+                continue
+            low, _high = consumer.get_watermark_offsets(part, timeout=10)
+            end, size, streams = part.offset, READ_BACK_FIRST, set()
+            while end > low:
+                begin = max(low, end - size, part.offset - READ_BACK_MAX)
+                if begin >= end:
+                    break
+                for result in _results_between(
+                    consumer, topic, part.partition, begin, end, deadline
+                ):
+                    stream = confirmation.remember(result)
+                    if stream is not None:
+                        streams.add(stream)
+                    read += 1
+                if all(confirmation.confirmer.history_complete(s) for s in streams):
+                    break
+                end, size = begin, size * 2
+            if time.monotonic() > deadline:
+                log.warning("%s: history not all read back in %.0f s", STAGE, timeout_s)
+                break
+    except KafkaException as error:
+        log.warning("%s: history not read back (%s); first windows judged on less", STAGE, error)
+    finally:
+        consumer.close()
+    return read
+
+
+def _results_between(
+    consumer: Consumer, topic: str, partition: int, begin: int, end: int, deadline: float
+) -> Iterator[InferenceResult]:
+    """The valid results at offsets ``[begin, end)`` of one partition."""
+    consumer.assign([TopicPartition(topic, partition, begin)])
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is None or message.error() is not None:
+            continue
+        offset = int(message.offset() or 0)
+        if offset >= end:
+            return
+        value = message.value()
+        try:
+            if value is not None:
+                yield decode(InferenceResult, value)
+        except ValidationError:
+            pass  # dead-lettered when it was first read
+        if offset + 1 >= end:
+            return
+
+
 def run(
     settings: Settings,
     *,
@@ -44,6 +183,17 @@ def run(
 ) -> EventsHandler:
     """Run the events stage until SIGTERM/SIGINT; returns its handler (counts) at the end."""
     metrics, stop, producer, dead_letter, port = start_stage(settings, STAGE, metrics_port)
+    confirmation = confirmation_for(settings)
+    if confirmation is not None:
+        metrics.registry.register(ConfirmationMetrics(confirmation))
+        started = time.monotonic()
+        read = read_back_history(settings, group, confirmation)
+        log.info(
+            "%s: decision rule confirmed; %d results read back as history in %.1f s",
+            STAGE,
+            read,
+            time.monotonic() - started,
+        )
     with EventStore(settings.postgres_dsn, actor=STAGE, gap=settings.event_gap) as store:
         handler = EventsHandler(
             store.apply,
@@ -52,12 +202,14 @@ def run(
             stride=settings.stride,
             should_stop=lambda: stop.stopped,
             sleep=stop.event.wait,
+            confirmation=confirmation,
         )
         log.info(
-            "%s: group %s, %s -> PostgreSQL, metrics on %s",
+            "%s: group %s, %s -> PostgreSQL, rule %s, metrics on %s",
             STAGE,
             group,
             settings.topic_results,
+            settings.decision_rule,
             port or "-",
         )
         try:
@@ -71,6 +223,8 @@ def run(
                 metrics=metrics,
                 batch_size=batch_size,
                 poll_timeout_s=max_wait_ms / 1000.0,
+                on_tick=handler.tick,
+                commit_offsets=handler.commit_offsets if confirmation is not None else None,
                 consumer_overrides={"max.poll.interval.ms": MAX_POLL_INTERVAL_MS},
             )
         except Stopped as error:

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         description="Context detector: a window whose telemetry value has held still longer"
         " than this multiple of the train split's longest hold is anomalous (0: off)",
     )
+    # Declared before any test split was scored with it (smap_bench.model.stream_rule).
+    decision_rule: Literal["static", "confirmed"] = Field(
+        default="confirmed",
+        description="TranAD's window decision: 'static' (statistic above the channel's"
+        " threshold) or 'confirmed' (and kept by the stream rule against the stream's"
+        " recent windows; the events stage confirms)",
+    )
 
     # --- local stack -------------------------------------------------------------------
     run_dir: Path = Field(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from confluent_kafka import TopicPartition
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
@@ -37,8 +38,9 @@ from smap_bench.anomaly_events import (
     plan,
     span_of,
 )
+from smap_bench.confirmation import ResultConfirmation
 from smap_bench.metrics import ORIGIN_STAGE
-from smap_bench.schema import DETECTORS, InferenceResult, decode, describe
+from smap_bench.schema import DETECTORS, InferenceResult, decode, describe, encode
 from smap_bench.stage import StageMetrics
 from smap_bench.writing import DeadLetterSink, KafkaMessage, call_with_retry
 
@@ -275,8 +277,10 @@ class EventsHandler:
         sleep: Callable[[float], object] = time.sleep,
         clock: Callable[[], float] = time.time,
         max_backoff_s: float = 5.0,
+        confirmation: ResultConfirmation | None = None,
     ) -> None:
         self._apply = apply
+        self.confirmation = confirmation
         self.metrics = metrics
         self.dead_letter = dead_letter
         self.stride = stride
@@ -299,21 +303,74 @@ class EventsHandler:
                 if value is None:
                     raise ValueError("message has no value")
                 result = decode(InferenceResult, value)
-                span = span_of(result, self.stride)
+                decided = self._decide(result, message)
             except (ValidationError, ValueError) as error:
+                self._position(message)
                 self.dead_letter.send(value, describe(error), message)
                 continue
-            if span is not None:
-                spans.append(span)
-                origin = (result.stages or {}).get(ORIGIN_STAGE)
-                if origin is not None:
-                    origins.append(origin)
+            for item in decided:
+                try:
+                    span = span_of(item, self.stride)
+                except ValueError as error:
+                    self.dead_letter.send(value, describe(error), message)
+                    continue
+                if span is not None:
+                    spans.append(span)
+                    origin = (item.stages or {}).get(ORIGIN_STAGE)
+                    if origin is not None:
+                        origins.append(origin)
         return spans, origins
+
+    def _position(self, message: KafkaMessage) -> tuple[tuple[str, int], int] | None:
+        """The message's Kafka position, noted by the confirmation (None: not known)."""
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is None or partition is None or offset is None:
+            return None
+        position = ((str(topic), int(partition)), int(offset))
+        if self.confirmation is not None:
+            self.confirmation.confirmer.seen(*position)
+        return position
+
+    def _decide(self, result: InferenceResult, message: KafkaMessage) -> list[InferenceResult]:
+        """The results decided by this message: itself, or under the confirmed rule, those
+        of its stream that it lets be judged (itself too, unless it waits)."""
+        position = self._position(message)
+        if self.confirmation is None:
+            return [result]
+        partition, offset = position if position is not None else (None, None)
+        return self.confirmation.offer(result, partition, offset)
+
+    def tick(self) -> None:
+        """After every poll: apply the windows whose patience ran out."""
+        if self.confirmation is None:
+            return
+        decided = self.confirmation.expire()
+        spans = [span for span in (self._span(item) for item in decided) if span is not None]
+        if spans:
+            self._store(spans, [])
+
+    def _span(self, result: InferenceResult) -> WindowSpan | None:
+        try:
+            return span_of(result, self.stride)
+        except ValueError as error:
+            self.dead_letter.send(encode(result), describe(error), None)
+            return None
+
+    def commit_offsets(self) -> list[TopicPartition]:
+        """Per partition, where a restart must read from (waiting windows held back)."""
+        assert self.confirmation is not None
+        positions = self.confirmation.confirmer.commit_positions()
+        return [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in positions.items()
+        ]
 
     def handle(self, batch: Sequence[KafkaMessage]) -> None:
         spans, origins = self.spans(batch)
-        if not spans:
-            return
+        if spans:
+            self._store(spans, origins)
+
+    def _store(self, spans: list[WindowSpan], origins: list[float]) -> None:
         counts = call_with_retry(
             self._apply,
             spans,

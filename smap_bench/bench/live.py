@@ -40,7 +40,9 @@ from smap_bench import catalog, db
 from smap_bench.bench.replay import (
     ReplayPlan,
     pack_channels,
+    record_flags_from_events,
     record_flags_from_live,
+    score_events,
     score_streams,
 )
 from smap_bench.config import PROJECT_ROOT, Settings
@@ -95,6 +97,7 @@ def pipeline_counters(settings: Settings) -> dict[str, dict[str, float]]:
         for key, value in stage_counters(settings, f"worker{index + 1}", port).items():
             workers[key] += value
     out["worker"] = dict(workers)
+    out["events"] = stage_counters(settings, "events", STAGE_METRICS_PORTS["events"])
     return out
 
 
@@ -130,6 +133,26 @@ def read_window_flags(
             first = round(t - t0) - (window - 1)
             flags[key][first] = value > 0.5
     return dict(flags)
+
+
+def read_event_ranges(
+    settings: Settings, satellites: Iterable[str], loop: int = 0
+) -> dict[StreamKey, list[tuple[int, int]]]:
+    """The anomaly events PostgreSQL holds for ``satellites`` in ``loop``: per stream, each
+    event's first and last record (inclusive), in record order."""
+    import psycopg
+
+    with psycopg.connect(settings.postgres_dsn) as conn:
+        rows = conn.execute(
+            "SELECT satellite_id, subsystem, start_record_index, end_record_index"
+            " FROM anomaly_events WHERE satellite_id = ANY(%s) AND loop = %s"
+            " ORDER BY satellite_id, subsystem, start_record_index",
+            (list(satellites), loop),
+        ).fetchall()
+    ranges: dict[StreamKey, list[tuple[int, int]]] = defaultdict(list)
+    for satellite_id, subsystem, start, end in rows:
+        ranges[StreamKey(satellite_id, subsystem)].append((int(start), int(end)))
+    return dict(ranges)
 
 
 @dataclass
@@ -297,31 +320,52 @@ class LabeledReplay:
             expected = plan.expected_windows(settings.window_size, settings.stride)
             with VictoriaMetrics(settings.victoria_url) as vm:
                 live = self._wait_for_detections(vm, prefix, start_time, expected, report)
+            self._wait_for_events(before, sum(len(flags) for flags in live.values()), report)
             elapsed = time.monotonic() - began
             after = pipeline_counters(settings)
             results = count_results(settings, began_wall, prefix)
+            stored = read_event_ranges(settings, [sat.satellite_id for sat in plan.satellites])
 
         by_channel = {}
+        events_by_channel = {}
         streams = []
         for satellite in plan.satellites:
             for subsystem in sorted(satellite.evaluated):
                 key = StreamKey(satellite.satellite_id, subsystem)
                 channel = satellite.channels[subsystem]
                 by_channel[channel] = live.get(key, {})
+                events_by_channel[channel] = stored.get(key, [])
                 flags, _ = record_flags_from_live(
                     by_channel[channel], lengths[channel], settings.window_size, settings.stride
                 )
                 flags = bridge_gaps(flags, settings.event_gap)
+                event_flags = record_flags_from_events(
+                    events_by_channel[channel],
+                    lengths[channel],
+                    settings.window_size,
+                    settings.stride,
+                )
                 streams.append(
                     {
                         "satellite_id": satellite.satellite_id,
                         "subsystem": subsystem,
                         "channel": channel,
                         "segments": [list(seg) for seg in segments(flags)],
+                        "events": [list(seg) for seg in segments(event_flags)],
                     }
                 )
-        pooled, missing = score_streams(
+        verdicts, missing = score_streams(
             by_channel, labels, lengths, settings.window_size, settings.stride, settings.event_gap
+        )
+        # the headline: the events operators get (after the events stage's confirmation);
+        # beside it, the workers' window verdicts before it
+        pooled = score_events(
+            events_by_channel,
+            labels,
+            lengths,
+            settings.window_size,
+            settings.stride,
+            settings.event_gap,
         )
         scored = sum(len(flags) for flags in live.values())
         sent = _delta(after, before, "scheduler", "produced")
@@ -333,6 +377,11 @@ class LabeledReplay:
             )
         return {
             **pooled,
+            "decision_rule": settings.decision_rule,
+            "window_verdicts": {
+                "event": verdicts["event"],
+                "per_channel": verdicts["per_channel"],
+            },
             "channels": len(lengths),
             "channel_names": sorted(lengths, key=catalog.channel_sort_key),
             "seeds": 1,
@@ -418,6 +467,23 @@ class LabeledReplay:
             raise ReplayError("the simulator failed: " + " | ".join(tail))
         report("simulate", total, total)
         return total
+
+    def _wait_for_events(
+        self, before: dict[str, dict[str, float]], windows: int, report: Progress
+    ) -> None:
+        """Until the events stage has taken in the run's ``windows`` results (it confirms
+        flagged windows as their history arrives) and a moment more for its last batch."""
+        deadline = time.monotonic() + min(self.timeout_s, 120.0)
+        while True:
+            received = _delta(pipeline_counters(self.settings), before, "events", "received")
+            report("events", min(received, windows), windows)
+            if received >= windows:
+                break
+            if time.monotonic() > deadline:
+                log.warning("the events stage took in %d of %d results", received, windows)
+                break
+            time.sleep(1.0)
+        time.sleep(2.0)
 
     def _wait_for_detections(
         self,

@@ -14,7 +14,11 @@ fills its free subsystems with a filler copy of one of its channels, scored by n
 Scoring. The evaluation forms windows from the first record of each split (window 30,
 stride 10); a window the live pipeline formed that runs past the split's end is ignored.
 Window flags become record flags by :func:`smap_bench.windows.record_flags_from_windows`,
-the rule the offline evaluation uses, and :mod:`smap_bench.evaluation` scores them.
+the rule the offline evaluation uses, and :mod:`smap_bench.evaluation` scores them. The
+anomaly events read back from PostgreSQL are scored the same way
+(:func:`score_events`): they are the detections operators get, after the events stage's
+confirmation (:mod:`smap_bench.confirmation`), and the window flags are the workers'
+verdicts before it.
 """
 
 from __future__ import annotations
@@ -141,3 +145,46 @@ def score_streams(
             )
         )
     return evaluation.pool(results), missing
+
+
+def record_flags_from_events(
+    events: Sequence[tuple[int, int]], n_records: int, window: int = 30, stride: int = 10
+) -> np.ndarray:
+    """Record flags ``[n_records]`` of a stream's anomaly events (first and last record,
+    inclusive), kept only on the records the split's own windows judge: a window that
+    runs past the split's end (into the records a packed stream repeats) is left out here
+    as it is from the window flags."""
+    flags = np.zeros(n_records, dtype=bool)
+    for start, end in events:
+        if start < 0 or end < start:
+            raise ValueError(f"event ({start}, {end}) is not a valid inclusive range")
+        if start < n_records:
+            flags[start : min(end, n_records - 1) + 1] = True
+    starts = windows.window_starts(n_records, window, stride)
+    judged = windows.record_flags_from_windows(
+        np.ones(len(starts), dtype=bool), starts, n_records, window, stride
+    )
+    return flags & judged
+
+
+def score_events(
+    events: Mapping[str, Sequence[tuple[int, int]]],
+    labels: Mapping[str, Sequence[evaluation.RangeLike]],
+    lengths: Mapping[str, int],
+    window: int = 30,
+    stride: int = 10,
+    event_gap: int = 0,
+) -> dict:
+    """Pool the event-wise evaluation over channels from their anomaly events (channel ->
+    events), as :func:`score_streams` does from window flags."""
+    results = [
+        evaluation.evaluate_channel(
+            channel,
+            record_flags_from_events(events.get(channel, ()), lengths[channel], window, stride),
+            labels.get(channel, ()),
+            lengths[channel],
+            event_gap=event_gap,
+        )
+        for channel in sorted(lengths, key=catalog.channel_sort_key)
+    ]
+    return evaluation.pool(results)

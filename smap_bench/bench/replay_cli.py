@@ -63,7 +63,13 @@ def replay(
     try:
         chosen = resolve_channels(settings, channels)
         run = LabeledReplay(settings, chosen, speed=speed, timeout_s=timeout)
-        with phase_progress({"simulate": "records produced", "score": "windows scored"}) as report:
+        with phase_progress(
+            {
+                "simulate": "records produced",
+                "score": "windows scored",
+                "events": "results turned into events",
+            }
+        ) as report:
             result = run.run(report)
         result["events"] = events_of(settings, result["satellites"])
     except ReplayError as exc:
@@ -91,6 +97,17 @@ def summary_table(result: dict[str, Any]) -> Table:
             f"{event['precision']:.3f} / {event['recall']:.3f} / {event['f1']:.3f}",
         ),
         ("TP / FP / FN", f"{event['tp']} / {event['fp']} / {event['fn']}"),
+        ("decision rule (events)", result.get("decision_rule", "-")),
+    ]
+    verdicts = (result.get("window_verdicts") or {}).get("event")
+    if verdicts:
+        rows.append(
+            (
+                "workers' window verdicts P / R / F1",
+                f"{verdicts['precision']:.3f} / {verdicts['recall']:.3f} / {verdicts['f1']:.3f}",
+            )
+        )
+    rows += [
         (
             "point-adjusted F1 (random baseline)",
             f"{result['point_adjusted']['f1']:.3f} "

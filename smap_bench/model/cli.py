@@ -369,6 +369,13 @@ def _rule_description(rule: str) -> dict[str, Any]:
 
     if rule == "stream":
         return StreamRuleConfig().to_dict()
+    if rule == "confirmed":
+        return {
+            **StreamRuleConfig().to_dict(),
+            "rule": "confirmed",
+            "decision": "window statistic above the channel's threshold and kept by the"
+            " stream rule",
+        }
     return {"rule": "static", "decision": "window statistic above the channel's threshold"}
 
 
@@ -380,12 +387,13 @@ def evaluate(
     jobs: JobsOpt = None,
     json_path: JsonOpt = None,
     rule: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Window decision rule: 'static' (the channel's threshold) or 'stream' "
-            "(judged against the stream's recent windows, causally)"
+            help="Window decision rule: 'static' (the channel's threshold), 'stream' "
+            "(judged against the stream's recent windows, causally) or 'confirmed' (both); "
+            "default: as the live pipeline serves it (SMAP_DECISION_RULE)"
         ),
-    ] = "static",
+    ] = None,
     horizon: HorizonOpt = 0,
     context: Annotated[
         bool | None,
@@ -416,9 +424,10 @@ def evaluate(
     does: windows of 30 every 10 records, event-wise metrics pooled over channels."""
     from smap_bench.model.stream_rule import RULES
 
+    settings = get_settings()
+    rule = rule or settings.decision_rule
     if rule not in RULES:
         raise typer.BadParameter(f"unknown rule {rule!r} (known: {', '.join(RULES)})")
-    settings = get_settings()
     served = settings.context_detector
     use_context = served is not None if context is None else context
     context_config = (

@@ -3,7 +3,7 @@
 Windows of ``window`` records every ``stride`` records from the split's first record
 (:func:`smap_bench.windows.make_windows`), scored by the channel's exported ONNX graph,
 decided by :func:`smap_bench.model.threshold.window_is_anomalous` (or by the stream rule
-of :mod:`smap_bench.model.stream_rule`), and turned into record
+of :mod:`smap_bench.model.stream_rule`, alone or confirming it), and turned into record
 flags by the responsibility rule of :func:`smap_bench.windows.record_flags_from_windows`.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from smap_bench import windows
-from smap_bench.model.stream_rule import StreamRule
+from smap_bench.model.stream_rule import StreamRule, confirmed_flags
 from smap_bench.model.threshold import window_is_anomalous, window_statistic
 
 
@@ -48,16 +48,20 @@ def split_flags(
     window: int = 30,
     stride: int = 10,
     stream_rule: StreamRule | None = None,
+    confirm: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-record flags ``[n]`` and the window statistic of each record's judging window
     ``[n]`` (the number compared with the threshold; NaN where no window judges).
 
     Windows are decided by the static rule (statistic above ``threshold``), or, given a
     ``stream_rule``, by that rule over the split's windows in order
-    (:mod:`smap_bench.model.stream_rule`)."""
+    (:mod:`smap_bench.model.stream_rule`), or with ``confirm`` too, by the static rule
+    confirmed by the stream rule."""
     starts, scores = score_split(session, split, window, stride)
     if stream_rule is None:
         flags = window_is_anomalous(scores, threshold)
+    elif confirm:
+        flags = confirmed_flags(window_statistic(scores), stream_rule)
     else:
         flags = stream_rule.flags(window_statistic(scores))
     record_flags = windows.record_flags_from_windows(flags, starts, len(split), window, stride)

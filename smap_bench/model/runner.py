@@ -125,8 +125,8 @@ def evaluate_repository(
     """Score each channel's test split through its ONNX model; pooled report and the
     channels skipped for lack of data or model. ``event_gap`` is the event rule
     (:func:`smap_bench.evaluation.bridge_gaps`); ``rule`` the window decision rule
-    (``static`` or ``stream``, :mod:`smap_bench.model.stream_rule`). With ``context``, a
-    window is also anomalous when the context detector flags it
+    (``static``, ``stream`` or ``confirmed``, :mod:`smap_bench.model.stream_rule`). With
+    ``context``, a window is also anomalous when the context detector flags it
     (:mod:`smap_bench.model.context`; the live pipeline serves
     ``Settings.context_detector``)."""
     if rule not in RULES:
@@ -148,7 +148,7 @@ def evaluate_repository(
             log.info("%s: model window %d, scored with stride %d", channel, model_window, stride)
         stream_rule = (
             stream_rule_from_metadata(channel, meta, StreamRuleConfig())
-            if rule == "stream"
+            if rule in ("stream", "confirmed")
             else None
         )
         flags, _ = split_flags(
@@ -158,6 +158,7 @@ def evaluate_repository(
             model_window,
             min(stride, model_window),
             stream_rule,
+            confirm=rule == "confirmed",
         )
         extra: dict[str, Any] = {"threshold": float(meta["threshold"]), "seed": meta.get("seed")}
         if context is not None:

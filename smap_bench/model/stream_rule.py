@@ -39,6 +39,19 @@ The hyperparameters are telemanom's published defaults carried over to windows o
 stride 10 (its 30 batches of 70 records: 2,100 records, 210 windows; ``z`` from 2.5 to
 12 in steps of 0.5; pruning at 13 %), fixed before any test split was scored with this
 rule; one set for every channel.
+
+**Confirmed** (the served rule, ``Settings.decision_rule``): TranAD's alarm must pass both
+rules. A window is anomalous by the model when its statistic exceeds the channel's static
+threshold *and* the stream rule keeps it: unusual against training and against the
+stream's own recent windows. A channel whose test split sits in a regime its training
+never showed (the EPS channels' drifting levels) crosses the static threshold for long
+stretches, and each excursion was an alarm; against its recent windows, only the
+excursions that stand out are. The context detector's flags (:mod:`.context`) are not
+confirmed: a stretch unlike training, or a value held still, is anomalous however the
+score behaves. The rule reuses the stream rule's published hyperparameters unchanged;
+the selection harness (:mod:`.selection`) cannot judge it, since its held-out halves are
+shorter than one history. Live, the events stage confirms (:mod:`smap_bench.confirmation`),
+since the stream's windows meet there in order; the worker judges each window alone.
 """
 
 from __future__ import annotations
@@ -50,14 +63,16 @@ from typing import Any
 
 import numpy as np
 
-#: The decision rules a window can be judged by: the static threshold, or the stream rule.
-RULES: tuple[str, ...] = ("static", "stream")
+#: The decision rules a window can be judged by: the static threshold, the stream rule, or
+#: the static threshold confirmed by the stream rule (served).
+RULES: tuple[str, ...] = ("static", "stream", "confirmed")
 
 __all__ = [
     "RULES",
     "StreamRule",
     "StreamRuleConfig",
     "StreamState",
+    "confirmed_flags",
     "dynamic_epsilon",
     "kept_by_pruning",
     "stream_flags",
@@ -174,19 +189,38 @@ class StreamRule:
         self.static = float(static)
         self.config = config or StreamRuleConfig()
 
+    def judge(self, history: np.ndarray) -> bool:
+        """Judge the newest window of ``history`` (its stream's statistics in window order,
+        the newest last, at most ``history`` of them)."""
+        values = np.asarray(history, dtype=np.float64)
+        if values.ndim != 1 or values.size == 0:
+            raise ValueError(f"stream rule: history has shape {values.shape}, need (n >= 1,)")
+        if values.size > self.config.history:
+            raise ValueError(
+                f"stream rule: history of {values.size} windows, at most {self.config.history}"
+            )
+        value = float(values[-1])
+        if values.size < self.config.min_history:
+            return value > self.static
+        if value <= self.floor:
+            return False
+        eps = dynamic_epsilon(values, self.config)
+        return kept_by_pruning(values, eps, self.config.prune)
+
+    def confirms(self, history: np.ndarray) -> bool:
+        """Whether the confirmed rule keeps the newest window of ``history``: above the
+        static threshold, and kept by the stream rule."""
+        values = np.asarray(history, dtype=np.float64)
+        return bool(values.size and values[-1] > self.static and self.judge(values))
+
     def decide(self, state: StreamState, statistic: float) -> bool:
         """Append ``statistic`` (the newest window's) to ``state`` and judge that window."""
         value = float(statistic)
         if not np.isfinite(value):
             raise ValueError(f"stream rule: window statistic {statistic!r} is not finite")
         state.statistics.append(value)
-        if len(state.statistics) < self.config.min_history:
-            return value > self.static
-        if value <= self.floor:
-            return False
         history = np.fromiter(state.statistics, dtype=np.float64, count=len(state.statistics))
-        eps = dynamic_epsilon(history, self.config)
-        return kept_by_pruning(history, eps, self.config.prune)
+        return self.judge(history)
 
     def flags(self, statistics: Iterable[float]) -> np.ndarray:
         """Decisions of a whole stream's windows, in order, from an empty state."""
@@ -199,6 +233,13 @@ def stream_flags(
 ) -> np.ndarray:
     """Window decisions ``[k]`` of one stream's window statistics ``[k]`` under the rule."""
     return StreamRule(floor, static, config).flags(np.asarray(statistics, dtype=np.float64))
+
+
+def confirmed_flags(statistics: np.ndarray, rule: StreamRule) -> np.ndarray:
+    """Window decisions ``[k]`` of one stream under the confirmed rule: the static
+    threshold's, kept only where the stream rule agrees."""
+    values = np.asarray(statistics, dtype=np.float64)
+    return (values > rule.static) & rule.flags(values)
 
 
 def stream_rule_from_metadata(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import numpy as np
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -36,6 +38,8 @@ from smap_bench.config import PROJECT_ROOT, Settings
 from smap_bench.event_store import EventStore
 from smap_bench.kafka import TopicSpec, admin_client, consumer_config, ensure_topics
 from smap_bench.metrics import Series, VictoriaMetrics
+from smap_bench.model.repository import read_metadata
+from smap_bench.model.stream_rule import confirmed_flags, stream_rule_from_metadata
 from smap_bench.schema import NUM_FEATURES, encode
 from tests.unit.result_samples import result, score_of, telemetry
 
@@ -545,3 +549,68 @@ def test_event_store_applies_the_same_rules_as_the_in_memory_table(live_stack: S
     finally:
         with psycopg.connect(live_stack.postgres_dsn, connect_timeout=5) as conn:
             conn.execute("DELETE FROM anomaly_events WHERE satellite_id = %s", (sat,))
+
+
+def test_events_confirm_flagged_windows_in_order_across_a_restart(isolated: Isolated) -> None:
+    """A stream whose scores rise into a new regime: every raised window is flagged by
+    the workers, and the events stage keeps only those the stream rule confirms, as the
+    offline evaluation does, with results out of order and the stage restarted midway
+    (it reads the history back from the topic)."""
+    s, sat, t0 = isolated.settings, isolated.satellite_id, isolated.t0
+    rule = stream_rule_from_metadata("SMAP_E-1", read_metadata(s.model_repository, "E-1"))
+    rng = random.Random(7)
+    n = 400
+    stats = [rule.floor * (0.5 + 0.05 * rng.random()) for _ in range(n)]
+    for i in range(200, n):  # the raised regime: above the static threshold throughout
+        stats[i] = rule.static * (3.0 + 0.1 * rng.random())
+    for i in (260, 330):  # excursions that stand out against it
+        stats[i] = rule.static * 9.0
+    expected = confirmed_flags(np.asarray(stats), rule)
+    assert 0 < expected.sum() < (np.asarray(stats) > rule.static).sum() / 2
+
+    def window(i: int) -> tuple[str, bytes]:
+        flagged = stats[i] > rule.static
+        body = result(
+            10 * i,
+            satellite_id=sat,
+            t0=t0,
+            anomalous=flagged,
+            scores=[stats[i]] * 30,
+            detected_by=["model"] if flagged else [],
+        )
+        return sat, encode(body)
+
+    order = list(range(n))
+    for start in range(0, n, 8):  # results overtake each other within eight windows
+        block = order[start : start + 8]
+        rng.shuffle(block)
+        order[start : start + 8] = block
+    args = ["--group", f"{s.topic_results}-events"]
+    events = Service("pipeline.events", args, isolated.env, isolated.logs / "events-1.log")
+    try:
+        produce(s, s.topic_results, [window(i) for i in order[:250]])
+        wait_for("250 results taken in", lambda: events.counter("received") >= 250)
+        time.sleep(1.0)  # the last batch applied and committed
+    finally:
+        assert events.stop() == 0
+    events = Service("pipeline.events", args, isolated.env, isolated.logs / "events-2.log")
+    try:
+        produce(s, s.topic_results, [window(i) for i in order[250:]])
+        wait_for("150 more taken in", lambda: events.counter("received") >= 150)
+        book = InMemoryEvents(gap=5)
+        for i in np.flatnonzero(expected):
+            body = result(10 * int(i), satellite_id=sat, t0=t0, anomalous=True)
+            span = span_of(body, 10)
+            assert span is not None
+            book.apply(span)
+        want = [(e.start_record_index, e.end_record_index) for e in book.stream_events(sat, "EPS")]
+        rows = wait_for(
+            f"{len(want)} confirmed events", lambda: event_rows(s, sat, len(want)), timeout=60
+        )
+        assert [(r["start"], r["end"]) for r in rows] == want
+        metrics = httpx.get(f"http://127.0.0.1:{events.metrics_port}/metrics", timeout=2).text
+        assert re.search(r"^smap_events_confirmation_incomplete_total 0\.0$", metrics, re.M)
+        assert re.search(r"^smap_events_confirmation_waiting 0\.0$", metrics, re.M)
+        assert "results read back as history" in events.output()
+    finally:
+        assert events.stop() == 0

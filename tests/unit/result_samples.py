@@ -115,12 +115,20 @@ def result(
 class FakeMessage:
     _topic: str
     _value: bytes | None
+    _partition: int = 0
+    _offset: int = 0
 
     def topic(self) -> str:
         return self._topic
 
     def value(self) -> bytes | None:
         return self._value
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
 
 
 @dataclass

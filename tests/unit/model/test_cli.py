@@ -87,7 +87,8 @@ def test_evaluate_reports_the_pooled_fields(app: typer.Typer, tmp_path: Path) ->
     cache = tmp_path / "run" / "model-seeds" / "window-30-epochs-1"
     assert list_models(cache / "seed-0") == list_models(cache / "seed-1") == ["A-1", "E-1"]
     assert not (tmp_path / "repo").exists()
-    assert report["rule"]["rule"] == "static" and report["horizon"] == 0
+    # the served decision rule by default
+    assert report["rule"]["rule"] == "confirmed" and report["horizon"] == 0
 
 
 def test_evaluate_with_the_stream_rule_and_a_horizon(app: typer.Typer, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from smap_bench.model.stream_rule import (
     StreamRule,
     StreamRuleConfig,
     StreamState,
+    confirmed_flags,
     dynamic_epsilon,
     kept_by_pruning,
     stream_flags,
@@ -120,3 +121,41 @@ def test_rule_from_metadata_takes_the_pot_initial_floor_and_the_threshold() -> N
     assert (rule.floor, rule.static) == (0.3, 0.8)
     with pytest.raises(ValueError, match=r"SMAP_X-1.*pot_initial"):
         stream_rule_from_metadata("SMAP_X-1", {"threshold": 0.8})
+
+
+def test_confirmed_flags_are_the_static_alarms_the_stream_rule_keeps() -> None:
+    # a raised regime: the static threshold alarms on every window of it, the confirmed
+    # rule only where the shift stands out against the stream's recent windows
+    stats = np.concatenate([_noise(200, seed=1), _noise(400, seed=2, level=2.0)])
+    rule = StreamRule(floor=1.2, static=1.5)
+    static = stats > 1.5
+    confirmed = confirmed_flags(stats, rule)
+    assert np.array_equal(confirmed, static & rule.flags(stats))
+    assert confirmed[200:210].any()
+    assert confirmed.sum() < static.sum() / 10
+
+
+def test_a_stream_rule_alarm_under_the_static_threshold_is_not_confirmed() -> None:
+    stats = _noise(300)
+    stats[250] = 3.0  # stands out in its stream, but no worse than training allows
+    rule = StreamRule(floor=1.1, static=5.0)
+    assert rule.flags(stats)[250]
+    assert not confirmed_flags(stats, rule).any()
+
+
+def test_judging_a_history_is_deciding_the_stream_window_by_window() -> None:
+    stats = np.concatenate([_noise(240, seed=4), [2.5], _noise(60, seed=5)])
+    rule = StreamRule(floor=1.1, static=1.2)
+    flags = rule.flags(stats)
+    history = rule.config.history
+    judged = [rule.judge(stats[max(0, k - history + 1) : k + 1]) for k in range(len(stats))]
+    assert judged == flags.tolist()
+    assert [rule.confirms(stats[max(0, k - history + 1) : k + 1]) for k in range(len(stats))] == (
+        confirmed_flags(stats, rule).tolist()
+    )
+
+
+@pytest.mark.parametrize("history", [np.array([]), np.ones((2, 2)), np.ones(211)])
+def test_judge_refuses_a_history_of_the_wrong_shape(history: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="history"):
+        StreamRule(floor=1.0, static=2.0).judge(history)

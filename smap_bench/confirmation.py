@@ -1,0 +1,393 @@
+"""Alarm confirmation, live: the confirmed rule judged per stream, in window order.
+
+Under the confirmed rule (:mod:`smap_bench.model.stream_rule`), a window that TranAD's
+score flags is an alarm only when the stream rule keeps it against the stream's last
+``history`` windows. A worker judges each window alone and never sees the stream's
+history; the events stage, where a stream's results meet, confirms. :class:`Confirmer`
+is what that needs, as pure state (no I/O, no Kafka):
+
+- **Streams and windows.** A stream is (satellite, subsystem, loop). Its windows are
+  numbered by their first record over the stride (``record_index_start // stride``), 0 at
+  the loop's first record, as the offline evaluation numbers a split's windows.
+- **Order.** Results come out of window order (several workers, retries, redeliveries).
+  A flagged window ``k`` waits until every window of its history,
+  ``max(0, k - history + 1) .. k - 1``, has arrived, then is judged: its decision is
+  exactly the offline evaluation's over the same records.
+- **Patience.** A window of the history that never comes (dead-lettered, or from before
+  the stage started) must not hold an alarm back for ever: a waiting window is judged on
+  what has arrived once ``patience`` later windows of its stream have arrived, or
+  ``patience_s`` seconds after it came (:meth:`Confirmer.expire`), and counted as judged
+  on an incomplete history.
+- **Memory.** A stream keeps the statistics its waiting and later windows can need.
+  When a satellite and subsystem start loop ``n``, their loops before ``n - 1`` are
+  judged and forgotten; a stream idle for ``idle_s`` seconds with nothing waiting is
+  forgotten too.
+- **Offsets.** Every message's Kafka position passes through :meth:`Confirmer.seen`;
+  :meth:`Confirmer.commit_positions` gives, per partition, where a restart must read
+  from: the oldest waiting window's offset, else one past the newest read. Windows before
+  that were all judged; the history they form is read back on start
+  (:meth:`Confirmer.remember`), not kept uncommitted.
+
+Only flagged windows are judged; the others are recorded (their statistic is history)
+and need nothing. A window judged on a stream's first windows (fewer than the rule's
+``min_history``) keeps the static decision, as offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from smap_bench.catalog import CatalogError, channel_of_model
+from smap_bench.model.repository import read_metadata
+from smap_bench.model.stream_rule import StreamRule, StreamRuleConfig, stream_rule_from_metadata
+from smap_bench.schema import InferenceResult
+
+__all__ = [
+    "Arrival",
+    "ConfirmationCounts",
+    "Confirmer",
+    "Judgement",
+    "PartitionKey",
+    "RepositoryRules",
+    "ResultConfirmation",
+    "StreamKey",
+    "judged_result",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+StreamKey = tuple[str, str, int]
+"""(satellite_id, subsystem, loop)."""
+
+PartitionKey = tuple[str, int]
+"""(topic, partition)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival(Generic[T]):
+    """One window's result as the confirmer needs it."""
+
+    stream: StreamKey
+    index: int  #: the window's number in its loop (first record // stride)
+    statistic: float  #: the window statistic (the worker's mean_anomaly_score)
+    flagged: bool  #: TranAD's score flags it: the stream rule must confirm
+    rule: StreamRule | None  #: the channel's rule (None: the window is not flagged)
+    item: T
+    partition: PartitionKey | None = None
+    offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement(Generic[T]):
+    """A flagged window judged: ``confirmed`` by the stream rule or not, on its whole
+    history (``complete``) or on what had arrived when patience ran out."""
+
+    item: T
+    confirmed: bool
+    complete: bool
+
+
+@dataclass
+class ConfirmationCounts:
+    judged: int = 0
+    confirmed: int = 0
+    incomplete: int = 0  #: judged before its whole history had arrived
+
+
+@dataclass
+class _Waiting(Generic[T]):
+    arrival: Arrival[T]
+    since: float
+
+
+@dataclass
+class _Stream(Generic[T]):
+    statistics: dict[int, float] = field(default_factory=dict)
+    waiting: dict[int, _Waiting[T]] = field(default_factory=dict)
+    newest: int = -1
+    last_seen: float = 0.0
+
+
+class Confirmer(Generic[T]):
+    """Per-stream histories and the flagged windows waiting for them (see the module)."""
+
+    def __init__(
+        self,
+        history: int,
+        *,
+        patience: int | None = None,
+        patience_s: float = 10.0,
+        idle_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if history < 1:
+            raise ValueError(f"confirmation: history must be at least 1 window, got {history}")
+        self.history = history
+        self.patience = history if patience is None else patience
+        self.patience_s = patience_s
+        self.idle_s = idle_s
+        self._clock = clock
+        self._streams: dict[StreamKey, _Stream[T]] = {}
+        self._loops: dict[tuple[str, str], int] = {}
+        self._read: dict[PartitionKey, int] = {}
+        self.counts = ConfirmationCounts()
+
+    # -- what comes in -------------------------------------------------------------------
+
+    def seen(self, partition: PartitionKey, offset: int) -> None:
+        """A message at ``offset`` of ``partition`` was read (whatever it held)."""
+        self._read[partition] = max(self._read.get(partition, 0), offset + 1)
+
+    def remember(self, stream: StreamKey, index: int, statistic: float) -> None:
+        """History only: a window judged before the stage started (read back on start)."""
+        state = self._stream(stream)
+        if state is not None:
+            state.statistics.setdefault(index, float(statistic))
+            state.newest = max(state.newest, index)
+            state.last_seen = self._clock()
+
+    def add(self, arrival: Arrival[T]) -> list[Judgement[T]]:
+        """Record ``arrival``; the flagged windows of its stream judged now (it and any
+        that were waiting for it), in window order."""
+        if arrival.index < 0:
+            raise ValueError(f"confirmation: window index {arrival.index} is negative")
+        if arrival.flagged and arrival.rule is None:
+            raise ValueError("confirmation: a flagged window needs its channel's rule")
+        if not np.isfinite(arrival.statistic):
+            raise ValueError(f"confirmation: window statistic {arrival.statistic} is not finite")
+        judged = self._new_loop(arrival.stream)
+        state = self._stream(arrival.stream)
+        if state is None:  # a loop already forgotten: judged on what little is known
+            return [*judged, *self._judge_alone(arrival)]
+        state.last_seen = self._clock()
+        state.statistics.setdefault(arrival.index, float(arrival.statistic))
+        state.newest = max(state.newest, arrival.index)
+        if arrival.flagged:
+            # a redelivered window is judged again: the same history gives the same
+            # decision, and the sinks are idempotent
+            state.waiting[arrival.index] = _Waiting(arrival, state.last_seen)
+        judged += self._ready(state)
+        self._forget_old(state)
+        return judged
+
+    def expire(self) -> list[Judgement[T]]:
+        """Judge the windows that waited longer than ``patience_s``; forget idle streams."""
+        now = self._clock()
+        judged: list[Judgement[T]] = []
+        for key, state in list(self._streams.items()):
+            for index in sorted(state.waiting):
+                if now - state.waiting[index].since >= self.patience_s:
+                    judged.append(self._judge(state, index))
+            if not state.waiting and now - state.last_seen >= self.idle_s:
+                del self._streams[key]
+        return judged
+
+    # -- what goes out -------------------------------------------------------------------
+
+    def commit_positions(self) -> dict[PartitionKey, int]:
+        """Per partition read so far, the offset a restart must read from."""
+        positions = dict(self._read)
+        for state in self._streams.values():
+            for waiting in state.waiting.values():
+                arrival = waiting.arrival
+                if arrival.partition is not None and arrival.offset is not None:
+                    positions[arrival.partition] = min(
+                        positions.get(arrival.partition, arrival.offset + 1), arrival.offset
+                    )
+        return positions
+
+    def history_complete(self, stream: StreamKey) -> bool:
+        """Whether ``stream`` holds every window of its newest window's history."""
+        state = self._streams.get(stream)
+        if state is None or state.newest < 0:
+            return False
+        first = self._history_from(state.newest)
+        return all(i in state.statistics for i in range(first, state.newest + 1))
+
+    @property
+    def waiting(self) -> int:
+        """Flagged windows still waiting for their history."""
+        return sum(len(state.waiting) for state in self._streams.values())
+
+    @property
+    def streams(self) -> int:
+        return len(self._streams)
+
+    # -- inside --------------------------------------------------------------------------
+
+    def _stream(self, key: StreamKey) -> _Stream[T] | None:
+        satellite, subsystem, loop = key
+        current = self._loops.get((satellite, subsystem))
+        if current is not None and loop < current - 1:
+            return None
+        state = self._streams.get(key)
+        if state is None:
+            state = self._streams[key] = _Stream()
+        return state
+
+    def _new_loop(self, key: StreamKey) -> list[Judgement[T]]:
+        """A loop newer than any seen of its satellite and subsystem: the loops before the
+        one it follows are judged and forgotten."""
+        satellite, subsystem, loop = key
+        current = self._loops.get((satellite, subsystem))
+        if current is not None and loop <= current:
+            return []
+        self._loops[(satellite, subsystem)] = loop
+        judged: list[Judgement[T]] = []
+        for old in [k for k in self._streams if k[:2] == key[:2] and k[2] < loop - 1]:
+            state = self._streams.pop(old)
+            judged += [self._judge(state, index) for index in sorted(state.waiting)]
+        return judged
+
+    def _history_from(self, index: int) -> int:
+        return max(0, index - self.history + 1)
+
+    def _ready(self, state: _Stream[T]) -> list[Judgement[T]]:
+        judged = []
+        for index in sorted(state.waiting):
+            complete = all(i in state.statistics for i in range(self._history_from(index), index))
+            if complete or state.newest - index >= self.patience:
+                judged.append(self._judge(state, index))
+        return judged
+
+    def _judge(self, state: _Stream[T], index: int) -> Judgement[T]:
+        arrival = state.waiting.pop(index).arrival
+        assert arrival.rule is not None  # checked by add
+        first = self._history_from(index)
+        known = [state.statistics[i] for i in range(first, index + 1) if i in state.statistics]
+        complete = len(known) == index - first + 1
+        confirmed = arrival.rule.confirms(np.asarray(known, dtype=np.float64))
+        return self._count(Judgement(arrival.item, confirmed, complete))
+
+    def _judge_alone(self, arrival: Arrival[T]) -> list[Judgement[T]]:
+        if not arrival.flagged:
+            return []
+        assert arrival.rule is not None
+        confirmed = arrival.rule.confirms(np.asarray([arrival.statistic], dtype=np.float64))
+        return [self._count(Judgement(arrival.item, confirmed, arrival.index == 0))]
+
+    def _count(self, judgement: Judgement[T]) -> Judgement[T]:
+        self.counts.judged += 1
+        self.counts.confirmed += judgement.confirmed
+        self.counts.incomplete += not judgement.complete
+        return judgement
+
+    def _forget_old(self, state: _Stream[T]) -> None:
+        """Drop the statistics no waiting or later window can need (with ``patience`` of
+        slack for windows still to come out of order)."""
+        oldest = min([state.newest, *state.waiting])
+        keep_from = oldest - self.history - self.patience + 1
+        if keep_from > 0 and len(state.statistics) > 2 * (self.history + self.patience):
+            for index in [i for i in state.statistics if i < keep_from]:
+                del state.statistics[index]
+
+
+# --------------------------------------------------------------------------------------
+# Inference results
+# --------------------------------------------------------------------------------------
+
+
+class RepositoryRules:
+    """Each model's stream rule from its metadata.json in the model repository, read once
+    (None, with one warning, for a model without usable metadata: its windows keep the
+    worker's decision)."""
+
+    def __init__(self, repository: Path, config: StreamRuleConfig | None = None) -> None:
+        self.repository = repository
+        self.config = config or StreamRuleConfig()
+        self._rules: dict[str, StreamRule | None] = {}
+
+    def __call__(self, model_name: str) -> StreamRule | None:
+        if model_name not in self._rules:
+            try:
+                channel = channel_of_model(model_name)
+                metadata = read_metadata(self.repository, channel)
+                self._rules[model_name] = stream_rule_from_metadata(
+                    model_name, metadata, self.config
+                )
+            except (CatalogError, FileNotFoundError, ValueError) as error:
+                log.warning("confirmation: %s is not confirmed (%s)", model_name, error)
+                self._rules[model_name] = None
+        return self._rules[model_name]
+
+
+class ResultConfirmation:
+    """The confirmed rule over inference results: what :class:`Confirmer` does, for the
+    events stage. :meth:`offer` takes each result read (the caller notes every message's
+    position with :meth:`Confirmer.seen`, results or not) and returns the results decided
+    now, their ``detected_by`` final: a flagged window's ``model`` kept only when
+    confirmed (``is_anomaly`` follows). Results it cannot place (no loop or record index)
+    and results of models without a rule pass through as the worker decided them
+    (``unconfirmed``)."""
+
+    def __init__(
+        self,
+        rules: Callable[[str], StreamRule | None],
+        stride: int,
+        confirmer: Confirmer[InferenceResult],
+    ) -> None:
+        self.rules = rules
+        self.stride = stride
+        self.confirmer = confirmer
+        self.unconfirmed = 0
+
+    def offer(
+        self, result: InferenceResult, partition: PartitionKey | None, offset: int | None
+    ) -> list[InferenceResult]:
+        if result.loop is None or result.record_index_start is None:
+            return [result]
+        flagged = "model" in _detectors(result)
+        rule = self.rules(result.model_name) if flagged else None
+        if flagged and rule is None:
+            self.unconfirmed += 1
+            return [result]
+        arrival = Arrival(
+            stream=(result.satellite_id, result.subsystem.value, result.loop),
+            index=result.record_index_start // self.stride,
+            statistic=result.mean_anomaly_score,
+            flagged=flagged,
+            rule=rule,
+            item=result,
+            partition=partition,
+            offset=offset,
+        )
+        decided = [] if flagged else [result]
+        return decided + [judged_result(j) for j in self.confirmer.add(arrival)]
+
+    def expire(self) -> list[InferenceResult]:
+        """The results whose patience ran out, decided on what had arrived."""
+        return [judged_result(j) for j in self.confirmer.expire()]
+
+    def remember(self, result: InferenceResult) -> StreamKey | None:
+        """A result read back on start: history only. Returns its stream (None: a result
+        without a position)."""
+        if result.loop is None or result.record_index_start is None:
+            return None
+        stream = (result.satellite_id, result.subsystem.value, result.loop)
+        self.confirmer.remember(
+            stream, result.record_index_start // self.stride, result.mean_anomaly_score
+        )
+        return stream
+
+
+def _detectors(result: InferenceResult) -> list[str]:
+    """What flagged ``result`` (a producer that does not say: the model, if anomalous)."""
+    if result.detected_by is not None:
+        return list(result.detected_by)
+    return ["model"] if result.is_anomaly else []
+
+
+def judged_result(judgement: Judgement[InferenceResult]) -> InferenceResult:
+    """The result of a judged window with its final detectors."""
+    result = judgement.item
+    kept = [name for name in _detectors(result) if name != "model" or judgement.confirmed]
+    return result.model_copy(update={"detected_by": kept, "is_anomaly": bool(kept)})

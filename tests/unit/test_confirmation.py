@@ -1,0 +1,287 @@
+"""The live confirmation: per stream, in window order, whatever order results come in."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from smap_bench.confirmation import (
+    Arrival,
+    Confirmer,
+    Judgement,
+    RepositoryRules,
+    ResultConfirmation,
+    judged_result,
+)
+from smap_bench.event_store import EventsHandler
+from smap_bench.model.stream_rule import StreamRule, StreamRuleConfig, confirmed_flags
+from smap_bench.schema import encode
+from smap_bench.stage import StageMetrics
+from tests.unit.result_samples import FakeDeadLetter, FakeMessage, result
+from tests.unit.test_event_store import MemoryStore
+
+RULE = StreamRule(floor=1.2, static=1.5)
+TOPIC = "inference-results"
+
+
+def regime_statistics(seed: int = 0) -> np.ndarray:
+    """A quiet stream, then a raised regime with excursions: many static alarms, few kept."""
+    rng = np.random.default_rng(seed)
+    stats = 1.0 + 0.05 * rng.standard_normal(600)
+    stats[300:] += 1.0
+    stats[[120, 450, 520]] += 1.5
+    return stats
+
+
+def arrival(index: int, stats: np.ndarray, loop: int = 0, offset: int | None = None) -> Arrival:
+    flagged = bool(stats[index] > RULE.static)
+    return Arrival(
+        ("sat1", "EPS", loop),
+        index,
+        float(stats[index]),
+        flagged,
+        RULE if flagged else None,
+        item=index,
+        partition=(TOPIC, 0),
+        offset=index if offset is None else offset,
+    )
+
+
+def run(confirmer: Confirmer, order: list[int], stats: np.ndarray) -> dict[int, Any]:
+    decided = {}
+    for index in order:
+        for judgement in confirmer.add(arrival(index, stats)):
+            decided[judgement.item] = judgement
+    return decided
+
+
+def test_in_order_the_decisions_are_the_offline_confirmed_rule() -> None:
+    stats = regime_statistics()
+    decided = run(Confirmer(210), list(range(len(stats))), stats)
+    flagged = np.flatnonzero(stats > RULE.static)
+    assert sorted(decided) == flagged.tolist()
+    confirmed = [i for i, j in decided.items() if j.confirmed]
+    assert confirmed == np.flatnonzero(confirmed_flags(stats, RULE)).tolist()
+    assert 0 < len(confirmed) < len(flagged) / 5  # the raised regime is mostly not confirmed
+    assert all(j.complete for j in decided.values())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_out_of_order_arrivals_give_the_same_decisions(seed: int) -> None:
+    stats = regime_statistics(seed)
+    order = list(range(len(stats)))
+    rng = random.Random(seed)
+    for start in range(0, len(order), 12):  # results overtake each other within 12 windows
+        block = order[start : start + 12]
+        rng.shuffle(block)
+        order[start : start + 12] = block
+    confirmer: Confirmer[int] = Confirmer(210)
+    decided = run(confirmer, order, stats)
+    expected = confirmed_flags(stats, RULE)
+    assert {i: j.confirmed for i, j in decided.items()} == {
+        int(i): bool(expected[i]) for i in np.flatnonzero(stats > RULE.static)
+    }
+    assert confirmer.waiting == 0
+    assert confirmer.counts.incomplete == 0
+
+
+def test_a_flagged_window_waits_for_its_history_and_holds_back_the_commit() -> None:
+    stats = regime_statistics()
+    confirmer: Confirmer[int] = Confirmer(210)
+    for index in range(120):
+        confirmer.seen((TOPIC, 0), index)
+        if index != 100:  # window 100 is late
+            assert confirmer.add(arrival(index, stats)) == []
+    confirmer.seen((TOPIC, 0), 120)
+    assert confirmer.add(arrival(120, stats)) == []  # flagged: waits for window 100
+    assert confirmer.waiting == 1
+    assert confirmer.commit_positions() == {(TOPIC, 0): 120}  # a restart reads it again
+    confirmer.seen((TOPIC, 0), 121)
+    judged = confirmer.add(arrival(100, stats, offset=121))
+    assert [(j.item, j.confirmed, j.complete) for j in judged] == [(120, True, True)]
+    assert confirmer.commit_positions() == {(TOPIC, 0): 122}
+
+
+def test_a_window_that_never_comes_costs_patience_then_an_incomplete_judgement() -> None:
+    stats = regime_statistics()
+    confirmer: Confirmer[int] = Confirmer(210, patience=5)
+    decided = run(confirmer, [i for i in range(125) if i != 100], stats)
+    assert decided == {}  # 120 waits for 100
+    decided = run(confirmer, [125], stats)  # five windows later
+    assert [(i, j.complete) for i, j in decided.items()] == [(120, False)]
+    assert confirmer.counts.incomplete == 1
+
+
+def test_a_waiting_window_is_judged_once_its_patience_in_seconds_runs_out() -> None:
+    now = [0.0]
+    stats = regime_statistics()
+    confirmer: Confirmer[int] = Confirmer(210, patience_s=10.0, clock=lambda: now[0])
+    run(confirmer, [i for i in range(121) if i != 100], stats)
+    now[0] = 9.0
+    assert confirmer.expire() == []
+    now[0] = 10.0
+    assert [(j.item, j.complete) for j in confirmer.expire()] == [(120, False)]
+    assert confirmer.waiting == 0
+
+
+def test_a_new_loop_judges_and_forgets_the_loops_before_the_one_it_follows() -> None:
+    stats = regime_statistics()
+    confirmer: Confirmer[int] = Confirmer(210)
+    run(confirmer, [i for i in range(121) if i != 100], stats)
+    assert confirmer.waiting == 1
+    later = Arrival(("sat1", "EPS", 1), 0, 1.0, False, None, item=-1)
+    assert confirmer.add(later) == []  # loop 1 follows loop 0: loop 0 is still wanted
+    latest = Arrival(("sat1", "EPS", 2), 0, 1.0, False, None, item=-2)
+    assert [(j.item, j.complete) for j in confirmer.add(latest)] == [(120, False)]
+    assert confirmer.streams == 2
+
+
+def test_history_read_back_on_start_makes_the_judgements_complete() -> None:
+    now = [1_000.0]
+    stats = regime_statistics()
+    confirmer: Confirmer[int] = Confirmer(210, idle_s=600.0, clock=lambda: now[0])
+    for index in range(120):
+        confirmer.remember(("sat1", "EPS", 0), index, float(stats[index]))
+    now[0] += 599.0
+    assert confirmer.expire() == []  # read back now: not an idle stream
+    assert confirmer.streams == 1
+    decided = run(confirmer, [120], stats)
+    assert [(i, j.confirmed, j.complete) for i, j in decided.items()] == [(120, True, True)]
+
+
+def test_a_flagged_window_needs_its_rule_and_a_finite_statistic() -> None:
+    confirmer: Confirmer[int] = Confirmer(210)
+    with pytest.raises(ValueError, match="rule"):
+        confirmer.add(Arrival(("s", "EPS", 0), 0, 2.0, True, None, item=0))
+    with pytest.raises(ValueError, match="finite"):
+        confirmer.add(Arrival(("s", "EPS", 0), 0, float("nan"), False, None, item=0))
+    with pytest.raises(ValueError, match="negative"):
+        confirmer.add(Arrival(("s", "EPS", 0), -1, 1.0, False, None, item=0))
+
+
+# -- inference results ----------------------------------------------------------------
+
+
+def flat_scores(value: float) -> list[float]:
+    return [value] * 30
+
+
+def test_results_keep_only_the_detectors_that_stand() -> None:
+    confirmation = ResultConfirmation(lambda name: RULE, 10, Confirmer(210))
+    stats = regime_statistics()
+    out = []
+    for index in range(301):  # window 300 starts the raised regime: confirmed
+        value = float(stats[index])
+        flagged = value > RULE.static
+        detected = (["model"] if flagged else []) + (["hold"] if index == 350 else [])
+        out += confirmation.offer(
+            result(
+                index * 10,
+                anomalous=bool(detected),
+                scores=flat_scores(value),
+                detected_by=detected,
+            ),
+            (TOPIC, 0),
+            index,
+        )
+    assert len(out) == 301
+    kept = [r.record_index_start // 10 for r in out if r.is_anomaly]
+    assert kept == np.flatnonzero(confirmed_flags(stats[:301], RULE)).tolist()
+    # a raised window that is also held: the hold stands, the model's alarm does not
+    raised = float(stats[350])
+    both = result(3500, anomalous=True, scores=flat_scores(raised), detected_by=["model", "hold"])
+    for index in range(301, 350):
+        confirmation.offer(result(index * 10, scores=flat_scores(float(stats[index]))), None, None)
+    (decided,) = confirmation.offer(both, None, None)
+    assert decided.detected_by == ["hold"] and decided.is_anomaly
+
+
+def test_results_of_models_without_a_rule_and_without_a_position_pass_through() -> None:
+    confirmation = ResultConfirmation(lambda name: None, 10, Confirmer(210))
+    flagged = result(0, anomalous=True, detected_by=["model"])
+    assert confirmation.offer(flagged, None, None) == [flagged]
+    assert confirmation.unconfirmed == 1
+    unplaced = result(0, anomalous=True, detected_by=["model"], with_position=False)
+    assert confirmation.offer(unplaced, None, None) == [unplaced]
+
+
+def test_a_producer_that_does_not_say_what_flagged_is_judged_as_the_model() -> None:
+    confirmation = ResultConfirmation(lambda name: RULE, 10, Confirmer(210))
+    (decided,) = confirmation.offer(result(0, anomalous=True, scores=flat_scores(2.0)), None, None)
+    assert decided.detected_by == ["model"]  # window 0: the static rule decides
+    judged = judged_result(Judgement(result(0, anomalous=True), confirmed=False, complete=True))
+    assert judged.detected_by == [] and not judged.is_anomaly
+
+
+def test_repository_rules_come_from_metadata_and_a_missing_model_has_none(tmp_path: Path) -> None:
+    folder = tmp_path / "onnx" / "SMAP_E-1"
+    folder.mkdir(parents=True)
+    metadata = {"threshold": 1.5, "threshold_parameters": {"pot_initial": 1.2}}
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    rules = RepositoryRules(tmp_path, StreamRuleConfig())
+    rule = rules("SMAP_E-1")
+    assert rule is not None and (rule.static, rule.floor) == (1.5, 1.2)
+    assert rules("SMAP_E-2") is None
+    assert rules("not-a-model") is None
+
+
+def test_the_events_handler_stores_only_confirmed_windows_and_commits_behind_waiting() -> None:
+    store = MemoryStore()
+    metrics = StageMetrics("events")
+    confirmation = ResultConfirmation(lambda name: RULE, 10, Confirmer(210))
+    handler = EventsHandler(
+        store.apply,
+        metrics,
+        FakeDeadLetter(metrics),
+        stride=10,
+        sleep=lambda s: None,
+        confirmation=confirmation,
+    )
+    stats = regime_statistics()
+
+    def message(index: int, offset: int) -> FakeMessage:
+        value = float(stats[index])
+        flagged = value > RULE.static
+        body = result(
+            index * 10,
+            anomalous=flagged,
+            scores=flat_scores(value),
+            detected_by=["model"] if flagged else [],
+        )
+        return FakeMessage(TOPIC, encode(body), 0, offset)
+
+    order = [i for i in range(400) if i != 299]
+    handler.handle([message(i, offset) for offset, i in enumerate(order)])
+    assert confirmation.confirmer.waiting > 0  # every flagged window after 299 waits
+    (position,) = handler.commit_offsets()
+    assert position.offset == order.index(300)
+    handler.handle([message(299, len(order))])
+    assert confirmation.confirmer.waiting == 0
+    assert handler.commit_offsets()[0].offset == len(order) + 1
+    expected = confirmed_flags(stats[:400], RULE)
+    stored = store.book.stream_events("sat1", "EPS")
+    assert stored, "no event: nothing to check"
+    assert sum(e.end_record_index - e.start_record_index + 1 for e in stored) < (
+        (stats[:400] > RULE.static).sum() * 10
+    )
+    for event in stored:  # every event is made of confirmed windows
+        first = event.start_record_index // 10
+        assert expected[max(0, first - 2) : first + 1].any()
+
+
+def test_an_idle_stream_with_nothing_waiting_is_forgotten() -> None:
+    now = [0.0]
+    stats = regime_statistics()
+    confirmer: Confirmer[int] = Confirmer(210, idle_s=600.0, clock=lambda: now[0])
+    run(confirmer, list(range(50)), stats)
+    now[0] = 599.0
+    confirmer.expire()
+    assert confirmer.streams == 1
+    now[0] = 600.0
+    confirmer.expire()
+    assert confirmer.streams == 0
