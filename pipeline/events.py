@@ -109,14 +109,14 @@ def read_back_history(
     histories (nothing is judged or written); returns how many were read.
 
     Per partition it reads back :data:`READ_BACK_FIRST` results, then twice as many
-    before those, and so on, until every stream it met holds its newest window's whole
-    history, the partition's start is reached, or :data:`READ_BACK_MAX` were read (other
-    satellites' traffic can lie between a stream's windows). A stream whose history is
-    not all read back has its first windows judged on what was (counted as incomplete)."""
+    before those, and so on, until every stream it met reaches back as far as its newest
+    window's history, the partition's start is reached, :data:`READ_BACK_MAX` were read
+    (other satellites' traffic can lie between a stream's windows) or ``timeout_s`` passed
+    for that partition. A stream whose history is not all read back has its first windows
+    judged on what was (counted as incomplete)."""
     topic = settings.topic_results
     consumer = Consumer(consumer_config(settings, group))
     read = 0
-    deadline = time.monotonic() + timeout_s
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None or not metadata.partitions:
@@ -127,6 +127,7 @@ def read_back_history(
                 continue
             low, _high = consumer.get_watermark_offsets(part, timeout=10)
             end, size, streams = part.offset, READ_BACK_FIRST, set()
+            deadline = time.monotonic() + timeout_s
             while end > low:
                 begin = max(low, end - size, part.offset - READ_BACK_MAX)
                 if begin >= end:
@@ -138,12 +139,17 @@ def read_back_history(
                     if stream is not None:
                         streams.add(stream)
                     read += 1
-                if all(confirmation.confirmer.history_complete(s) for s in streams):
+                if all(confirmation.confirmer.reaches_back(s) for s in streams):
+                    break
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "%s: partition %d: history not all read back in %.0f s",
+                        STAGE,
+                        part.partition,
+                        timeout_s,
+                    )
                     break
                 end, size = begin, size * 2
-            if time.monotonic() > deadline:
-                log.warning("%s: history not all read back in %.0f s", STAGE, timeout_s)
-                break
     except KafkaException as error:
         log.warning("%s: history not read back (%s); first windows judged on less", STAGE, error)
     finally:

@@ -18,6 +18,9 @@ is what that needs, as pure state (no I/O, no Kafka):
   what has arrived once ``patience`` later windows of its stream have arrived, or
   ``patience_s`` seconds after it came (:meth:`Confirmer.expire`), and counted as judged
   on an incomplete history.
+- **Redeliveries.** A flagged window judged before keeps its first decision (remembered
+  ten histories long); one redelivered after that, or of a loop already forgotten, is
+  not confirmed: a stale redelivery never raises a new alarm.
 - **Memory.** A stream keeps the statistics its waiting and later windows can need.
   When a satellite and subsystem start loop ``n``, their loops before ``n - 1`` are
   judged and forgotten; a stream idle for ``idle_s`` seconds with nothing waiting is
@@ -113,8 +116,11 @@ class _Waiting(Generic[T]):
 class _Stream(Generic[T]):
     statistics: dict[int, float] = field(default_factory=dict)
     waiting: dict[int, _Waiting[T]] = field(default_factory=dict)
+    #: flagged windows judged: confirmed or not, and on a complete history or not
+    decided: dict[int, tuple[bool, bool]] = field(default_factory=dict)
     newest: int = -1
     last_seen: float = 0.0
+    forgotten_below: int = 0  #: statistics of windows below this index were dropped
 
 
 class Confirmer(Generic[T]):
@@ -171,9 +177,11 @@ class Confirmer(Generic[T]):
         state.last_seen = self._clock()
         state.statistics.setdefault(arrival.index, float(arrival.statistic))
         state.newest = max(state.newest, arrival.index)
-        if arrival.flagged:
-            # a redelivered window is judged again: the same history gives the same
-            # decision, and the sinks are idempotent
+        if arrival.flagged and arrival.index in state.decided:
+            # a redelivered window keeps its first decision (its history may be gone)
+            confirmed, complete = state.decided[arrival.index]
+            judged.append(self._count(Judgement(arrival.item, confirmed, complete)))
+        elif arrival.flagged:
             state.waiting[arrival.index] = _Waiting(arrival, state.last_seen)
         judged += self._ready(state)
         self._forget_old(state)
@@ -205,13 +213,14 @@ class Confirmer(Generic[T]):
                     )
         return positions
 
-    def history_complete(self, stream: StreamKey) -> bool:
-        """Whether ``stream`` holds every window of its newest window's history."""
+    def reaches_back(self, stream: StreamKey) -> bool:
+        """Whether ``stream`` holds a window as old as its newest window's history reaches
+        (what a read-back needs before the windows after it are judged; windows missing
+        in between were dead-lettered or never formed, and reading further cannot help)."""
         state = self._streams.get(stream)
-        if state is None or state.newest < 0:
+        if state is None or not state.statistics:
             return False
-        first = self._history_from(state.newest)
-        return all(i in state.statistics for i in range(first, state.newest + 1))
+        return min(state.statistics) <= self._history_from(state.newest)
 
     @property
     def waiting(self) -> int:
@@ -265,15 +274,20 @@ class Confirmer(Generic[T]):
         first = self._history_from(index)
         known = [state.statistics[i] for i in range(first, index + 1) if i in state.statistics]
         complete = len(known) == index - first + 1
-        confirmed = arrival.rule.confirms(np.asarray(known, dtype=np.float64))
+        if not complete and first < self._kept_from(state):
+            # its history was forgotten (a redelivery long after): never a new alarm
+            confirmed = False
+        else:
+            confirmed = arrival.rule.confirms(np.asarray(known, dtype=np.float64))
+        state.decided[index] = (confirmed, complete)
         return self._count(Judgement(arrival.item, confirmed, complete))
 
     def _judge_alone(self, arrival: Arrival[T]) -> list[Judgement[T]]:
+        """A flagged window of a loop already forgotten: its history is gone, so it is
+        not confirmed (it cannot raise a new alarm on a stale stream)."""
         if not arrival.flagged:
             return []
-        assert arrival.rule is not None
-        confirmed = arrival.rule.confirms(np.asarray([arrival.statistic], dtype=np.float64))
-        return [self._count(Judgement(arrival.item, confirmed, arrival.index == 0))]
+        return [self._count(Judgement(arrival.item, False, False))]
 
     def _count(self, judgement: Judgement[T]) -> Judgement[T]:
         self.counts.judged += 1
@@ -281,14 +295,23 @@ class Confirmer(Generic[T]):
         self.counts.incomplete += not judgement.complete
         return judgement
 
+    def _kept_from(self, state: _Stream[T]) -> int:
+        """The oldest window whose statistic the stream still holds (0: all of them)."""
+        return state.forgotten_below
+
     def _forget_old(self, state: _Stream[T]) -> None:
         """Drop the statistics no waiting or later window can need (with ``patience`` of
-        slack for windows still to come out of order)."""
+        slack for windows still to come out of order); decisions are kept ten times as
+        long, so a redelivery keeps its first decision."""
         oldest = min([state.newest, *state.waiting])
         keep_from = oldest - self.history - self.patience + 1
         if keep_from > 0 and len(state.statistics) > 2 * (self.history + self.patience):
             for index in [i for i in state.statistics if i < keep_from]:
                 del state.statistics[index]
+            state.forgotten_below = max(state.forgotten_below, keep_from)
+            decided_from = oldest - 10 * (self.history + self.patience)
+            for index in [i for i in state.decided if i < decided_from]:
+                del state.decided[index]
 
 
 # --------------------------------------------------------------------------------------

@@ -309,11 +309,14 @@ class EventsHandler:
                 self.dead_letter.send(value, describe(error), message)
                 continue
             for item in decided:
-                try:
-                    span = span_of(item, self.stride)
-                except ValueError as error:
-                    self.dead_letter.send(value, describe(error), message)
-                    continue
+                if item is result:
+                    try:
+                        span = span_of(item, self.stride)
+                    except ValueError as error:
+                        self.dead_letter.send(value, describe(error), message)
+                        continue
+                else:  # an earlier message's window, let be judged by this one
+                    span = self._span(item)
                 if span is not None:
                     spans.append(span)
                     origin = (item.stages or {}).get(ORIGIN_STAGE)

@@ -101,6 +101,20 @@ def pipeline_counters(settings: Settings) -> dict[str, dict[str, float]]:
     return out
 
 
+def confirmation_waiting(settings: Settings) -> float:
+    """Flagged windows the events stage still holds for their history (0 when it does
+    not confirm or does not answer)."""
+    url = f"http://{settings.host}:{STAGE_METRICS_PORTS['events']}/metrics"
+    try:
+        text = httpx.get(url, timeout=3).text
+    except httpx.HTTPError:
+        return 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "smap_events_confirmation_waiting":
+            return sum(sample.value for sample in family.samples)
+    return 0.0
+
+
 def _delta(
     after: dict[str, dict[str, float]], before: dict[str, dict[str, float]], stage: str, kind: str
 ) -> int:
@@ -477,7 +491,7 @@ class LabeledReplay:
         while True:
             received = _delta(pipeline_counters(self.settings), before, "events", "received")
             report("events", min(received, windows), windows)
-            if received >= windows:
+            if received >= windows and not confirmation_waiting(self.settings):
                 break
             if time.monotonic() > deadline:
                 log.warning("the events stage took in %d of %d results", received, windows)

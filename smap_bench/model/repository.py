@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from smap_bench.model.export import INPUT_NAME, OUTPUT_NAMES
+from smap_bench.inference.base import INPUT_NAME, OUTPUT_NAMES  # not export: no torch
 
 MODEL_PREFIX = "SMAP_"
 PLATFORM_DIR = "onnx"

@@ -563,10 +563,11 @@ def test_events_confirm_flagged_windows_in_order_across_a_restart(isolated: Isol
     stats = [rule.floor * (0.5 + 0.05 * rng.random()) for _ in range(n)]
     for i in range(200, n):  # the raised regime: above the static threshold throughout
         stats[i] = rule.static * (3.0 + 0.1 * rng.random())
-    for i in (260, 330):  # excursions that stand out against it
+    for i in (252, 260, 330):  # excursions that stand out against it (252: at the restart)
         stats[i] = rule.static * 9.0
     expected = confirmed_flags(np.asarray(stats), rule)
     assert 0 < expected.sum() < (np.asarray(stats) > rule.static).sum() / 2
+    assert expected[252]
 
     def window(i: int) -> tuple[str, bytes]:
         flagged = stats[i] > rule.static
@@ -611,6 +612,7 @@ def test_events_confirm_flagged_windows_in_order_across_a_restart(isolated: Isol
         metrics = httpx.get(f"http://127.0.0.1:{events.metrics_port}/metrics", timeout=2).text
         assert re.search(r"^smap_events_confirmation_incomplete_total 0\.0$", metrics, re.M)
         assert re.search(r"^smap_events_confirmation_waiting 0\.0$", metrics, re.M)
-        assert "results read back as history" in events.output()
+        read_back = re.search(r"(\d+) results read back as history", events.output())
+        assert read_back and int(read_back.group(1)) >= 210
     finally:
         assert events.stop() == 0
