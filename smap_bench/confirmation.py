@@ -172,7 +172,7 @@ class Confirmer(Generic[T]):
             raise ValueError(f"confirmation: window statistic {arrival.statistic} is not finite")
         judged = self._new_loop(arrival.stream)
         state = self._stream(arrival.stream)
-        if state is None:  # a loop already forgotten: judged on what little is known
+        if state is None:  # a loop already forgotten: its flagged window is not confirmed
             return [*judged, *self._judge_alone(arrival)]
         state.last_seen = self._clock()
         state.statistics.setdefault(arrival.index, float(arrival.statistic))
