@@ -274,7 +274,7 @@ class Confirmer(Generic[T]):
         first = self._history_from(index)
         known = [state.statistics[i] for i in range(first, index + 1) if i in state.statistics]
         complete = len(known) == index - first + 1
-        if not complete and first < self._kept_from(state):
+        if not complete and first < state.forgotten_below:
             # its history was forgotten (a redelivery long after): never a new alarm
             confirmed = False
         else:
@@ -294,10 +294,6 @@ class Confirmer(Generic[T]):
         self.counts.confirmed += judgement.confirmed
         self.counts.incomplete += not judgement.complete
         return judgement
-
-    def _kept_from(self, state: _Stream[T]) -> int:
-        """The oldest window whose statistic the stream still holds (0: all of them)."""
-        return state.forgotten_below
 
     def _forget_old(self, state: _Stream[T]) -> None:
         """Drop the statistics no waiting or later window can need (with ``patience`` of

@@ -309,14 +309,9 @@ class EventsHandler:
                 self.dead_letter.send(value, describe(error), message)
                 continue
             for item in decided:
-                if item is result:
-                    try:
-                        span = span_of(item, self.stride)
-                    except ValueError as error:
-                        self.dead_letter.send(value, describe(error), message)
-                        continue
-                else:  # an earlier message's window, let be judged by this one
-                    span = self._span(item)
+                # an earlier message's window, let be judged by this one, is refused as itself
+                own = item is result
+                span = self._span(item, value if own else None, message if own else None)
                 if span is not None:
                     spans.append(span)
                     origin = (item.stages or {}).get(ORIGIN_STAGE)
@@ -352,11 +347,15 @@ class EventsHandler:
         if spans:
             self._store(spans, [])
 
-    def _span(self, result: InferenceResult) -> WindowSpan | None:
+    def _span(
+        self, result: InferenceResult, value: bytes | None = None, source: Any = None
+    ) -> WindowSpan | None:
+        """The result's span (None: normal); one that cannot be placed is dead-lettered
+        as ``value`` from ``source`` (default: the result itself, re-encoded)."""
         try:
             return span_of(result, self.stride)
         except ValueError as error:
-            self.dead_letter.send(encode(result), describe(error), None)
+            self.dead_letter.send(value or encode(result), describe(error), source)
             return None
 
     def commit_offsets(self) -> list[TopicPartition]:

@@ -66,8 +66,9 @@ class ReplayError(RuntimeError):
 # --------------------------------------------------------------------------- counters
 
 
-def stage_counters(settings: Settings, stage: str, port: int) -> dict[str, float]:
-    """The received / produced / rejected / retried / lost totals a stage serves now."""
+def stage_metrics(settings: Settings, stage: str, port: int) -> dict[str, float]:
+    """Every metric family a stage serves now, summed over its samples (a counter's
+    ``_total`` samples only; no ``_created`` timestamps)."""
     url = f"http://{settings.host}:{port}/metrics"
     try:
         text = httpx.get(url, timeout=3).text
@@ -77,13 +78,21 @@ def stage_counters(settings: Settings, stage: str, port: int) -> dict[str, float
         ) from None
     totals: dict[str, float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
-        if not family.name.startswith("smap_stage_"):
+        if family.name.endswith("_created"):
             continue
-        kind = family.name.removeprefix("smap_stage_")
         for sample in family.samples:
-            if sample.name.endswith("_total"):
-                totals[kind] += sample.value
+            if family.type != "counter" or sample.name.endswith("_total"):
+                totals[family.name] += sample.value
     return dict(totals)
+
+
+def stage_counters(settings: Settings, stage: str, port: int) -> dict[str, float]:
+    """The received / produced / rejected / retried / lost totals a stage serves now."""
+    return {
+        name.removeprefix("smap_stage_"): value
+        for name, value in stage_metrics(settings, stage, port).items()
+        if name.startswith("smap_stage_")
+    }
 
 
 def pipeline_counters(settings: Settings) -> dict[str, dict[str, float]]:
@@ -99,20 +108,6 @@ def pipeline_counters(settings: Settings) -> dict[str, dict[str, float]]:
     out["worker"] = dict(workers)
     out["events"] = stage_counters(settings, "events", STAGE_METRICS_PORTS["events"])
     return out
-
-
-def confirmation_waiting(settings: Settings) -> float:
-    """Flagged windows the events stage still holds for their history (0 when it does
-    not confirm or does not answer)."""
-    url = f"http://{settings.host}:{STAGE_METRICS_PORTS['events']}/metrics"
-    try:
-        text = httpx.get(url, timeout=3).text
-    except httpx.HTTPError:
-        return 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name == "smap_events_confirmation_waiting":
-            return sum(sample.value for sample in family.samples)
-    return 0.0
 
 
 def _delta(
@@ -488,10 +483,14 @@ class LabeledReplay:
         """Until the events stage has taken in the run's ``windows`` results (it confirms
         flagged windows as their history arrives) and a moment more for its last batch."""
         deadline = time.monotonic() + min(self.timeout_s, 120.0)
+        port = STAGE_METRICS_PORTS["events"]
         while True:
-            received = _delta(pipeline_counters(self.settings), before, "events", "received")
+            now = stage_metrics(self.settings, "events", port)
+            received = int(
+                now.get("smap_stage_received", 0.0) - before["events"].get("received", 0)
+            )
             report("events", min(received, windows), windows)
-            if received >= windows and not confirmation_waiting(self.settings):
+            if received >= windows and not now.get("smap_events_confirmation_waiting", 0.0):
                 break
             if time.monotonic() > deadline:
                 log.warning("the events stage took in %d of %d results", received, windows)

@@ -291,15 +291,18 @@ def evaluate_seeds(
     window: int = DEFAULT_WINDOW,
     repository_for: Callable[[Settings, int], Path] | None = None,
     jobs: int = 1,
-    rule: str = "static",
+    rule: str | None = None,
     horizon: int = 0,
     context: ContextConfig | None = None,
 ) -> dict[str, Any]:
     """Train (or reuse) each seed's models and score the test splits as the live pipeline
     does; returns the ``evaluate`` JSON (headline as mean/std over seeds, per-channel rows,
-    and every seed's full pooled report under ``runs``)."""
+    and every seed's full pooled report under ``runs``). ``rule``: the window decision
+    rule (default: the served ``settings.decision_rule``)."""
     from smap_bench import evaluation
     from smap_bench.model import runner
+
+    rule = rule or settings.decision_rule
 
     if repository_for is None:
 

@@ -146,19 +146,8 @@ def evaluate_repository(
         if model_window != window:
             # a model of another window (the paper's 10) is scored on its own windows
             log.info("%s: model window %d, scored with stride %d", channel, model_window, stride)
-        stream_rule = (
-            stream_rule_from_metadata(channel, meta, StreamRuleConfig())
-            if rule in ("stream", "confirmed")
-            else None
-        )
-        flags, _ = split_flags(
-            session,
-            data.test,
-            float(meta["threshold"]),
-            model_window,
-            min(stride, model_window),
-            stream_rule,
-            confirm=rule == "confirmed",
+        flags, _ = _rule_flags(
+            session, data, meta, channel, model_window, min(stride, model_window), rule
         )
         extra: dict[str, Any] = {"threshold": float(meta["threshold"]), "seed": meta.get("seed")}
         if context is not None:
@@ -187,6 +176,32 @@ def evaluate_repository(
     if not results:
         raise ValueError(f"no channel could be evaluated from {repository}")
     return evaluation.pool(results), missing
+
+
+def _rule_flags(
+    session: Any,
+    data: ChannelData,
+    meta: dict[str, Any],
+    channel: str,
+    window: int,
+    stride: int,
+    rule: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`split_flags` of the test split under decision ``rule`` (see RULES)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown decision rule {rule!r} (known: {', '.join(RULES)})")
+    stream_rule = (
+        stream_rule_from_metadata(channel, meta, StreamRuleConfig()) if rule != "static" else None
+    )
+    return split_flags(
+        session,
+        data.test,
+        float(meta["threshold"]),
+        window,
+        stride,
+        stream_rule,
+        confirm=rule == "confirmed",
+    )
 
 
 def _context_record_flags(
@@ -227,15 +242,16 @@ def channel_scores(
     stride: int = 10,
     event_gap: int = 0,
     context: ContextConfig | None = None,
+    rule: str = "static",
 ) -> ChannelScores:
-    """Score one channel's test split through its ONNX model (flags under the event rule
-    :func:`smap_bench.evaluation.bridge_gaps` with ``event_gap``, or'ed with the context
-    detector's under ``context``)."""
+    """Score one channel's test split through its ONNX model (flags under decision
+    ``rule`` and the event rule :func:`smap_bench.evaluation.bridge_gaps` with
+    ``event_gap``, or'ed with the context detector's under ``context``)."""
     data = load_channel(channel, source.path)
     meta = read_metadata(repository, channel)
     session = onnx_session(onnx_path(repository, channel))
     threshold = float(meta["threshold"])
-    flags, statistic = split_flags(session, data.test, threshold, window, stride)
+    flags, statistic = _rule_flags(session, data, meta, channel, window, stride, rule)
     if context is not None:
         flags = flags | _context_record_flags(data, meta, context, window, stride)[0]
     flags = evaluation.bridge_gaps(flags, event_gap)
