@@ -117,9 +117,10 @@ class SentFrontier:
             return {}
         out: dict[PartitionKey, tuple[int, int, int | None]] = {}
         for read, sent, check in zip(*found, strict=True):
-            if read.offset >= 0 and sent.offset >= 0:
+            if read.offset >= 0:  # resumed; without a sent frontier, nothing is dropped
+                frontier = sent.offset if sent.offset >= 0 else read.offset
                 fingerprint = check.offset if check.offset >= 0 else None
-                out[(read.topic, read.partition)] = (read.offset, sent.offset, fingerprint)
+                out[(read.topic, read.partition)] = (read.offset, frontier, fingerprint)
         return out
 
     def commit(self, plan: CommitPlan) -> None:

@@ -13,6 +13,12 @@ is what that needs, as pure state (no I/O, no Kafka):
   A flagged window ``k`` waits until every window of its history,
   ``max(0, k - history + 1) .. k - 1``, has arrived, then is judged: its decision is
   exactly the offline evaluation's over the same records.
+- **Runs.** A stream need not start at its loop's first window (a satellite joins
+  mid-loop), and a gap in its records leaves windows that were never formed. A result
+  says where its run's windows begin (``run_window_start``, from the scheduler): a window
+  waits only for the history windows of its own run, and is judged on those and on any
+  earlier ones of its loop that have arrived (from before a gap). A result that does not
+  say (the scheduler resumed mid-run after a restart) waits for the whole history.
 - **Patience.** A window of the history that never comes (dead-lettered, or from before
   the stage started) must not hold an alarm back for ever: a waiting window is judged on
   what has arrived once ``patience`` later windows of its stream have arrived, or
@@ -87,6 +93,9 @@ class Arrival(Generic[T]):
     item: T
     partition: PartitionKey | None = None
     offset: int | None = None
+    #: the first window of its run (:attr:`InferenceResult.run_window_start` over the
+    #: stride): the windows before it were never formed in this run (None: not known)
+    run_first: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +175,11 @@ class Confirmer(Generic[T]):
         that were waiting for it), in window order."""
         if arrival.index < 0:
             raise ValueError(f"confirmation: window index {arrival.index} is negative")
+        if arrival.run_first is not None and not 0 <= arrival.run_first <= arrival.index:
+            raise ValueError(
+                f"confirmation: run's first window {arrival.run_first} does not precede"
+                f" window {arrival.index}"
+            )
         if arrival.flagged and arrival.rule is None:
             raise ValueError("confirmation: a flagged window needs its channel's rule")
         if not np.isfinite(arrival.statistic):
@@ -260,11 +274,20 @@ class Confirmer(Generic[T]):
     def _history_from(self, index: int) -> int:
         return max(0, index - self.history + 1)
 
+    def _expected_from(self, arrival: Arrival[T]) -> int:
+        """The first window of ``arrival``'s history that must arrive before it is judged
+        (the history's first, or its run's first if later)."""
+        return max(self._history_from(arrival.index), arrival.run_first or 0)
+
+    def _complete(self, state: _Stream[T], arrival: Arrival[T]) -> bool:
+        statistics = state.statistics
+        return all(i in statistics for i in range(self._expected_from(arrival), arrival.index))
+
     def _ready(self, state: _Stream[T]) -> list[Judgement[T]]:
         judged = []
         for index in sorted(state.waiting):
-            complete = all(i in state.statistics for i in range(self._history_from(index), index))
-            if complete or state.newest - index >= self.patience:
+            arrival = state.waiting[index].arrival
+            if self._complete(state, arrival) or state.newest - index >= self.patience:
                 judged.append(self._judge(state, index))
         return judged
 
@@ -273,8 +296,8 @@ class Confirmer(Generic[T]):
         assert arrival.rule is not None  # checked by add
         first = self._history_from(index)
         known = [state.statistics[i] for i in range(first, index + 1) if i in state.statistics]
-        complete = len(known) == index - first + 1
-        if not complete and first < state.forgotten_below:
+        complete = self._complete(state, arrival)
+        if not complete and self._expected_from(arrival) < state.forgotten_below:
             # its history was forgotten (a redelivery long after): never a new alarm
             confirmed = False
         else:
@@ -378,6 +401,9 @@ class ResultConfirmation:
             item=result,
             partition=partition,
             offset=offset,
+            run_first=(
+                None if result.run_window_start is None else result.run_window_start // self.stride
+            ),
         )
         decided = [] if flagged else [result]
         return decided + [judged_result(j) for j in self.confirmer.add(arrival)]

@@ -11,7 +11,10 @@ The scheduler stage (``pipeline/scheduler.py``) is a thin Kafka/Celery shell aro
   whose ``job_id`` is :func:`~smap_bench.schema.deterministic_job_id` of (satellite,
   subsystem, loop, first record index) and whose model is the newest record's channel's.
   Its ``stages`` are the newest record's, stamped ``scheduler``: a window's latency is
-  measured from the production of the record that completed it.
+  measured from the production of the record that completed it. Its ``run_window_start``
+  is the first window of the stream's current run (since the loop began or a gap), so
+  the events stage's confirmation waits for no window before it (None in a run resumed
+  after a restart: its beginning was seen by the scheduler before).
 - **Offsets.** Kafka offsets may only be committed up to the oldest record that a future
   window still needs, or a restart would lose the records held in memory. For each stream
   the scheduler keeps the (loop, record_index, offset) of the records from the start of
@@ -180,6 +183,9 @@ class _Stream:
     #: Records from the next window's context on, oldest first (what a restart re-reads).
     held: deque[_Held] = field(default_factory=deque)
     run_start: int = 0
+    #: whether the current run began where this scheduler saw it begin (False: it was
+    #: resumed after a restart, and earlier windows of the run were formed before)
+    run_known: bool = True
     last_start: int | None = None  # start of the last window emitted in the current run
 
 
@@ -222,6 +228,8 @@ class WindowScheduler:
         #: and the (offset, record fingerprint) its first message must match for it to hold.
         self._sent_frontier: dict[PartitionKey, int] = {}
         self._resume_check: dict[PartitionKey, tuple[int, int]] = {}
+        #: Partitions a restarted scheduler resumes (a committed read position was given).
+        self._resumed: set[PartitionKey] = set()
 
     # --- input ------------------------------------------------------------------------
     def accept(self, value: bytes | str | None, position: Position) -> Outcome:
@@ -263,6 +271,7 @@ class WindowScheduler:
             return self._reject(describe(error))
 
         stream = self._stream(record, key)
+        first_of_stream = stream.buffer.loop is None
         pushed = stream.buffer.push(
             record.loop, record.record_index, record.features, record.timestamp
         )
@@ -270,6 +279,7 @@ class WindowScheduler:
             return self._reject(f"{pushed.rejected.value}: {_where(record)}")
         if pushed.new_loop or pushed.gap:
             stream.run_start = record.record_index
+            stream.run_known = not (first_of_stream and key in self._resumed)
             stream.last_start = None
             stream.held.clear()
         stream.held.append(_Held(record.loop, record.record_index, position.offset))
@@ -279,7 +289,7 @@ class WindowScheduler:
         if pushed.windows:
             window = pushed.windows[0]
             stream.last_start = window.first_record_index
-            task = self._task(record, window, model)
+            task = self._task(record, stream, window, model)
             if self._sent_before_restart(key, stream, window.first_record_index):
                 self.counts.already_sent += 1
                 task, already_sent = None, True
@@ -335,8 +345,12 @@ class WindowScheduler:
         frontier were dispatched before the restart and are not sent again. A partition
         whose first message is not the record committed as ``check`` at the read
         position (its log was reset, or another consumer moved on) keeps no frontier
-        (``counts.frontiers_dropped``); so does one whose check is missing."""
+        (``counts.frontiers_dropped``); so does one whose check is missing. Every
+        partition given resumes mid-run: the windows of the runs its streams resume in
+        do not say where those runs began (``run_window_start`` None)."""
         for key, (read, sent, check) in positions.items():
+            if key not in self._next_offset:
+                self._resumed.add(key)
             if read < sent and check is not None and key not in self._next_offset:
                 self._resume_check[key] = (read, check)
                 self._sent_frontier[key] = sent
@@ -452,7 +466,9 @@ class WindowScheduler:
         while held and held[0].record_index < first_needed:
             held.popleft()
 
-    def _task(self, record: SubsystemRecord, window: Window, model: str) -> InferenceTask:
+    def _task(
+        self, record: SubsystemRecord, stream: _Stream, window: Window, model: str
+    ) -> InferenceTask:
         # Built from validated records and a finite float32 window: no second validation
         # (the worker validates what it receives).
         return InferenceTask.model_construct(
@@ -468,6 +484,11 @@ class WindowScheduler:
             window_end=window.timestamps[-1],
             loop=window.loop,
             record_index_start=window.first_record_index,
+            run_window_start=(
+                next_grid_start(stream.run_start, self.stride, self.origin)
+                if stream.run_known
+                else None
+            ),
             channel=record.channel,
             stages=stamp(record.stages, STAGE),
         )

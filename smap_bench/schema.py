@@ -9,7 +9,8 @@
 
 Every seed field keeps its name and meaning. Fields the seed lacks but a stage needs
 (``job_id`` on results, ``channel``, ``loop`` and record indices for replay scoring,
-``stages`` for latency) are added, and unknown extra fields are kept (``extra="allow"``).
+``run_window_start`` for the confirmation, ``stages`` for latency) are added, and
+unknown extra fields are kept (``extra="allow"``).
 Timestamps are timezone-aware and written in ISO 8601 as the seed does
 (``2025-11-12T10:00:00+00:00``). ``stages`` maps a stage name (``simulator``, ``router``,
 ``scheduler``, ``worker`` ...) to the wall-clock time, in seconds since the epoch, at
@@ -98,6 +99,17 @@ def _check_matrix(name: str, rows: list[list[float]], n_rows: int | None) -> Non
     for i, row in enumerate(rows):
         if len(row) != NUM_FEATURES:
             raise ValueError(f"{name} row {i} has {len(row)} values, expected {NUM_FEATURES}")
+
+
+def _check_run_start(run_window_start: int | None, record_index_start: int | None) -> None:
+    if run_window_start is None:
+        return
+    if record_index_start is None:
+        raise ValueError("run_window_start needs record_index_start")
+    if run_window_start > record_index_start:
+        raise ValueError(
+            f"run_window_start {run_window_start} is after record_index_start {record_index_start}"
+        )
 
 
 class SubsystemReading(BaseModel):
@@ -198,12 +210,17 @@ class InferenceTask(Message):
     window_end: Timestamp
     loop: NonNegInt | None = None
     record_index_start: NonNegInt | None = None
+    #: the first record of the first window of the stream's current run (the records
+    #: since its loop began, or since a gap): no window of the loop between this run's
+    #: start and ``record_index_start`` is missing (None: not known, as after a restart)
+    run_window_start: NonNegInt | None = None
     channel: str | None = None
     stages: Stages | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         _check_matrix("input_data", self.input_data, None)
+        _check_run_start(self.run_window_start, self.record_index_start)
         if self.window_end < self.window_start:
             raise ValueError(
                 f"window_end {self.window_end.isoformat()} is before "
@@ -252,11 +269,14 @@ class InferenceResult(Message):
     detected_by: list[DetectorName] | None = None
     loop: NonNegInt | None = None
     record_index_start: NonNegInt | None = None
+    #: as the task's (:attr:`InferenceTask.run_window_start`), passed on by the worker
+    run_window_start: NonNegInt | None = None
     channel: str | None = None
     stages: Stages | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        _check_run_start(self.run_window_start, self.record_index_start)
         if len(self.anomaly_scores) != self.window_size:
             raise ValueError(
                 f"anomaly_scores has {len(self.anomaly_scores)} values, "

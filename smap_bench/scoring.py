@@ -451,6 +451,7 @@ def _score_group(
                 detected_by=detected_by,
                 loop=task.loop,
                 record_index_start=task.record_index_start,
+                run_window_start=task.run_window_start,
                 channel=task.channel,
                 stages=stamp(task.stages, STAGE),
                 feature_errors=errors[i].tolist(),

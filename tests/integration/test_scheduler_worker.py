@@ -285,6 +285,8 @@ def test_windows_are_scored_once_across_a_scheduler_restart(run: Run) -> None:
     for value, _ in results.messages:
         result = InferenceResult.model_validate_json(value)
         assert result.record_index_start == expected[result.job_id]
+        # the first scheduler saw the run begin; the restarted one resumed it mid-run
+        assert result.run_window_start == (0 if result.job_id in first_windows else None)
         assert result.model_name == "SMAP_T-1" and result.threshold == 0.5
         assert result.window_start_time == T0 + timedelta(seconds=expected[result.job_id])
         assert len(result.feature_errors) == 25 and len(result.reconstructions) == 30

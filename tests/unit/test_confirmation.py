@@ -39,7 +39,13 @@ def regime_statistics(seed: int = 0) -> np.ndarray:
     return stats
 
 
-def arrival(index: int, stats: np.ndarray, loop: int = 0, offset: int | None = None) -> Arrival:
+def arrival(
+    index: int,
+    stats: np.ndarray,
+    loop: int = 0,
+    offset: int | None = None,
+    run_first: int | None = None,
+) -> Arrival:
     flagged = bool(stats[index] > RULE.static)
     return Arrival(
         ("sat1", "EPS", loop),
@@ -50,13 +56,22 @@ def arrival(index: int, stats: np.ndarray, loop: int = 0, offset: int | None = N
         item=index,
         partition=(TOPIC, 0),
         offset=index if offset is None else offset,
+        run_first=run_first,
     )
 
 
-def run(confirmer: Confirmer, order: list[int], stats: np.ndarray) -> dict[int, Any]:
+def run(
+    confirmer: Confirmer,
+    order: list[int],
+    stats: np.ndarray,
+    run_first: Any = None,
+) -> dict[int, Any]:
+    """Add the windows in ``order``; ``run_first`` (a value, or a function of the index)
+    says where each one's run began."""
     decided = {}
     for index in order:
-        for judgement in confirmer.add(arrival(index, stats)):
+        first = run_first(index) if callable(run_first) else run_first
+        for judgement in confirmer.add(arrival(index, stats, run_first=first)):
             decided[judgement.item] = judgement
     return decided
 
@@ -155,6 +170,46 @@ def test_history_read_back_on_start_makes_the_judgements_complete() -> None:
     assert [(i, j.confirmed, j.complete) for i, j in decided.items()] == [(120, True, True)]
 
 
+def test_a_stream_that_joins_mid_loop_waits_for_no_window_before_its_run() -> None:
+    """Windows 40.. only, saying their run begins at 40: every flagged window is judged as
+    it comes, on a complete history, exactly as the offline rule judges the stream from
+    window 40 on. Without saying so, each waits until its patience runs out."""
+    stats = regime_statistics()
+    confirmer: Confirmer[int] = Confirmer(210, patience=5)
+    joined = list(range(40, len(stats)))
+    decided = run(confirmer, joined, stats, run_first=40)
+    expected = confirmed_flags(stats[40:], RULE)
+    flagged = [i for i in joined if stats[i] > RULE.static]
+    assert {i: j.confirmed for i, j in decided.items()} == {
+        i: bool(expected[i - 40]) for i in flagged
+    }
+    assert confirmer.counts.incomplete == 0 and confirmer.waiting == 0
+
+    unknown: Confirmer[int] = Confirmer(210, patience=5)
+    assert run(unknown, list(range(40, 125)), stats) == {}  # 120 waits for windows 0..39
+    assert [(i, j.complete) for i, j in run(unknown, [125], stats).items()] == [(120, False)]
+
+
+def test_after_a_gap_the_windows_of_the_new_run_wait_only_for_their_run() -> None:
+    """Windows 200..209 were never formed (a gap in the records): the run after it begins
+    at 210. Its flagged windows wait for the windows of their own run, out of order too,
+    and are judged on the windows before the gap as well."""
+    stats = regime_statistics()
+    confirmer: Confirmer[int] = Confirmer(210, patience=50)
+    before = list(range(200))
+    after = list(range(210, 360))
+    order, first = after[:], after[:40]
+    random.Random(1).shuffle(first)  # the new run's first results out of order
+    order[:40] = first
+    decided = run(confirmer, before, stats, run_first=0)
+    decided |= run(confirmer, order, stats, run_first=210)
+    assert confirmer.counts.incomplete == 0 and confirmer.waiting == 0
+    present = np.array(before + after)
+    for index in (i for i in after if stats[i] > RULE.static):
+        history = stats[present[(present <= index) & (present > index - 210)]]
+        assert decided[index].confirmed == RULE.confirms(history), index
+
+
 def test_a_flagged_window_needs_its_rule_and_a_finite_statistic() -> None:
     confirmer: Confirmer[int] = Confirmer(210)
     with pytest.raises(ValueError, match="rule"):
@@ -163,6 +218,8 @@ def test_a_flagged_window_needs_its_rule_and_a_finite_statistic() -> None:
         confirmer.add(Arrival(("s", "EPS", 0), 0, float("nan"), False, None, item=0))
     with pytest.raises(ValueError, match="negative"):
         confirmer.add(Arrival(("s", "EPS", 0), -1, 1.0, False, None, item=0))
+    with pytest.raises(ValueError, match="precede"):
+        confirmer.add(Arrival(("s", "EPS", 0), 3, 1.0, False, None, item=0, run_first=4))
 
 
 # -- inference results ----------------------------------------------------------------

@@ -73,14 +73,16 @@ def _frontier(main: FakeOffsets, sent: FakeOffsets, check: FakeOffsets) -> Any:
     return frontier
 
 
-def test_sent_frontier_reads_each_partition_once_and_needs_both_offsets() -> None:
+def test_sent_frontier_reads_each_partition_once_and_says_which_resume() -> None:
     a, b, c = ("telemetry.TCS.sat1", 0), ("telemetry.ACS.sat1", 0), ("telemetry.EPS.sat1", 0)
     frontier = _frontier(
         FakeOffsets({a: 50, b: 20, c: 7}), FakeOffsets({a: 120, c: 9}), FakeOffsets({a: 77})
     )
-    # b has no sent frontier: nothing to resume; c has no check: resumed without one
-    assert frontier.lookup({a, b, c}) == {a: (50, 120, 77), c: (7, 9, None)}
-    assert frontier.lookup({a, b, c}) == {}  # looked up once per process
+    # b has no sent frontier: resumed with nothing to drop; c has no check: resumed
+    # without one; d was never committed: not resumed
+    d = ("telemetry.COM.sat1", 0)
+    assert frontier.lookup({a, b, c, d}) == {a: (50, 120, 77), b: (20, 20, None), c: (7, 9, None)}
+    assert frontier.lookup({a, b, c, d}) == {}  # looked up once per process
 
 
 def test_sent_frontier_costs_only_the_frontier_when_the_broker_is_away() -> None:

@@ -149,6 +149,37 @@ def test_a_new_loop_starts_a_new_grid() -> None:
     assert tasks[-1].job_id == job_id(0, loop=2) != tasks[0].job_id
 
 
+def test_windows_say_where_their_run_began() -> None:
+    """The first window of the stream's current run: where it joined mid-loop, after a
+    gap, and in a new loop."""
+    scheduler = WindowScheduler(30, 10)
+    tasks = feed(scheduler, [*range(5, 47), *range(52, 100)])
+    tasks += feed(scheduler, range(3, 40), loop=2, first_offset=200)
+    assert [(t.loop, t.record_index_start, t.run_window_start) for t in tasks] == [
+        (1, 10, 10),
+        (1, 60, 60),
+        (1, 70, 60),
+        (2, 10, 10),
+    ]
+
+
+def test_a_resumed_run_does_not_say_where_it_began_until_a_new_run() -> None:
+    """After a restart the scheduler re-reads a run it saw begin before: its windows leave
+    the start unknown (the confirmation then waits for the whole history), and a later
+    gap or loop starts a run it sees begin."""
+    scheduler = WindowScheduler(30, 10)
+    scheduler.resume({(TOPIC, 0): (40, 40, None)})
+    tasks = feed(scheduler, [*range(40, 80), *range(85, 125)], first_offset=40)
+    assert [(t.record_index_start, t.run_window_start) for t in tasks] == [
+        (40, None),
+        (50, None),
+        (90, 90),
+    ]
+    other = WindowScheduler(30, 10)  # a partition not resumed: its runs begin where seen
+    other.resume({("telemetry.EPS.sat7", 0): (40, 40, None)})
+    assert [t.run_window_start for t in feed(other, range(40, 80), first_offset=40)] == [40, 40]
+
+
 def test_next_grid_start() -> None:
     assert [next_grid_start(i, 10) for i in (0, 1, 9, 10, 11, 23)] == [0, 10, 10, 10, 20, 30]
     assert next_grid_start(7, 5, origin=2) == 7 and next_grid_start(8, 5, origin=2) == 12

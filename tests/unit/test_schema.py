@@ -168,6 +168,15 @@ def test_detected_by_must_fit_the_decision() -> None:
     assert "detected_by.0" in _error(InferenceResult, flagged | {"detected_by": ["Bad Name"]})
 
 
+@pytest.mark.parametrize("model, make", [(InferenceTask, task), (InferenceResult, result)])
+def test_a_run_begins_at_or_before_its_window(model: type[BaseModel], make: Any) -> None:
+    placed = make() | {"loop": 1, "record_index_start": 40}
+    assert model.model_validate(placed | {"run_window_start": 40}).run_window_start == 40
+    assert model.model_validate(placed).run_window_start is None  # not known
+    assert "is after record_index_start 40" in _error(model, placed | {"run_window_start": 50})
+    assert "needs record_index_start" in _error(model, make() | {"run_window_start": 0})
+
+
 def test_window_size_is_not_fixed_at_30() -> None:
     assert InferenceTask.model_validate(task(rows=10)).window_size == 10
     assert InferenceResult.model_validate(result(window=10)).window_size == 10

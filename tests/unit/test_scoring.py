@@ -72,6 +72,7 @@ def make_task(start: int, model: str = "SMAP_T-1", seed: int = 0, rows: int = 30
         window_end=T0 + timedelta(seconds=start + rows - 1),
         loop=1,
         record_index_start=start,
+        run_window_start=0,
         channel=model.removeprefix("SMAP_"),
         stages={"simulator": 100.0, "scheduler": 101.0},
     )
@@ -182,6 +183,7 @@ def test_score_tasks_gives_one_full_result_per_window(repository: Path) -> None:
             task.record_index_start,
             "T-1",
         )
+        assert result.run_window_start == task.run_window_start == 0
         assert result.window_start_time == task.window_start
         assert result.window_end_time == task.window_end
         assert result.service == "inference-worker" and result.status == "success"
