@@ -1,11 +1,15 @@
-"""Anomaly events: inference results in, anomaly events and their alarms in PostgreSQL.
+"""Anomaly events: inference results in, anomaly events and their alarms in PostgreSQL,
+the served decision on every window in VictoriaMetrics.
 
 Consumes ``settings.topic_results`` (group ``events``), keeps the anomalous windows and
 turns each stream's consecutive ones into events (:mod:`smap_bench.anomaly_events`),
 written idempotently in one transaction per Kafka batch
-(:class:`smap_bench.event_store.EventStore`); offsets are committed after the
-transaction, and a redelivered window changes nothing. A new event gets an
-``alarm_history`` row ('open'). Bad results go to the dead-letter topic.
+(:class:`smap_bench.event_store.EventStore`). A new event gets an ``alarm_history`` row
+('open'). Every window it decides, normal or not, is then written to VictoriaMetrics as
+``anomaly_alarm`` 0/1 at the window's end (what the dashboard's grid and timelines
+show). Offsets are committed after both writes (each retried while its service is
+unreachable), and a redelivered window changes nothing. Bad results go to the
+dead-letter topic.
 
 Under the confirmed decision rule (``SMAP_DECISION_RULE=confirmed``, served), a window
 that TranAD's score flags joins an event only when the stream rule confirms it against
@@ -35,6 +39,7 @@ from smap_bench.config import Settings, get_settings
 from smap_bench.confirmation import Confirmer, RepositoryRules, ResultConfirmation
 from smap_bench.event_store import EventsHandler, EventStore
 from smap_bench.kafka import consumer_config
+from smap_bench.metrics import VictoriaMetrics
 from smap_bench.model.stream_rule import StreamRuleConfig
 from smap_bench.schema import InferenceResult, decode
 from smap_bench.stage import (
@@ -200,7 +205,10 @@ def run(
             read,
             time.monotonic() - started,
         )
-    with EventStore(settings.postgres_dsn, actor=STAGE, gap=settings.event_gap) as store:
+    with (
+        EventStore(settings.postgres_dsn, actor=STAGE, gap=settings.event_gap) as store,
+        VictoriaMetrics(settings.victoria_url) as victoria,
+    ):
         handler = EventsHandler(
             store.apply,
             metrics,
@@ -209,12 +217,14 @@ def run(
             should_stop=lambda: stop.stopped,
             sleep=stop.event.wait,
             confirmation=confirmation,
+            write=victoria.import_prometheus,
         )
         log.info(
-            "%s: group %s, %s -> PostgreSQL, rule %s, metrics on %s",
+            "%s: group %s, %s -> PostgreSQL + %s, rule %s, metrics on %s",
             STAGE,
             group,
             settings.topic_results,
+            settings.victoria_url,
             settings.decision_rule,
             port or "-",
         )
@@ -235,8 +245,8 @@ def run(
             )
         except Stopped as error:
             log.warning(
-                "%s: stopped while PostgreSQL was unreachable; the unapplied batch was not"
-                " committed and will be read again: %s",
+                "%s: stopped while PostgreSQL or VictoriaMetrics was unreachable; the"
+                " unwritten batch was not committed and will be read again: %s",
                 STAGE,
                 error,
             )
@@ -244,7 +254,7 @@ def run(
             totals = handler.totals
             log.info(
                 "%s: received %d, rejected %d, retried %d; events created %d, extended %d,"
-                " merged %d; windows already applied %d",
+                " merged %d; windows already applied %d; alarm samples written %d",
                 STAGE,
                 metrics.counts["received"],
                 metrics.counts["rejected"],
@@ -253,6 +263,7 @@ def run(
                 totals.extended,
                 totals.merged,
                 totals.unchanged,
+                handler.alarms_written,
             )
     return handler
 
@@ -272,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # httpx logs every request at INFO: a line per VictoriaMetrics write (one per batch).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     run(
         get_settings(),
         group=args.group,

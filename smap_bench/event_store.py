@@ -11,8 +11,14 @@ history of the event it joined. Re-applying a batch changes nothing, so the stag
 commit its Kafka offsets after the transaction and be redelivered freely.
 
 :class:`EventsHandler` is the ``handle`` of :func:`smap_bench.stage.run_kafka_stage` for
-``pipeline/events.py``: validate results, dead-letter the bad ones, keep the anomalous
-windows, apply them (retrying while PostgreSQL is unreachable).
+``pipeline/events.py``: validate results, dead-letter the bad ones, decide each window
+(under the confirmed rule, once its history has arrived), apply the anomalous ones, then
+write every decided window's ``anomaly_alarm`` sample (0/1,
+:func:`smap_bench.metrics.alarm_lines`) to VictoriaMetrics, the served decision the
+dashboard shows. Both writes are retried while their service is unreachable and both
+are done before ``handle`` (or ``tick``) returns, so the Kafka offsets are committed
+only after both; on a redelivery both rewrite what they wrote (same events, same
+samples at the same timestamps).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from confluent_kafka import TopicPartition
@@ -39,7 +45,7 @@ from smap_bench.anomaly_events import (
     span_of,
 )
 from smap_bench.confirmation import ResultConfirmation
-from smap_bench.metrics import ORIGIN_STAGE
+from smap_bench.metrics import ORIGIN_STAGE, alarm_lines
 from smap_bench.schema import DETECTORS, InferenceResult, decode, describe, encode
 from smap_bench.stage import StageMetrics
 from smap_bench.writing import DeadLetterSink, KafkaMessage, call_with_retry
@@ -258,12 +264,23 @@ class EventStore:
             return [_event(row) for row in cur.fetchall()]
 
 
+class Decided(NamedTuple):
+    """The windows a batch (or a tick) decided, bad ones dead-lettered and left out."""
+
+    results: list[InferenceResult]  #: every decided window with its final verdict
+    spans: list[WindowSpan]  #: the anomalous ones, for the event table
+    origins: list[float]  #: production times of the anomalous ones (stage latency)
+
+
 class EventsHandler:
     """Handles one Kafka batch of results for the events stage (see module docstring).
 
-    Counts: ``received`` per message, ``produced`` per event created or extended,
-    ``rejected`` per dead letter, ``retried`` per failed database attempt, and the
-    stage latency (record produced -> event stored) per anomalous window.
+    ``apply`` stores anomalous windows (:meth:`EventStore.apply`); ``write`` sends the
+    decided windows' ``anomaly_alarm`` lines to VictoriaMetrics
+    (``VictoriaMetrics.import_prometheus``; None: none are written). Counts: ``received``
+    per message, ``produced`` per event created or extended, ``rejected`` per dead
+    letter, ``retried`` per failed database or VictoriaMetrics attempt, and the stage
+    latency (record produced -> event stored) per anomalous window.
     """
 
     def __init__(
@@ -278,8 +295,10 @@ class EventsHandler:
         clock: Callable[[], float] = time.time,
         max_backoff_s: float = 5.0,
         confirmation: ResultConfirmation | None = None,
+        write: Callable[[list[str]], object] | None = None,
     ) -> None:
         self._apply = apply
+        self._write = write
         self.confirmation = confirmation
         self.metrics = metrics
         self.dead_letter = dead_letter
@@ -290,12 +309,12 @@ class EventsHandler:
         self._max_backoff_s = max_backoff_s
         #: Totals of every apply so far.
         self.totals = ApplyCounts()
+        #: ``anomaly_alarm`` samples accepted by VictoriaMetrics so far.
+        self.alarms_written = 0
 
-    def spans(self, batch: Sequence[KafkaMessage]) -> tuple[list[WindowSpan], list[float]]:
-        """The anomalous windows of the batch and their production times; bad results
-        go to the dead-letter topic."""
-        spans: list[WindowSpan] = []
-        origins: list[float] = []
+    def decide(self, batch: Sequence[KafkaMessage]) -> Decided:
+        """The windows the batch decided; bad results go to the dead-letter topic."""
+        decided = Decided([], [], [])
         for message in batch:
             self.metrics.received()
             value = message.value()
@@ -303,21 +322,33 @@ class EventsHandler:
                 if value is None:
                     raise ValueError("message has no value")
                 result = decode(InferenceResult, value)
-                decided = self._decide(result, message)
+                items = self._decide(result, message)
             except (ValidationError, ValueError) as error:
                 self._position(message)
                 self.dead_letter.send(value, describe(error), message)
                 continue
-            for item in decided:
+            for item in items:
                 # an earlier message's window, let be judged by this one, is refused as itself
                 own = item is result
-                span = self._span(item, value if own else None, message if own else None)
-                if span is not None:
-                    spans.append(span)
-                    origin = (item.stages or {}).get(ORIGIN_STAGE)
-                    if origin is not None:
-                        origins.append(origin)
-        return spans, origins
+                self._add(decided, item, value if own else None, message if own else None)
+        return decided
+
+    def _add(
+        self, decided: Decided, result: InferenceResult, value: bytes | None, source: Any
+    ) -> None:
+        """Add a decided window to ``decided``; an anomalous one that cannot be placed is
+        dead-lettered instead (no event, so no alarm either)."""
+        try:
+            span = span_of(result, self.stride)
+        except ValueError as error:
+            self.dead_letter.send(value or encode(result), describe(error), source)
+            return
+        decided.results.append(result)
+        if span is not None:
+            decided.spans.append(span)
+            origin = (result.stages or {}).get(ORIGIN_STAGE)
+            if origin is not None:
+                decided.origins.append(origin)
 
     def _position(self, message: KafkaMessage) -> tuple[tuple[str, int], int] | None:
         """The message's Kafka position, noted by the confirmation (None: not known)."""
@@ -339,24 +370,13 @@ class EventsHandler:
         return self.confirmation.offer(result, partition, offset)
 
     def tick(self) -> None:
-        """After every poll: apply the windows whose patience ran out."""
+        """After every poll: store and write the windows whose patience ran out."""
         if self.confirmation is None:
             return
-        decided = self.confirmation.expire()
-        spans = [span for span in (self._span(item) for item in decided) if span is not None]
-        if spans:
-            self._store(spans, [])
-
-    def _span(
-        self, result: InferenceResult, value: bytes | None = None, source: Any = None
-    ) -> WindowSpan | None:
-        """The result's span (None: normal); one that cannot be placed is dead-lettered
-        as ``value`` from ``source`` (default: the result itself, re-encoded)."""
-        try:
-            return span_of(result, self.stride)
-        except ValueError as error:
-            self.dead_letter.send(value or encode(result), describe(error), source)
-            return None
+        decided = Decided([], [], [])
+        for item in self.confirmation.expire():
+            self._add(decided, item, None, None)
+        self._store(decided, with_latency=False)
 
     def commit_offsets(self) -> list[TopicPartition]:
         """Per partition, where a restart must read from (waiting windows held back)."""
@@ -368,11 +388,27 @@ class EventsHandler:
         ]
 
     def handle(self, batch: Sequence[KafkaMessage]) -> None:
-        spans, origins = self.spans(batch)
-        if spans:
-            self._store(spans, origins)
+        """Decide, store and write the batch; returns once PostgreSQL and VictoriaMetrics
+        have both taken it."""
+        self._store(self.decide(batch))
 
-    def _store(self, spans: list[WindowSpan], origins: list[float]) -> None:
+    def _store(self, decided: Decided, with_latency: bool = True) -> None:
+        """Apply the anomalous windows, then write every decided window's alarm sample."""
+        if decided.spans:
+            self._apply_spans(decided.spans, decided.origins if with_latency else [])
+        if decided.results and self._write is not None:
+            lines = alarm_lines(decided.results)
+            call_with_retry(
+                self._write,
+                lines,
+                on_retry=self._on_write_retry,
+                should_stop=self._should_stop,
+                sleep=self._sleep,
+                max_backoff_s=self._max_backoff_s,
+            )
+            self.alarms_written += len(lines)
+
+    def _apply_spans(self, spans: list[WindowSpan], origins: list[float]) -> None:
         counts = call_with_retry(
             self._apply,
             spans,
@@ -400,3 +436,7 @@ class EventsHandler:
     def _on_retry(self, error: BaseException) -> None:
         self.metrics.retried()
         log.warning("events: PostgreSQL write failed, retrying: %s", error)
+
+    def _on_write_retry(self, error: BaseException) -> None:
+        self.metrics.retried()
+        log.warning("events: VictoriaMetrics write failed, retrying: %s", error)

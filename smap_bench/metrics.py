@@ -2,8 +2,9 @@
 
 The writer turns messages into samples with :func:`telemetry_lines`, :func:`result_lines`
 and :func:`latency_lines` and sends them in batches with
-:meth:`VictoriaMetrics.import_prometheus`; benchmarks, the API and tests read them back
-with :meth:`VictoriaMetrics.query_range` or :meth:`VictoriaMetrics.export`.
+:meth:`VictoriaMetrics.import_prometheus`; the events stage writes its decisions with
+:func:`alarm_lines`; benchmarks, the API and tests read them back with
+:meth:`VictoriaMetrics.query_range` or :meth:`VictoriaMetrics.export`.
 
 Metric schema: the seed's names (design document 5.3), with no unbounded label and
 every sample at its record's own timestamp, so that each metric of a stream is one
@@ -28,7 +29,15 @@ metric                              labels                                      
 ``inference_context_hold``          satellite_id, subsystem, model_name          window end
 ``inference_context_hold_threshold``  satellite_id, subsystem, model_name        window end
 ``smap_e2e_latency_seconds``        satellite_id, subsystem, stage               window end
+``anomaly_alarm``                   satellite_id, subsystem, model_name          window end
 ==================================  ===========================================  =========
+
+``inference_anomaly_detected`` is the worker's verdict on a window (written by the
+writer); ``anomaly_alarm`` is the served decision on it (written by the events stage once
+it decided the window, :func:`alarm_lines`): under the confirmed rule a window that
+TranAD's score flagged is 1 only when the stream rule confirmed it, so the windows at 1
+are those of the anomaly events in PostgreSQL. The dashboard's fleet grid and stream
+timelines read ``anomaly_alarm``; the labeled replay benchmark reads the worker's verdicts.
 
 Departures from the seed: ``job_id`` is never a label (it stays in Kafka and
 PostgreSQL), and ``timestep`` is not a label either: the per-timestep metrics
@@ -42,13 +51,13 @@ samples. So every record has exactly one score, the one the offline evaluation g
 it, overlapping windows never overwrite each other with different values, and a result
 costs about a third of the lines. A redelivered result rewrites identical samples;
 VictoriaMetrics keeps one of them only when run with ``-dedup.minScrapeInterval=1ms``
-(without it, a raw export lists both). ``inference_threshold`` and
-``smap_e2e_latency_seconds`` are additions; ``model_name`` is fixed per stream, so it
-adds no series.
+(without it, a raw export lists both). ``inference_threshold``,
+``smap_e2e_latency_seconds`` and ``anomaly_alarm`` are additions; ``model_name`` is fixed
+per stream, so it adds no series.
 
 Series per satellite (:func:`series_per_satellite`): telemetry 7 x 25 + 2 = 177,
-inference 7 x (25 + 11) = 252, latency 7 x 4 (router, scheduler, worker, writer) = 28;
-457 in all (2,285 for 5 satellites, 457,000 for 1,000).
+inference 7 x (25 + 11) = 252, latency 7 x 4 (router, scheduler, worker, writer) = 28,
+alarm 7; 464 in all (2,320 for 5 satellites, 464,000 for 1,000).
 
 Per-timestep timestamps: a result carries only ``window_start_time`` and
 ``window_end_time``; timestep ``i`` of ``n`` is placed at
@@ -113,6 +122,7 @@ def series_per_satellite(
         # hold and hold threshold
         "inference": n_subsystems * (n_features + 11),
         "latency": n_subsystems * n_latency_stages,
+        "alarm": n_subsystems,  # anomaly_alarm, written by the events stage
     }
     counts["total"] = sum(counts.values())
     return counts
@@ -267,6 +277,18 @@ def result_lines(result: InferenceResult, stride: int) -> list[str]:
     all_prefixes = prefixes * len(offsets)
     texts = number_texts(values)
     lines += [f"{p}{v}{t}" for p, v, t in zip(all_prefixes, texts, stamps, strict=True)]
+    return lines
+
+
+def alarm_lines(results: Iterable[InferenceResult]) -> list[str]:
+    """``anomaly_alarm`` (0/1) of each decided window, at its ``window_end_time``: the
+    served decision (the result's final ``is_anomaly``), on the same series labels and
+    timestamp as the worker's ``inference_anomaly_detected`` of :func:`result_lines`."""
+    lines = []
+    for result in results:
+        labels = _inference_labels(result.satellite_id, result.subsystem.value, result.model_name)
+        end = timestep_times_ms(result.window_start_time, result.window_end_time, 1)[-1]
+        lines.append(f"anomaly_alarm{{{labels}}} {1 if result.is_anomaly else 0} {end}")
     return lines
 
 

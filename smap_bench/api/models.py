@@ -178,7 +178,9 @@ class StreamLatest(BaseModel):
     satellite_id: str
     subsystem: Subsystem
     last_time: datetime | None = Field(description="Record time of the newest telemetry sample")
-    detected: float | None = Field(description="Latest window flagged (1) or not (0)")
+    detected: float | None = Field(
+        description="Latest decided window anomalous (1) or not (0): the served decision"
+    )
     detected_time: datetime | None = Field(description="End of that window (record time)")
 
 

@@ -53,7 +53,7 @@ METRIC_OF: dict[SeriesKind, str] = {
     SeriesKind.SCORES: "inference_anomaly_score",
     SeriesKind.THRESHOLDS: "inference_threshold",
     SeriesKind.RECONSTRUCTIONS: "inference_reconstruction",
-    SeriesKind.DETECTIONS: "inference_anomaly_detected",
+    SeriesKind.DETECTIONS: "anomaly_alarm",  # the served decision, not the worker's verdict
     SeriesKind.RECORD_INDEX: "record_index",
 }
 

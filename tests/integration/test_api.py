@@ -512,7 +512,11 @@ def test_a_stream_view_and_the_fleets_latest_read_back_what_victoria_holds(api: 
         lines.append(prometheus_line("inference_anomaly_score", labels, i / 40, ts))
         lines.append(prometheus_line("record_index", {"satellite_id": satellite}, 100 + i, ts))
         if i % 10 == 9:  # windows end every 10 records; the one ending at record 19 flagged
-            lines.append(prometheus_line("inference_anomaly_detected", labels, float(i == 19), ts))
+            lines.append(prometheus_line("anomaly_alarm", labels, float(i == 19), ts))
+            # the workers flagged the newest window too, which the events stage overruled:
+            # the API shows the served decision, not the worker's verdict
+            worker = float(i in (19, 39))
+            lines.append(prometheus_line("inference_anomaly_detected", labels, worker, ts))
             lines.append(prometheus_line("inference_threshold", labels, 0.5, ts))
     with VictoriaMetrics(api.settings.victoria_url) as victoria:
         victoria.import_prometheus(lines)
@@ -536,6 +540,8 @@ def test_a_stream_view_and_the_fleets_latest_read_back_what_victoria_holds(api: 
         assert [s["feature_index"] for s in body["telemetry"]] == [0, 3]
         assert body["record_index"][0]["values"] == [100.0 + i for i in range(40)]
         assert body["detections"][0]["values"] == [0.0, 1.0, 0.0, 0.0]
+        detections = client.get("/api/series/detections", params=params).json()["series"]
+        assert [s["values"] for s in detections] == [[0.0, 1.0, 0.0, 0.0]]
         # the heatmap: the newest flagged window (records 0..19 end at 19; 30 wide)
         assert body["heatmap_end"].startswith(
             datetime.fromtimestamp((base_ms + 19_500) / 1000, UTC).isoformat()[:19]

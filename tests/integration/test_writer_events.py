@@ -298,6 +298,22 @@ def test_writer_and_events_round_trip(isolated: Isolated) -> None:
         # The first event's errors come from window 20 only (window 10 had none).
         assert first_event["top_features"][0]["mse"] == pytest.approx(0.9)
         assert all(r["history"] == ["open"] for r in store_rows)
+        # The events stage writes its decision on every window it decided, normal ones too,
+        # on the worker's series labels and timestamps: every window here was confirmed.
+        alarm_match = f'anomaly_alarm{{satellite_id="{sat}"}}'
+        with VictoriaMetrics(s.victoria_url) as victoria:
+            alarms = wait_for(
+                "the events stage's decisions on the 5 windows",
+                lambda: complete(victoria, alarm_match, 1, len(windows)),
+            )
+        assert alarms[0].labels == {
+            "__name__": "anomaly_alarm",
+            "satellite_id": sat,
+            "subsystem": "EPS",
+            "model_name": "SMAP_E-1",
+        }
+        decided = samples_by_time(alarms)
+        assert decided == detected
 
         reasons = dead_letters(s, 2)
         assert sorted(d["stage"] for d in reasons) == ["events", "writer"]
@@ -312,7 +328,9 @@ def test_writer_and_events_round_trip(isolated: Isolated) -> None:
         assert event_rows(s, sat, 2) == store_rows
         with VictoriaMetrics(s.victoria_url) as victoria:
             again = samples_by_time(victoria.export(match))
+            alarms_again = samples_by_time(victoria.export(alarm_match))
         assert set(again) == set(by_time) and all(len(v) == 1 for v in again.values())
+        assert alarms_again == decided  # the same decisions, one value per window
         assert writer.counter("rejected") == 1 and events.counter("rejected") == 1
     finally:
         codes = {"writer": writer.stop(), "events": events.stop()}
@@ -609,6 +627,19 @@ def test_events_confirm_flagged_windows_in_order_across_a_restart(isolated: Isol
             f"{len(want)} confirmed events", lambda: event_rows(s, sat, len(want)), timeout=60
         )
         assert [(r["start"], r["end"]) for r in rows] == want
+        # Every window's served decision in VictoriaMetrics: the confirmed flags, not the
+        # workers' (most raised windows were flagged, few confirmed), across the restart.
+        first = t0.timestamp()
+        ends = {i: first + 10 * i + 29 for i in range(n)}  # the last ones after now
+        alarm_match = f'anomaly_alarm{{satellite_id="{sat}"}}'
+        with VictoriaMetrics(s.victoria_url) as victoria:
+
+            def all_decisions() -> list[Series] | None:
+                found = victoria.export(alarm_match, start=first, end=ends[n - 1] + 1)
+                return found if found and len(found[0].samples) >= n else None
+
+            alarms = wait_for(f"the decisions on all {n} windows", all_decisions, timeout=60)
+        assert samples_by_time(alarms) == {ends[i]: {float(expected[i])} for i in range(n)}
         metrics = httpx.get(f"http://127.0.0.1:{events.metrics_port}/metrics", timeout=2).text
         assert re.search(r"^smap_events_confirmation_incomplete_total 0\.0$", metrics, re.M)
         assert re.search(r"^smap_events_confirmation_waiting 0\.0$", metrics, re.M)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
 from smap_bench.anomaly_events import InMemoryEvents, WindowSpan
+from smap_bench.confirmation import Confirmer, ResultConfirmation
 from smap_bench.event_store import ApplyCounts, EventsHandler, retryable_db_error
+from smap_bench.metrics import timestamp_ms
+from smap_bench.model.stream_rule import StreamRule
 from smap_bench.schema import NUM_FEATURES, encode
 from smap_bench.stage import StageMetrics
 from smap_bench.writing import Stopped
@@ -137,3 +142,140 @@ def test_latency_is_observed_per_stored_window() -> None:
         "smap_stage_latency_seconds_sum", {"stage": "events"}
     )
     assert histogram == pytest.approx(0.5)
+
+
+# --- the served decision in VictoriaMetrics -------------------------------------------------
+
+
+class MemoryVictoria:
+    """Takes ``anomaly_alarm`` lines, refusing the first ``failures`` writes."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.written: list[list[str]] = []
+
+    def write(self, lines: list[str]) -> int:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise httpx.ConnectError("connection refused")
+        self.written.append(list(lines))
+        return len(lines)
+
+    def alarms(self) -> list[tuple[int, float]]:
+        """(timestamp ms, value) of every sample written, in order."""
+        samples = [line.rsplit(" ", 2) for batch in self.written for line in batch]
+        return [(int(ts), float(value)) for _, value, ts in samples]
+
+
+def end_ms(start: int) -> int:
+    """Timestamp of the window ``[start, start + 30)``'s per-window samples."""
+    return timestamp_ms(result(start).window_end_time)
+
+
+def test_every_decided_window_is_written_as_an_alarm_after_its_events() -> None:
+    store, victoria = MemoryStore(), MemoryVictoria()
+    order: list[str] = []
+
+    def apply(spans: list[WindowSpan]) -> ApplyCounts:
+        order.append("apply")
+        return store.apply(spans)
+
+    def write(lines: list[str]) -> int:
+        order.append("write")
+        return victoria.write(lines)
+
+    metrics = StageMetrics("events")
+    handler = EventsHandler(
+        apply, metrics, FakeDeadLetter(metrics), stride=10, sleep=lambda s: None, write=write
+    )
+    handler.handle([msg(0), msg(10, anomalous=True), msg(20)])
+    handler.handle([msg(30)])  # nothing anomalous: no apply, still written
+    assert order == ["apply", "write", "write"]
+    assert victoria.alarms() == [(end_ms(0), 0), (end_ms(10), 1), (end_ms(20), 0), (end_ms(30), 0)]
+    (first, *_) = victoria.written[0]
+    assert first.startswith('anomaly_alarm{satellite_id="sat1",subsystem="EPS",model_name=')
+    assert handler.alarms_written == 4
+
+
+def test_a_refused_result_is_no_alarm() -> None:
+    store, victoria = MemoryStore(), MemoryVictoria()
+    handler, dead = make_handler(store, write=victoria.write)
+    handler.handle([FakeMessage(TOPIC, b"[]"), msg(10, anomalous=True, threshold=None), msg(20)])
+    assert len(dead.sent) == 2
+    assert victoria.alarms() == [(end_ms(20), 0)]
+
+
+def test_an_unreachable_victoriametrics_is_retried_and_the_events_are_applied_once() -> None:
+    store, victoria = MemoryStore(), MemoryVictoria(failures=3)
+    handler, _ = make_handler(store, write=victoria.write)
+    handler.handle([msg(10, anomalous=True), msg(20)])
+    assert handler.metrics.counts["retried"] == 3
+    assert len(store.calls) == 1 and len(store.book.events) == 1
+    assert victoria.calls == 4
+    assert victoria.alarms() == [(end_ms(10), 1), (end_ms(20), 0)]
+
+
+def test_stopping_while_victoriametrics_is_down_raises_so_nothing_is_committed() -> None:
+    store, victoria = MemoryStore(), MemoryVictoria(failures=10**9)
+    handler, _ = make_handler(store, write=victoria.write, should_stop=lambda: victoria.calls >= 2)
+    with pytest.raises(Stopped):
+        handler.handle([msg(10, anomalous=True)])
+    assert victoria.written == [] and handler.alarms_written == 0
+    # the batch is read again: its event is already there, its alarm now written
+    handler._should_stop = lambda: False
+    victoria.failures = 0
+    handler.handle([msg(10, anomalous=True)])
+    assert handler.totals.unchanged == 1
+    assert victoria.alarms() == [(end_ms(10), 1)]
+
+
+def flagged(index: int, statistic: float, offset: int) -> FakeMessage:
+    """Window ``index``, flagged by the worker's score, statistic ``statistic``."""
+    body = result(index * 10, anomalous=True, scores=[statistic] * 30, detected_by=["model"])
+    return FakeMessage(TOPIC, encode(body), 0, offset)
+
+
+def normal(index: int, offset: int) -> FakeMessage:
+    return FakeMessage(TOPIC, encode(result(index * 10, scores=[1.0] * 30)), 0, offset)
+
+
+def confirming_handler(
+    store: MemoryStore, victoria: MemoryVictoria, clock: Any = time.monotonic
+) -> EventsHandler:
+    # history of 3 windows (under min_history): a flagged window is kept when above 1.5
+    confirmation = ResultConfirmation(
+        lambda name: StreamRule(floor=1.2, static=1.5), 10, Confirmer(3, clock=clock)
+    )
+    handler, _ = make_handler(store, write=victoria.write, confirmation=confirmation)
+    return handler
+
+
+def test_a_waiting_flagged_window_is_written_only_once_decided() -> None:
+    store, victoria = MemoryStore(), MemoryVictoria()
+    handler = confirming_handler(store, victoria)
+    # windows 2 and 3 wait for window 1; 2 is confirmed, 3 (flagged, 1.0) is not
+    handler.handle([normal(0, 0), flagged(2, 2.0, 1), flagged(3, 1.0, 2)])
+    assert victoria.alarms() == [(end_ms(0), 0)]
+    assert store.calls == []
+    handler.handle([normal(1, 3)])
+    assert victoria.alarms()[1:] == [(end_ms(10), 0), (end_ms(20), 1), (end_ms(30), 0)]
+    assert [(e.start_record_index, e.end_record_index) for e in store.book.events.values()] == [
+        (40, 49)
+    ]
+
+
+def test_a_window_whose_patience_ran_out_is_written_by_the_tick() -> None:
+    now = [0.0]
+    store, victoria = MemoryStore(), MemoryVictoria()
+    handler = confirming_handler(store, victoria, clock=lambda: now[0])
+    handler.handle([normal(0, 0), flagged(2, 2.0, 1)])  # window 1 never comes
+    handler.tick()
+    assert victoria.alarms() == [(end_ms(0), 0)]
+    now[0] = 11.0  # past the 10 s patience
+    handler.tick()
+    assert victoria.alarms() == [(end_ms(0), 0), (end_ms(20), 1)]
+    assert len(store.book.events) == 1
+    handler.tick()  # nothing left to decide: nothing written again
+    assert len(victoria.written) == 2

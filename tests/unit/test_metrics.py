@@ -9,6 +9,7 @@ import pytest
 
 from smap_bench.catalog import SUBSYSTEMS, Subsystem
 from smap_bench.metrics import (
+    alarm_lines,
     latency_lines,
     prometheus_line,
     responsible_offsets,
@@ -182,6 +183,47 @@ def test_timestep_times_spread_evenly_and_refuse_reversed_windows() -> None:
         result_lines(bad, stride=10)
 
 
+# --- alarms -------------------------------------------------------------------------------
+
+
+def test_alarm_lines_give_each_decided_window_its_verdict_on_the_workers_series() -> None:
+    flagged = result(10, anomalous=True, subsystem=Subsystem.TCS, model_name="SMAP_T-1")
+    # the worker flagged it, the events stage did not confirm it
+    overruled = result(20, anomalous=True).model_copy(
+        update={"is_anomaly": False, "detected_by": []}
+    )
+    decided = [flagged, result(0), overruled]
+    samples = [parse(line) for line in alarm_lines(decided)]
+    assert [(name, value, ts) for name, _, value, ts in samples] == [
+        ("anomaly_alarm", 1.0, ms(39)),
+        ("anomaly_alarm", 0.0, ms(29)),
+        ("anomaly_alarm", 0.0, ms(49)),
+    ]
+    assert samples[0][1] == {"satellite_id": "sat1", "subsystem": "TCS", "model_name": "SMAP_T-1"}
+    for item, (_, labels, _, ts) in zip(decided, samples, strict=True):
+        (worker,) = [
+            parse(line) for line in result_lines(item, 10) if "inference_anomaly_detected" in line
+        ]
+        assert (labels, ts) == (worker[1], worker[3])  # same stream labels, same timestamp
+    assert alarm_lines([]) == []
+
+
+def test_alarm_series_are_one_per_stream() -> None:
+    keys = {
+        series_key(line)
+        for sub in SUBSYSTEMS
+        for start in (0, 10, 500)
+        for line in alarm_lines([result(start, subsystem=sub, anomalous=start == 10)])
+    }
+    assert len(keys) == series_per_satellite()["alarm"] == 7
+
+
+def test_alarm_lines_refuse_reversed_windows() -> None:
+    bad = result(0).model_copy(update={"window_end_time": record_time(-5)})
+    with pytest.raises(ValueError, match="before window_start_time"):
+        alarm_lines([bad])
+
+
 # --- latency ------------------------------------------------------------------------------
 
 
@@ -203,7 +245,13 @@ def test_latency_lines_measure_each_known_stage_from_the_simulator() -> None:
 
 def test_series_count_per_satellite() -> None:
     counts = series_per_satellite()
-    assert counts == {"telemetry": 177, "inference": 252, "latency": 28, "total": 457}
+    assert counts == {
+        "telemetry": 177,
+        "inference": 252,
+        "latency": 28,
+        "alarm": 7,
+        "total": 464,
+    }
 
 
 def test_prometheus_line_still_refuses_non_finite_values() -> None:

@@ -116,12 +116,14 @@ async def latest(
         float, Query(ge=10, le=86_400, description="Look this far back from now (seconds)")
     ] = 21_600,
 ) -> Response:
-    """Every stream's newest telemetry sample and its latest window's detection (the
-    fleet grid's colours, and where a live timeline ends), from one instant query (three
-    parts) over the last ``lookback_s``. Record times are the simulated clock, which falls
-    behind the wall clock by every pause: hence the long default lookback. One answer
-    serves every caller for ``api_latest_max_age_ms`` (200 ms by default), however many
-    dashboard sessions poll it."""
+    """Every stream's newest telemetry sample and its latest decided window's served
+    decision (``anomaly_alarm``, written by the events stage: under the confirmed rule a
+    flagged window counts only once confirmed), the fleet grid's colours and where a live
+    timeline ends, from one instant query (three parts) over the last ``lookback_s``.
+    Record times are the simulated clock, which falls behind the wall clock by every
+    pause: hence the long default lookback. One answer serves every caller for
+    ``api_latest_max_age_ms`` (200 ms by default), however many dashboard sessions poll
+    it."""
 
     # The query looks back whole seconds: the answer says so, and is shared by that.
     window_s = round(lookback_s)
@@ -145,7 +147,7 @@ async def _read_latest(victoria: AsyncVictoria, window_s: int) -> list[StreamLat
     # The newest record of a satellite is the newest of each of its subsystems (a record
     # carries them all): one record_index series per satellite, not one per stream.
     records = f"record_index{{{sats}}}"
-    detections = f"inference_anomaly_detected{{{sats}}}"
+    detections = f"anomaly_alarm{{{sats}}}"  # the served decision (the events stage's)
     # One request, not three: each VictoriaMetrics round trip costs the API more CPU than
     # the answer's few dozen series. Each part is tagged with a label to tell them apart.
     parts = {

@@ -108,7 +108,8 @@ async def reconstructions(victoria: VictoriaAsyncDep, params: Params) -> SeriesP
 
 @router.get("/detections", response_model=SeriesPublic)
 async def detections(victoria: VictoriaAsyncDep, params: Params) -> SeriesPublic:
-    """Whether each window was anomalous, 0 or 1 (``inference_anomaly_detected``)."""
+    """Whether each window was decided anomalous, 0 or 1 (``anomaly_alarm``, the events
+    stage's served decision: under the confirmed rule, only confirmed windows are 1)."""
     return await read_series(victoria, SeriesKind.DETECTIONS, params)
 
 

@@ -55,6 +55,11 @@ def test_per_stream_kinds_ignore_features(kind: SeriesKind) -> None:
     assert selector == f'{METRIC_OF[kind]}{{satellite_id="sat2",subsystem="TCS"}}'
 
 
+def test_detections_are_the_served_decision_not_the_workers_verdict() -> None:
+    selector = series_selector(SeriesKind.DETECTIONS, "sat2", Subsystem.TCS)
+    assert selector == 'anomaly_alarm{satellite_id="sat2",subsystem="TCS"}'
+
+
 def test_the_record_index_is_the_satellites_whatever_the_subsystem() -> None:
     for subsystem in (Subsystem.ACS, Subsystem.TCS):
         assert (

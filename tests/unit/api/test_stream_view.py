@@ -53,7 +53,7 @@ def test_the_record_period_is_the_median_spacing() -> None:
 
 def test_the_heatmap_shows_the_newest_flagged_window_else_the_newest_window() -> None:
     scores = [series("inference_anomaly_score", [(T0 + i, 0.0) for i in range(100)])]
-    flagged = [series("inference_anomaly_detected", [(T0 + 39, 1.0), (T0 + 49, 1.0), (T0 + 59, 0)])]
+    flagged = [series("anomaly_alarm", [(T0 + 39, 1.0), (T0 + 49, 1.0), (T0 + 59, 0)])]
     assert heatmap_window(flagged, scores, 30) == window_around(T0 + 49, 30, 1.0)
     start, end = heatmap_window([], scores, 30) or (None, None)
     assert end == datetime.fromtimestamp(T0 + 99.5, UTC)
