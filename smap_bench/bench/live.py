@@ -13,6 +13,11 @@ and ``lost`` what was sent and neither reached the sink nor was dead-lettered wi
 reason (``windows_rejected``). The fleet replay that `make up` starts is paused for the
 run so that the counters move for this run alone; results of other satellites seen
 meanwhile are reported (``other_traffic_results``) and taken out of the arithmetic.
+
+Scoring. The headline scores the anomaly events PostgreSQL holds; ``window_verdicts``
+scores the workers' verdicts (``inference_anomaly_detected``, before the events stage's
+confirmation) and ``dashboard_alarms`` the decisions the dashboard shows
+(``anomaly_alarm``, written by the events stage), with the windows it lacks counted.
 """
 
 from __future__ import annotations
@@ -126,15 +131,21 @@ class StreamKey:
 
 
 def read_window_flags(
-    vm: VictoriaMetrics, prefix: str, start_time: datetime, window: int
+    vm: VictoriaMetrics,
+    prefix: str,
+    start_time: datetime,
+    window: int,
+    metric: str = "inference_anomaly_detected",
 ) -> dict[StreamKey, dict[int, bool]]:
-    """Window decisions of the run's satellites from VictoriaMetrics, keyed by window start.
+    """Window decisions of the run's satellites from VictoriaMetrics, keyed by window start:
+    the workers' verdicts (``inference_anomaly_detected``, the default) or the served
+    decisions the dashboard shows (``anomaly_alarm``, written by the events stage).
 
     A decision sample sits at its window's end time; with one simulated second per
     record from ``start_time``, the window's first record is ``t - start - (window - 1)``.
     """
     t0 = start_time.timestamp()
-    series = vm.export(f'inference_anomaly_detected{{satellite_id=~"{prefix}.*"}}')
+    series = vm.export(f'{metric}{{satellite_id=~"{prefix}.*"}}')
     flags: dict[StreamKey, dict[int, bool]] = defaultdict(dict)
     for item in series:
         key = StreamKey(item.labels["satellite_id"], item.labels["subsystem"])
@@ -331,11 +342,16 @@ class LabeledReplay:
                 live = self._wait_for_detections(vm, prefix, start_time, expected, report)
             self._wait_for_events(before, sum(len(flags) for flags in live.values()), report)
             elapsed = time.monotonic() - began
+            with VictoriaMetrics(settings.victoria_url) as vm:
+                shown = read_window_flags(
+                    vm, prefix, start_time, settings.window_size, metric="anomaly_alarm"
+                )
             after = pipeline_counters(settings)
             results = count_results(settings, began_wall, prefix)
             stored = read_event_ranges(settings, [sat.satellite_id for sat in plan.satellites])
 
         by_channel = {}
+        shown_by_channel = {}
         events_by_channel = {}
         streams = []
         for satellite in plan.satellites:
@@ -343,6 +359,7 @@ class LabeledReplay:
                 key = StreamKey(satellite.satellite_id, subsystem)
                 channel = satellite.channels[subsystem]
                 by_channel[channel] = live.get(key, {})
+                shown_by_channel[channel] = shown.get(key, {})
                 events_by_channel[channel] = stored.get(key, [])
                 flags, _ = record_flags_from_live(
                     by_channel[channel], lengths[channel], settings.window_size, settings.stride
@@ -365,6 +382,15 @@ class LabeledReplay:
                 )
         verdicts, missing = score_streams(
             by_channel, labels, lengths, settings.window_size, settings.stride, settings.event_gap
+        )
+        # what the dashboard's grid and timelines show: the events stage's decisions
+        alarms, alarms_missing = score_streams(
+            shown_by_channel,
+            labels,
+            lengths,
+            settings.window_size,
+            settings.stride,
+            settings.event_gap,
         )
         # the headline: the events operators get (after the events stage's confirmation);
         # beside it, the workers' window verdicts before it
@@ -390,6 +416,11 @@ class LabeledReplay:
             "window_verdicts": {
                 "event": verdicts["event"],
                 "per_channel": verdicts["per_channel"],
+            },
+            "dashboard_alarms": {
+                "event": alarms["event"],
+                "per_channel": alarms["per_channel"],
+                "windows_missing": alarms_missing,
             },
             "channels": len(lengths),
             "channel_names": sorted(lengths, key=catalog.channel_sort_key),

@@ -107,6 +107,16 @@ def summary_table(result: dict[str, Any]) -> Table:
                 f"{verdicts['precision']:.3f} / {verdicts['recall']:.3f} / {verdicts['f1']:.3f}",
             )
         )
+    shown = result.get("dashboard_alarms") or {}
+    if shown.get("event"):
+        alarms = shown["event"]
+        rows.append(
+            (
+                "dashboard's alarms P / R / F1 (missing)",
+                f"{alarms['precision']:.3f} / {alarms['recall']:.3f} / {alarms['f1']:.3f}"
+                f" ({shown.get('windows_missing', 0)})",
+            )
+        )
     rows += [
         (
             "point-adjusted F1 (random baseline)",

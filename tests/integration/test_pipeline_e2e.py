@@ -81,6 +81,9 @@ def test_live_and_offline_scores_agree(live_pipeline: Settings, replay: dict) ->
     assert abs(replay["event"]["f1"] - served["event"]["f1"]) <= 0.01
     assert counts(replay) == counts(served)
     assert counts(replay["window_verdicts"]) == counts(offline("static"))
+    # the dashboard shows the events stage's decisions: every window, scored as served
+    assert replay["dashboard_alarms"]["windows_missing"] == 0
+    assert counts(replay["dashboard_alarms"]) == counts(served)
 
 
 def test_telemetry_and_results_are_in_victoria_metrics(
