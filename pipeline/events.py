@@ -115,7 +115,8 @@ def read_back_history(
 
     Per partition it reads back :data:`READ_BACK_FIRST` results, then twice as many
     before those, and so on, until every stream it met reaches back as far as its newest
-    window's history, the partition's start is reached, :data:`READ_BACK_MAX` were read
+    window's history (or its run's first window, where the results say), the partition's
+    start is reached, :data:`READ_BACK_MAX` were read
     (other satellites' traffic can lie between a stream's windows) or ``timeout_s`` passed
     for that partition. A stream whose history is not all read back has its first windows
     judged on what was (counted as incomplete)."""

@@ -130,6 +130,8 @@ class _Stream(Generic[T]):
     newest: int = -1
     last_seen: float = 0.0
     forgotten_below: int = 0  #: statistics of windows below this index were dropped
+    #: the first window of the newest window's run, where known (what a read-back needs)
+    newest_run_first: int | None = None
 
 
 class Confirmer(Generic[T]):
@@ -162,12 +164,17 @@ class Confirmer(Generic[T]):
         """A message at ``offset`` of ``partition`` was read (whatever it held)."""
         self._read[partition] = max(self._read.get(partition, 0), offset + 1)
 
-    def remember(self, stream: StreamKey, index: int, statistic: float) -> None:
-        """History only: a window judged before the stage started (read back on start)."""
+    def remember(
+        self, stream: StreamKey, index: int, statistic: float, run_first: int | None = None
+    ) -> None:
+        """History only: a window judged before the stage started (read back on start),
+        with the first window of its run where known."""
         state = self._stream(stream)
         if state is not None:
             state.statistics.setdefault(index, float(statistic))
-            state.newest = max(state.newest, index)
+            if index >= state.newest:
+                state.newest = index
+                state.newest_run_first = run_first
             state.last_seen = self._clock()
 
     def add(self, arrival: Arrival[T]) -> list[Judgement[T]]:
@@ -228,13 +235,15 @@ class Confirmer(Generic[T]):
         return positions
 
     def reaches_back(self, stream: StreamKey) -> bool:
-        """Whether ``stream`` holds a window as old as its newest window's history reaches
-        (what a read-back needs before the windows after it are judged; windows missing
-        in between were dead-lettered or never formed, and reading further cannot help)."""
+        """Whether ``stream`` holds a window as old as its newest window's history reaches,
+        or as its run's first window (what a read-back needs before the windows after it
+        are judged; windows missing in between were dead-lettered or never formed, and
+        reading further cannot help)."""
         state = self._streams.get(stream)
         if state is None or not state.statistics:
             return False
-        return min(state.statistics) <= self._history_from(state.newest)
+        reach = max(self._history_from(state.newest), state.newest_run_first or 0)
+        return min(state.statistics) <= reach
 
     @property
     def waiting(self) -> int:
@@ -401,9 +410,7 @@ class ResultConfirmation:
             item=result,
             partition=partition,
             offset=offset,
-            run_first=(
-                None if result.run_window_start is None else result.run_window_start // self.stride
-            ),
+            run_first=self._run_first(result),
         )
         decided = [] if flagged else [result]
         return decided + [judged_result(j) for j in self.confirmer.add(arrival)]
@@ -419,9 +426,16 @@ class ResultConfirmation:
             return None
         stream = (result.satellite_id, result.subsystem.value, result.loop)
         self.confirmer.remember(
-            stream, result.record_index_start // self.stride, result.mean_anomaly_score
+            stream,
+            result.record_index_start // self.stride,
+            result.mean_anomaly_score,
+            self._run_first(result),
         )
         return stream
+
+    def _run_first(self, result: InferenceResult) -> int | None:
+        start = result.run_window_start
+        return None if start is None else start // self.stride
 
 
 def _detectors(result: InferenceResult) -> list[str]:

@@ -170,6 +170,22 @@ def test_history_read_back_on_start_makes_the_judgements_complete() -> None:
     assert [(i, j.confirmed, j.complete) for i, j in decided.items()] == [(120, True, True)]
 
 
+def test_a_read_back_reaches_far_enough_at_its_run_s_first_window() -> None:
+    """A stream that joined at window 40 reaches back far enough once window 40 is read
+    back; one whose results do not say where their run began needs window 0."""
+    stats = regime_statistics()
+    told: Confirmer[int] = Confirmer(210)
+    untold: Confirmer[int] = Confirmer(210)
+    stream = ("sat1", "EPS", 0)
+    for index in range(150, 40, -1):  # read back from the newest window down to 41
+        told.remember(stream, index, float(stats[index]), run_first=40)
+        untold.remember(stream, index, float(stats[index]))
+    assert not told.reaches_back(stream)
+    told.remember(stream, 40, float(stats[40]), run_first=40)
+    untold.remember(stream, 40, float(stats[40]))
+    assert told.reaches_back(stream) and not untold.reaches_back(stream)
+
+
 def test_a_stream_that_joins_mid_loop_waits_for_no_window_before_its_run() -> None:
     """Windows 40.. only, saying their run begins at 40: every flagged window is judged as
     it comes, on a complete history, exactly as the offline rule judges the stream from
