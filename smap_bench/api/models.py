@@ -235,7 +235,14 @@ class StreamViewPublic(BaseModel):
     telemetry: list[SeriesData]
     scores: list[SeriesData]
     thresholds: list[SeriesData]
-    detections: list[SeriesData]
+    detections: list[SeriesData] = Field(
+        description="The served decision per window (anomaly_alarm: confirmed windows are 1)"
+    )
+    verdicts: list[SeriesData] = Field(
+        default_factory=list,
+        description="The workers' verdict per window (inference_anomaly_detected, before"
+        " confirmation): a window 1 here and 0 in detections was flagged, not confirmed",
+    )
     record_index: list[SeriesData]
     events: list[EventPublic] = Field(description="The stream's events starting up to 1 h before")
     heatmap_start: datetime | None

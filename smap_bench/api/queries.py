@@ -44,6 +44,7 @@ class SeriesKind(StrEnum):
     THRESHOLDS = "thresholds"
     RECONSTRUCTIONS = "reconstructions"
     DETECTIONS = "detections"
+    VERDICTS = "verdicts"
     RECORD_INDEX = "record_index"
 
 
@@ -54,6 +55,7 @@ METRIC_OF: dict[SeriesKind, str] = {
     SeriesKind.THRESHOLDS: "inference_threshold",
     SeriesKind.RECONSTRUCTIONS: "inference_reconstruction",
     SeriesKind.DETECTIONS: "anomaly_alarm",  # the served decision, not the worker's verdict
+    SeriesKind.VERDICTS: "inference_anomaly_detected",  # the worker's, before confirmation
     SeriesKind.RECORD_INDEX: "record_index",
 }
 

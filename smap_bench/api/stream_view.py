@@ -1,10 +1,10 @@
 """One stream's view in one answer: what a dashboard refresh of the timeline and the
 heatmap needs, read with two VictoriaMetrics requests and one PostgreSQL query.
 
-The timeline (telemetry of the chosen features, anomaly score, threshold, detections
-and the satellite's record index, for the labeled ranges) is one ``/api/v1/export``
-with a ``match[]`` per metric; the heatmap (every feature's telemetry and
-reconstruction over one window or event) is a second. Without an explicit heatmap
+The timeline (telemetry of the chosen features, anomaly score, threshold, detections,
+the workers' verdicts and the satellite's record index, for the labeled ranges) is one
+``/api/v1/export`` with a ``match[]`` per metric; the heatmap (every feature's telemetry
+and reconstruction over one window or event) is a second. Without an explicit heatmap
 range the window is chosen from the timeline just read: the newest flagged window,
 else the newest window (:func:`heatmap_window`, the dashboard's own rule).
 """
@@ -25,6 +25,7 @@ TIMELINE_KINDS: tuple[SeriesKind, ...] = (
     SeriesKind.SCORES,
     SeriesKind.THRESHOLDS,
     SeriesKind.DETECTIONS,
+    SeriesKind.VERDICTS,
     SeriesKind.RECORD_INDEX,
 )
 #: Heatmap kinds (all features of each).

@@ -23,12 +23,13 @@ from smap_bench.config import Settings
 from smap_bench.dashboard import frames
 
 #: Series kinds the dashboard reads (``smap_bench.api.queries.SeriesKind`` values).
-TELEMETRY, SCORES, THRESHOLDS, RECONSTRUCTIONS, DETECTIONS, RECORD_INDEX = (
+TELEMETRY, SCORES, THRESHOLDS, RECONSTRUCTIONS, DETECTIONS, VERDICTS, RECORD_INDEX = (
     "telemetry",
     "scores",
     "thresholds",
     "reconstructions",
-    "detections",
+    "detections",  # the served decision per window (anomaly_alarm)
+    "verdicts",  # the workers' verdict per window, before confirmation
     "record_index",
 )
 #: Satellite ids the API serves series for; other rows of the fleet tables are left out.
@@ -45,6 +46,7 @@ VIEW_SERIES = {
     "scores": "scores",
     "thresholds": "thresholds",
     "detections": "detections",
+    "verdicts": "verdicts",
     "record_index": "record_index",
     "heat_input": "heat_input",
     "heat_output": "heat_output",
@@ -109,11 +111,12 @@ class DashboardApi(Protocol):
         held_heatmap: tuple[datetime, datetime] | None = None,
     ) -> dict[str, Any]:
         """A stream's timeline and heatmap in one call: frames ``telemetry``, ``scores``,
-        ``thresholds``, ``detections``, ``record_index``, ``stream_events``, ``heat_input``,
-        ``heat_output``, and ``heatmap`` (the range shown, or None). Without ``heatmap``
-        the newest flagged window (else the newest window) is shown. ``held_heatmap``:
-        the range whose heatmap the caller holds; when the range shown is that one,
-        ``heat_input`` and ``heat_output`` are None (not sent again)."""
+        ``thresholds``, ``detections``, ``verdicts`` (empty from an API without them),
+        ``record_index``, ``stream_events``, ``heat_input``, ``heat_output``, and
+        ``heatmap`` (the range shown, or None). Without ``heatmap`` the newest flagged
+        window (else the newest window) is shown. ``held_heatmap``: the range whose
+        heatmap the caller holds; when the range shown is that one, ``heat_input`` and
+        ``heat_output`` are None (not sent again)."""
         ...
 
     def events(

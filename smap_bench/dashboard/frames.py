@@ -205,20 +205,58 @@ def detected_spans(detections: pd.DataFrame, stride: int, period_s: float) -> pd
     is ``[end - stride * period, end]``, half a period wider on each side so that a
     single record shows as a visible band.
     """
+    flagged = detections.loc[detections["value"] > 0.5, "time"]
+    return _window_spans(flagged, stride, period_s, "detected", "detected window")
+
+
+def unconfirmed_windows(verdicts: pd.DataFrame, detections: pd.DataFrame) -> pd.Series:
+    """End times of the windows the workers flagged (``verdicts``, the workers' 0/1 per
+    window) that the served decision (``detections``) kept as normal, in order.
+
+    A window is matched by its end time, where both series have their sample. A flagged
+    window with no decision yet (the events stage still waits on its history) is not
+    among them: it may yet be confirmed.
+    """
+    flagged = verdicts.loc[verdicts["value"] > 0.5, "time"]
+    if flagged.empty or detections.empty:
+        return pd.Series([], dtype="datetime64[ns, UTC]", name="time")
+    decided = detections.groupby("time")["value"].max()
+    normal = decided.index[decided.to_numpy(dtype="float64") <= 0.5]
+    kept = flagged[flagged.isin(normal)].drop_duplicates().sort_values()
+    return kept.reset_index(drop=True).astype("datetime64[ns, UTC]")
+
+
+def unconfirmed_spans(
+    verdicts: pd.DataFrame, detections: pd.DataFrame, stride: int, period_s: float
+) -> pd.DataFrame:
+    """Time spans of the windows the workers flagged that the confirmation did not keep
+    (:func:`unconfirmed_windows`), merged, each as wide as a detected window's span."""
+    return _window_spans(
+        unconfirmed_windows(verdicts, detections),
+        stride,
+        period_s,
+        "unconfirmed",
+        "flagged, not confirmed",
+    )
+
+
+def _window_spans(
+    window_ends: pd.Series, stride: int, period_s: float, kind: str, label: str
+) -> pd.DataFrame:
+    """The merged spans of the windows ending at ``window_ends`` (see detected_spans)."""
     if stride < 1:
         raise ValueError(f"stride must be at least 1, got {stride}")
-    flagged = detections.loc[detections["value"] > 0.5, "time"]
-    if flagged.empty:
+    if window_ends.empty:
         return empty_spans()
     half = pd.Timedelta(seconds=period_s / 2)
     reach = pd.Timedelta(seconds=period_s * (stride - 1))
-    merged = merge_spans((t - reach - half, t + half) for t in flagged)
+    merged = merge_spans((t - reach - half, t + half) for t in window_ends)
     return pd.DataFrame(
         {
             "start": pd.Series([s for s, _ in merged], dtype="datetime64[ns, UTC]"),
             "end": pd.Series([e for _, e in merged], dtype="datetime64[ns, UTC]"),
-            "kind": "detected",
-            "label": "detected window",
+            "kind": kind,
+            "label": label,
         }
     )
 

@@ -42,6 +42,7 @@ STREAM_SERIES: tuple[str, ...] = (
     "scores",
     "thresholds",
     "detections",
+    "verdicts",
     "record_index",
     "heat_input",
     "heat_output",
@@ -143,7 +144,13 @@ class DashboardStore(pn.viewable.Viewer):
     telemetry = param.DataFrame(default=frames.empty_series())
     scores = param.DataFrame(default=frames.empty_series())
     thresholds = param.DataFrame(default=frames.empty_series())
-    detections = param.DataFrame(default=frames.empty_series())
+    detections = param.DataFrame(
+        default=frames.empty_series(), doc="The served decision per window (anomaly_alarm)"
+    )
+    verdicts = param.DataFrame(
+        default=frames.empty_series(),
+        doc="The workers' verdict per window, before the events stage's confirmation",
+    )
     record_index = param.DataFrame(default=frames.empty_series())
     stream_events = param.DataFrame(default=frames.empty_events())
     heat_input = param.DataFrame(default=frames.empty_series())
@@ -248,12 +255,15 @@ class DashboardStore(pn.viewable.Viewer):
         period: float = self._memo("period", (source,), (), lambda: frames.record_period_s(source))
         return period
 
-    @param.depends("detections", "stream_events", "record_index", "labels", "replay_state")
+    @param.depends(
+        "detections", "verdicts", "stream_events", "record_index", "labels", "replay_state"
+    )
     def spans(self) -> pd.DataFrame:
-        """Detected windows, anomaly events and (labeled replays) labeled ranges."""
+        """Detected windows, windows flagged but not confirmed, anomaly events and
+        (labeled replays) labeled ranges."""
         spans: pd.DataFrame = self._memo(
             "spans",
-            (self.detections, self.stream_events, self.record_index, self.labels),
+            (self.detections, self.verdicts, self.stream_events, self.record_index, self.labels),
             (self.channel(), self.replay_state.get("split"), self.stride, self.period_s()),
             self._spans,
         )
@@ -262,6 +272,7 @@ class DashboardStore(pn.viewable.Viewer):
     def _spans(self) -> pd.DataFrame:
         parts = [
             frames.detected_spans(self.detections, self.stride, self.period_s()),
+            frames.unconfirmed_spans(self.verdicts, self.detections, self.stride, self.period_s()),
             frames.event_spans(self.stream_events),
             frames.labeled_spans(self.labeled_ranges(), self.record_index, self.period_s()),
         ]
@@ -271,6 +282,18 @@ class DashboardStore(pn.viewable.Viewer):
         # the very frame held, so that the timeline does not redraw them.
         held = self._memos.get("spans")
         return held[2] if held is not None and same_frame(held[2], spans) else spans
+
+    @param.depends("verdicts", "detections")
+    def unconfirmed(self) -> pd.Series:
+        """End times of the windows the workers flagged that the confirmation did not keep
+        (decided normal; a window not decided yet is not among them)."""
+        times: pd.Series = self._memo(
+            "unconfirmed",
+            (self.verdicts, self.detections),
+            (),
+            lambda: frames.unconfirmed_windows(self.verdicts, self.detections),
+        )
+        return times
 
     def labeled_ranges(self) -> list[tuple[int, int]]:
         """Labeled ranges of the stream's channel, when the replay is of the labeled split."""

@@ -31,11 +31,19 @@ from smap_bench.schema import NUM_FEATURES
 # backend was loaded last (matplotlib by default outside a notebook or server).
 hv.Store.set_current_backend("bokeh")
 
-#: Span colours on the timeline, by what the span marks.
+#: Span styles on the timeline, by what the span marks: colour, opacity, hatching (Bokeh's
+#: hatch pattern; blank: none) and the legend's words. Windows the workers flagged that
+#: the confirmation did not keep are a faint grey, hatched: seen, but no alarm.
 SPAN_STYLE: dict[str, dict[str, Any]] = {
-    "labeled": {"color": "#1f77b4", "alpha": 0.15},
-    "detected": {"color": "#ff9f1c", "alpha": 0.25},
-    "event": {"color": "#d62728", "alpha": 0.18},
+    "labeled": {"color": "#1f77b4", "alpha": 0.15, "hatch": " ", "legend": "labeled"},
+    "detected": {"color": "#ff9f1c", "alpha": 0.25, "hatch": " ", "legend": "detected (alarm)"},
+    "unconfirmed": {
+        "color": "#7f7f7f",
+        "alpha": 0.1,
+        "hatch": "/",
+        "legend": "flagged, not confirmed",
+    },
+    "event": {"color": "#d62728", "alpha": 0.18, "hatch": " ", "legend": "event"},
 }
 #: Colours of the telemetry features' lines, in the order of the chosen features.
 LINE_COLORS: tuple[str, ...] = (
@@ -403,8 +411,9 @@ def _figure(**params: Any) -> Any:
 
 
 class AnomalyTimeline(StoreView):
-    """Telemetry, anomaly score against threshold, detected windows, events and labeled
-    ranges of the chosen stream, on one linked time axis.
+    """Telemetry, anomaly score against threshold, detected windows (the alarms), windows
+    the workers flagged that the confirmation did not keep, events and labeled ranges of
+    the chosen stream, on one linked time axis.
 
     The two plots are Bokeh figures built once; a refresh replaces the data of their
     column sources and moves the shared time range (a few small model changes), instead
@@ -442,7 +451,15 @@ class AnomalyTimeline(StoreView):
             "score": ColumnDataSource({"time": [], "value": []}),
             "threshold": ColumnDataSource({"time": [], "value": []}),
             "spans": ColumnDataSource(
-                {"start": [], "end": [], "kind": [], "label": [], "color": [], "alpha": []}
+                {
+                    "start": [],
+                    "end": [],
+                    "kind": [],
+                    "label": [],
+                    "color": [],
+                    "alpha": [],
+                    "hatch": [],
+                }
             ),
         }
         self.x_range = Range1d(start=0, end=1)
@@ -471,6 +488,10 @@ class AnomalyTimeline(StoreView):
                 source=self.sources["spans"],
                 fill_color="color",
                 fill_alpha="alpha",
+                hatch_pattern="hatch",
+                hatch_color="color",
+                hatch_alpha=0.6,
+                hatch_scale=8,
                 line_width=0,
             )
         lines = self.telemetry_figure.multi_line(
@@ -538,7 +559,8 @@ class AnomalyTimeline(StoreView):
 
     # -- what is drawn ------------------------------------------------------------------
     def span_data(self) -> pd.DataFrame:
-        """Every span (labeled, detected, event) with its colour, as drawn (naive UTC)."""
+        """Every span (labeled, detected, flagged but not confirmed, event) with its
+        colour, as drawn (naive UTC)."""
         spans = self.store.spans()
         kinds = spans["kind"].astype(str)
         return pd.DataFrame(
@@ -549,6 +571,7 @@ class AnomalyTimeline(StoreView):
                 "label": spans["label"].astype(str),
                 "color": kinds.map(lambda k: SPAN_STYLE.get(k, {}).get("color", "#999999")),
                 "alpha": kinds.map(lambda k: SPAN_STYLE.get(k, {}).get("alpha", 0.2)),
+                "hatch": kinds.map(lambda k: SPAN_STYLE.get(k, {}).get("hatch", " ")),
             }
         )
 
@@ -633,6 +656,7 @@ class AnomalyTimeline(StoreView):
                     "label": spans["label"].astype(str).tolist(),
                     "color": [style.get("color", "#999999") for style in styles],
                     "alpha": np.array([style.get("alpha", 0.2) for style in styles], dtype=float),
+                    "hatch": [style.get("hatch", " ") for style in styles],
                 }
             self.x_range.update(start=start.value / 1e6, end=end.value / 1e6)
             title = self._title()
@@ -652,12 +676,14 @@ class AnomalyTimeline(StoreView):
             return "**No data** for this stream in the shown range (is a replay running?)."
         newest = frames.latest_time(store.scores, store.telemetry)
         threshold = store.threshold()
-        flagged = int((store.detections["value"] > 0.5).sum())
+        alarms = int((store.detections["value"] > 0.5).sum())
+        unconfirmed = len(store.unconfirmed())
         parts = [
             f"newest record **{newest:%H:%M:%S}** UTC" if newest is not None else "",
             f"{len(store.scores)} scores",
             f"threshold **{threshold:.4g}**" if threshold is not None else "no threshold yet",
-            f"**{flagged}** flagged window(s) of {len(store.detections)}",
+            f"**{alarms}** alarm window(s), **{unconfirmed}** flagged but not confirmed,"
+            f" of {len(store.detections)} decided",
             f"**{len(store.stream_events)}** event(s)",
         ]
         labeled = int((store.spans()["kind"] == "labeled").sum())
@@ -665,20 +691,34 @@ class AnomalyTimeline(StoreView):
             parts.append(f"**{labeled}** labeled range(s) of channel {store.channel()}")
         return " · ".join(p for p in parts if p)
 
-    def __panel__(self) -> pn.viewable.Viewable:
+    def legend_html(self) -> str:
+        """The spans' legend: a swatch and the words of each kind of span."""
         legend = " ".join(
-            f"<span style='display:inline-block;width:12px;height:12px;background:{s['color']};"
-            f"opacity:{min(1.0, s['alpha'] * 3):.2f}'></span> {k}&nbsp;&nbsp;"
-            for k, s in SPAN_STYLE.items()
+            f"<span style='display:inline-block;width:12px;height:12px;{_swatch(s)}'></span> "
+            f"{s['legend']}&nbsp;&nbsp;"
+            for s in SPAN_STYLE.values()
         )
+        return f"<div style='font-size:12px'>spans: {legend}</div>"
+
+    def __panel__(self) -> pn.viewable.Viewable:
         return _card(
             "Anomaly timeline",
             pn.Row(self.satellite, self.subsystem, self.features, self.window, self.live),
             self.facts,
-            pn.pane.HTML(f"<div style='font-size:12px'>spans: {legend}</div>", margin=(0, 8)),
+            pn.pane.HTML(self.legend_html(), margin=(0, 8)),
             pn.pane.Bokeh(self.telemetry_figure, sizing_mode="stretch_width"),
             pn.pane.Bokeh(self.score_figure, sizing_mode="stretch_width"),
         )
+
+
+def _swatch(style: dict[str, Any]) -> str:
+    """CSS of a span's legend swatch: its colour, stronger than drawn; hatched spans
+    striped."""
+    colour, opacity = style["color"], min(1.0, style["alpha"] * 3)
+    if style.get("hatch", " ").strip():
+        stripes = f"repeating-linear-gradient(45deg,{colour} 0 2px,transparent 2px 5px)"
+        return f"background:{stripes};border:1px solid {colour};opacity:{opacity + 0.4:.2f}"
+    return f"background:{colour};opacity:{opacity:.2f}"
 
 
 # ====================================================================== heatmap

@@ -64,6 +64,10 @@ def test_live_data_and_replay_control(
         seen.append(newest_record(page))
         page.wait_for_timeout(1500)
     assert len(set(seen) - {""}) >= 2, f"the timeline never advanced: {seen}"
+    # The timeline tells the alarms from the windows flagged but not confirmed.
+    facts = page.get_by_text(re.compile(r"newest record")).first.inner_text()
+    assert re.search(r"\d+ alarm window\(s\), \d+ flagged but not confirmed", facts), facts
+    page.get_by_text(re.compile("flagged, not confirmed")).first.wait_for()
     page.screenshot(path=SCREENSHOTS / "01-live.png", full_page=True)
 
     # Pause, then resume the replay from its buttons (others may have paused it).

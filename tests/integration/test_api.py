@@ -514,7 +514,7 @@ def test_a_stream_view_and_the_fleets_latest_read_back_what_victoria_holds(api: 
         if i % 10 == 9:  # windows end every 10 records; the one ending at record 19 flagged
             lines.append(prometheus_line("anomaly_alarm", labels, float(i == 19), ts))
             # the workers flagged the newest window too, which the events stage overruled:
-            # the API shows the served decision, not the worker's verdict
+            # the API's detections are the served decision; its verdicts, the workers'
             worker = float(i in (19, 39))
             lines.append(prometheus_line("inference_anomaly_detected", labels, worker, ts))
             lines.append(prometheus_line("inference_threshold", labels, 0.5, ts))
@@ -542,6 +542,12 @@ def test_a_stream_view_and_the_fleets_latest_read_back_what_victoria_holds(api: 
         assert body["detections"][0]["values"] == [0.0, 1.0, 0.0, 0.0]
         detections = client.get("/api/series/detections", params=params).json()["series"]
         assert [s["values"] for s in detections] == [[0.0, 1.0, 0.0, 0.0]]
+        # beside it, the workers' verdicts: the newest window flagged, not confirmed
+        assert [s["values"] for s in body["verdicts"]] == [[0.0, 1.0, 0.0, 1.0]]
+        assert body["verdicts"][0]["timestamps"] == body["detections"][0]["timestamps"]
+        verdicts = client.get("/api/series/verdicts", params=params).json()
+        assert verdicts["metric"] == "inference_anomaly_detected"
+        assert [s["values"] for s in verdicts["series"]] == [[0.0, 1.0, 0.0, 1.0]]
         # the heatmap: the newest flagged window (records 0..19 end at 19; 30 wide)
         assert body["heatmap_end"].startswith(
             datetime.fromtimestamp((base_ms + 19_500) / 1000, UTC).isoformat()[:19]

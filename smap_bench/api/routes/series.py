@@ -113,6 +113,14 @@ async def detections(victoria: VictoriaAsyncDep, params: Params) -> SeriesPublic
     return await read_series(victoria, SeriesKind.DETECTIONS, params)
 
 
+@router.get("/verdicts", response_model=SeriesPublic)
+async def verdicts(victoria: VictoriaAsyncDep, params: Params) -> SeriesPublic:
+    """Whether the workers flagged each window, 0 or 1 (``inference_anomaly_detected``,
+    before the events stage's confirmation: a 1 here that is 0 in ``/detections`` is a
+    window the stream rule did not confirm)."""
+    return await read_series(victoria, SeriesKind.VERDICTS, params)
+
+
 @router.get("/record_index", response_model=SeriesPublic)
 async def record_index(victoria: VictoriaAsyncDep, params: Params) -> SeriesPublic:
     """The record index of each record of the satellite (``record_index``; the same for
@@ -141,10 +149,11 @@ async def view(
     victoria: VictoriaAsyncDep, pool: PoolDep, settings: SettingsDep, params: ViewParams
 ) -> StreamViewPublic:
     """A stream's timeline (telemetry of the chosen features, score, threshold,
-    detections, record index, events) and heatmap (every feature's telemetry and
-    reconstruction over the newest flagged window, or the given heatmap range): what a
-    dashboard refresh shows, in two VictoriaMetrics reads and one PostgreSQL query (one,
-    when the client holds the heatmap of the range shown: see held_heatmap_start)."""
+    detections, the workers' verdicts, record index, events) and heatmap (every
+    feature's telemetry and reconstruction over the newest flagged window, or the given
+    heatmap range): what a dashboard refresh shows, in two VictoriaMetrics reads and one
+    PostgreSQL query (one, when the client holds the heatmap of the range shown: see
+    held_heatmap_start)."""
     began = time.perf_counter()
     now = datetime.now(UTC)
     window = time_window(params.start, params.end, None, now=now)
@@ -198,6 +207,7 @@ async def view(
         scores=series_data(parts.get(SeriesKind.SCORES, [])),
         thresholds=series_data(parts.get(SeriesKind.THRESHOLDS, [])),
         detections=series_data(parts.get(SeriesKind.DETECTIONS, [])),
+        verdicts=series_data(parts.get(SeriesKind.VERDICTS, [])),
         record_index=series_data(parts.get(SeriesKind.RECORD_INDEX, [])),
         events=events,
         heatmap_start=heat_range[0] if heat_range else None,

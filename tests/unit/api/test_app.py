@@ -210,6 +210,7 @@ def test_view_and_latest_with_victoria_down_are_503s(client: TestClient) -> None
     for path, params in (
         ("/api/series/view", {"satellite_id": "sat1", "subsystem": "ACS"}),
         ("/api/series/record_index", {"satellite_id": "sat1", "subsystem": "ACS"}),
+        ("/api/series/verdicts", {"satellite_id": "sat1", "subsystem": "ACS"}),
         ("/api/fleet/latest", {}),
     ):
         answer = client.get(path, params=params)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from smap_bench.api.models import AlarmTransitionCreate, CommentCreate, SatelliteUpdate
+from smap_bench.api.models import (
+    AlarmTransitionCreate,
+    CommentCreate,
+    SatelliteUpdate,
+    StreamViewPublic,
+)
 
 
 def test_satellite_update_takes_only_what_is_given() -> None:
@@ -39,3 +44,31 @@ def test_newlines_and_tabs_are_fine_in_comments() -> None:
 def test_operator_names_are_bounded(operator: str) -> None:
     with pytest.raises(ValidationError):
         AlarmTransitionCreate(action="acknowledge", operator=operator)
+
+
+def test_a_stream_view_without_verdicts_is_still_valid_and_says_none() -> None:
+    # the verdicts came later than the view: an answer built without them has none
+    empty: list[object] = []
+    view = StreamViewPublic.model_validate(
+        {
+            "satellite_id": "sat1",
+            "subsystem": "ACS",
+            "start": "2026-01-01T00:00:00Z",
+            "end": "2026-01-01T00:10:00Z",
+            "telemetry": empty,
+            "scores": empty,
+            "thresholds": empty,
+            "detections": [
+                {"labels": {}, "feature_index": None, "timestamps": [1.0], "values": [0.0]}
+            ],
+            "record_index": empty,
+            "events": empty,
+            "heatmap_start": None,
+            "heatmap_end": None,
+            "heat_input": empty,
+            "heat_output": empty,
+            "server_ms": 1.0,
+        }
+    )
+    assert view.verdicts == [] and view.detections[0].values == [0.0]
+    assert "verdicts" in StreamViewPublic.model_json_schema()["properties"]

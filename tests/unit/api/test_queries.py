@@ -60,6 +60,12 @@ def test_detections_are_the_served_decision_not_the_workers_verdict() -> None:
     assert selector == 'anomaly_alarm{satellite_id="sat2",subsystem="TCS"}'
 
 
+def test_verdicts_are_the_workers_verdict_beside_the_served_decision() -> None:
+    selector = series_selector(SeriesKind.VERDICTS, "sat2", Subsystem.TCS, [3])
+    assert selector == 'inference_anomaly_detected{satellite_id="sat2",subsystem="TCS"}'
+    assert METRIC_OF[SeriesKind.VERDICTS] != METRIC_OF[SeriesKind.DETECTIONS]
+
+
 def test_the_record_index_is_the_satellites_whatever_the_subsystem() -> None:
     for subsystem in (Subsystem.ACS, Subsystem.TCS):
         assert (

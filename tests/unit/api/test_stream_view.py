@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from smap_bench.api.queries import SeriesKind
 from smap_bench.api.routes.fleet import stream_latest
 from smap_bench.api.stream_view import (
+    TIMELINE_KINDS,
     heatmap_window,
     record_period_s,
     split_by_kind,
@@ -34,6 +35,23 @@ def test_one_export_is_split_by_the_metric_each_series_names() -> None:
     parts = split_by_kind(found)
     assert set(parts) == {SeriesKind.TELEMETRY, SeriesKind.SCORES, SeriesKind.RECORD_INDEX}
     assert parts[SeriesKind.RECORD_INDEX][0].samples == [(T0, 7.0)]
+
+
+def test_the_timeline_carries_the_served_decision_and_the_workers_verdicts_apart() -> None:
+    assert {SeriesKind.DETECTIONS, SeriesKind.VERDICTS} <= set(TIMELINE_KINDS)
+    found = [
+        series("anomaly_alarm", [(T0 + 9, 0.0)]),
+        series("inference_anomaly_detected", [(T0 + 9, 1.0)]),
+    ]
+    parts = split_by_kind(found)
+    assert parts[SeriesKind.DETECTIONS][0].samples == [(T0 + 9, 0.0)]
+    assert parts[SeriesKind.VERDICTS][0].samples == [(T0 + 9, 1.0)]
+
+
+def test_the_heatmap_default_follows_the_served_decision_not_the_verdicts() -> None:
+    scores = [series("inference_anomaly_score", [(T0 + i, 0.0) for i in range(60)])]
+    decided = [series("anomaly_alarm", [(T0 + 19, 1.0), (T0 + 59, 0.0)])]
+    assert heatmap_window(decided, scores, 30) == window_around(T0 + 19, 30, 1.0)
 
 
 def test_the_export_format_is_read_in_seconds() -> None:

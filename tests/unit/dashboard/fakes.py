@@ -121,6 +121,7 @@ class FakeApi:
             "scores": self.series("scores", satellite_id, subsystem, start, end),
             "thresholds": self.series("thresholds", satellite_id, subsystem, start, end),
             "detections": self.series("detections", satellite_id, subsystem, start, end),
+            "verdicts": self.series("verdicts", satellite_id, subsystem, start, end),
             "record_index": self.series("record_index", satellite_id, subsystem, start, end),
             "stream_events": self.events(satellite_id=satellite_id, subsystem=subsystem),
         }

@@ -218,6 +218,7 @@ def test_stream_view_is_one_call_with_the_heatmap_range_when_given() -> None:
     assert "heatmap_start" not in seen[0].url.params
     assert seen[0].url.params.get_list("features") == ["0", "4"]
     assert got["scores"]["value"].tolist() == [0.5]
+    assert got["verdicts"].empty  # an API older than the verdicts: none, no error
     assert got["heat_input"]["feature"].tolist() == [3] and got["heat_output"].empty
     assert got["stream_events"].empty
     assert got["heatmap"] == (datetime(2026, 1, 1, 11, 59, 30, tzinfo=UTC), T)
@@ -228,3 +229,7 @@ def test_stream_view_is_one_call_with_the_heatmap_range_when_given() -> None:
     got = api.stream_view("sat1", "ACS", T, T, held_heatmap=(T, T))
     assert seen[2].url.params["held_heatmap_end"] == "2026-01-01T12:00:00+00:00"
     assert got["heat_input"] is None and got["heat_output"] is None
+    body["verdicts"] = [{"feature_index": None, "timestamps": [T.timestamp()], "values": [1.0]}]
+    got = api.stream_view("sat1", "ACS", T, T)
+    assert got["verdicts"]["value"].tolist() == [1.0]  # beside the served decision
+    assert got["detections"]["value"].tolist() == [0.5]

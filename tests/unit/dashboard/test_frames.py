@@ -64,6 +64,39 @@ def test_no_flagged_window_no_span() -> None:
     assert frames.detected_spans(series([ts(9)], [0]), 10, 1.0).empty
 
 
+def test_unconfirmed_windows_are_flagged_by_the_workers_and_decided_normal() -> None:
+    # Windows end at 9..59. The workers flagged 19, 29, 39 and 59; the served decision
+    # confirmed 29, kept 19 and 39 as normal, and has not decided 59 yet.
+    ends = [ts(9), ts(19), ts(29), ts(39), ts(49), ts(59)]
+    verdicts = series(ends, [0, 1, 1, 1, 0, 1])
+    detections = series(ends[:5], [0, 0, 1, 0, 0])
+    assert frames.unconfirmed_windows(verdicts, detections).tolist() == [ts(19), ts(39)]
+    spans = frames.unconfirmed_spans(verdicts, detections, stride=10, period_s=1.0)
+    assert spans["kind"].tolist() == ["unconfirmed", "unconfirmed"]
+    assert spans["label"].iloc[0] == "flagged, not confirmed"
+    assert spans["start"].tolist() == [ts(9.5), ts(29.5)]  # as wide as a detected window's
+    assert spans["end"].tolist() == [ts(19.5), ts(39.5)]
+    # what detected_spans draws for the same decision: the confirmed window only
+    assert frames.detected_spans(detections, 10, 1.0)["end"].tolist() == [ts(29.5)]
+
+
+def test_unconfirmed_windows_need_a_decision_and_a_flag() -> None:
+    verdicts = series([ts(9), ts(19)], [1, 1])
+    assert frames.unconfirmed_windows(verdicts, frames.empty_series()).empty  # none decided
+    assert frames.unconfirmed_spans(verdicts, frames.empty_series(), 10, 1.0).empty
+    decided = series([ts(9), ts(19)], [0, 0])
+    assert frames.unconfirmed_windows(series([ts(9), ts(19)], [0, 0]), decided).empty
+    assert frames.unconfirmed_windows(frames.empty_series(), decided).empty
+    # a decision missing its value (NaN) is no decision
+    assert frames.unconfirmed_windows(verdicts, series([ts(9), ts(19)], [np.nan, 0])).tolist() == [
+        ts(19)
+    ]
+    # adjacent unconfirmed windows merge into one span
+    assert len(frames.unconfirmed_spans(verdicts, decided, 10, 1.0)) == 1
+    with pytest.raises(ValueError, match="stride"):
+        frames.unconfirmed_spans(verdicts, decided, 0, 1.0)
+
+
 def test_record_period_is_the_median_spacing() -> None:
     assert frames.record_period_s(series([ts(0), ts(2), ts(4), ts(10)], [0] * 4)) == 2.0
     assert frames.record_period_s(series([ts(0)], [0]), default=1.5) == 1.5

@@ -17,7 +17,8 @@ def at(seconds: float) -> pd.Timestamp:
 
 def feed(api: FakeApi, records: int = 120) -> None:
     """``records`` one-second records of sat1/ACS from T0: feature 0 and 1, scores, a
-    threshold, detections every 10 records (windows ending at 59 and 69 flagged)."""
+    threshold, detections every 10 records (windows ending at 59 and 69 flagged), and the
+    workers' verdicts (those two, and the window ending at 89, which was not confirmed)."""
     times = [at(i) for i in range(records)]
     ends = [at(i) for i in range(9, records, 10)]
     api.series_frames = {
@@ -30,6 +31,7 @@ def feed(api: FakeApi, records: int = 120) -> None:
         "scores": series(times, [0.01] * records),
         "thresholds": series(ends, [0.1] * len(ends)),
         "detections": series(ends, [1.0 if t in (at(59), at(69)) else 0.0 for t in ends]),
+        "verdicts": series(ends, [1.0 if t in (at(59), at(69), at(89)) else 0.0 for t in ends]),
         "record_index": series(times, list(range(records))),
     }
     api.latest_frame = frames.latest_frame(
@@ -85,6 +87,32 @@ def test_stream_refresh_fetches_the_shown_range_and_derives_spans(store, api) ->
     assert len(detected) == 1  # windows ending at 59 and 69 merge
     assert detected["start"].iloc[0] == at(49.5)
     assert detected["end"].iloc[0] == at(69.5)
+    unconfirmed = spans[spans["kind"] == "unconfirmed"]
+    assert list(zip(unconfirmed["start"], unconfirmed["end"], strict=True)) == [
+        (at(79.5), at(89.5))
+    ]
+    assert store.unconfirmed().tolist() == [at(89)]
+
+
+def test_the_unconfirmed_windows_follow_the_verdicts_and_the_decisions(store, api) -> None:
+    feed(api)
+    store.refresh_fleet()
+    store.refresh_stream()
+    spans = store.spans()
+    ends = [at(i) for i in range(9, 120, 10)]
+    # the events stage confirms the window ending at 89 after all: no longer unconfirmed
+    api.series_frames["detections"] = series(
+        ends, [1.0 if t in (at(59), at(69), at(89)) else 0.0 for t in ends]
+    )
+    store.refresh_stream()
+    assert store.spans() is not spans
+    assert (store.spans()["kind"] == "unconfirmed").sum() == 0
+    assert store.unconfirmed().empty
+    # no verdicts (an API older than them sends none): the alarms alone, no error
+    del api.series_frames["verdicts"]
+    store.refresh_stream()
+    assert store.verdicts.empty and store.unconfirmed().empty
+    assert set(store.spans()["kind"]) == {"detected"}
 
 
 def test_heatmap_defaults_to_the_latest_flagged_window(store, api) -> None:

@@ -108,9 +108,15 @@ def test_timeline_facts_and_spans(store, api) -> None:
     store.refresh_fleet()
     store.refresh_stream()
     text = view.facts_text()
-    assert "**2** flagged window(s) of 12" in text and "**1** event(s)" in text
+    assert "**2** alarm window(s), **1** flagged but not confirmed, of 12 decided" in text
+    assert "**1** event(s)" in text
     spans = view.span_data()
-    assert sorted(spans["kind"]) == ["detected", "event"]
+    assert sorted(spans["kind"]) == ["detected", "event", "unconfirmed"]
+    # the windows flagged but not confirmed are drawn apart from the alarms: hatched grey
+    hatch = spans.set_index("kind")["hatch"]
+    assert hatch["unconfirmed"].strip() and not hatch["detected"].strip()
+    assert "flagged, not confirmed" in view.legend_html()
+    assert "repeating-linear-gradient" in view.legend_html()  # its swatch hatched too
     assert spans["start"].dt.tz is None  # Bokeh gets naive UTC
 
 
@@ -128,7 +134,9 @@ def test_timeline_figures_follow_each_refresh_in_place(store, api) -> None:
     assert sources["telemetry"].data["ys"][1][-1] == 119.0
     assert sources["score"].data["time"][0] == at(0).value / 1e6  # ms since the epoch
     assert len(sources["threshold"].data["value"]) == 12
-    assert list(sources["spans"].data["kind"]) == ["detected"]  # windows 59, 69: merged
+    # windows 59, 69 (merged), and 89, flagged by the workers but not confirmed
+    assert list(sources["spans"].data["kind"]) == ["detected", "unconfirmed"]
+    assert list(sources["spans"].data["hatch"]) == [" ", "/"]
     start, end = store.time_range()
     assert view.x_range.start == pd.Timestamp(start).value / 1e6
     assert view.x_range.end == pd.Timestamp(end).value / 1e6
