@@ -8,8 +8,9 @@ written idempotently in one transaction per Kafka batch
 ('open'). Every window it decides, normal or not, is then written to VictoriaMetrics as
 ``anomaly_alarm`` 0/1 at the window's end (what the dashboard's grid and timelines
 show). Offsets are committed after both writes (each retried while its service is
-unreachable), and a redelivered window changes nothing. Bad results go to the
-dead-letter topic.
+unreachable, so while either is away no later batch is decided: the alarm list and the
+grid never disagree, and nothing is lost), and a redelivered window changes nothing. Bad
+results go to the dead-letter topic.
 
 Under the confirmed decision rule (``SMAP_DECISION_RULE=confirmed``, served), a window
 that TranAD's score flags joins an event only when the stream rule confirms it against

@@ -104,7 +104,9 @@ class SentFrontier:
         self._looked_up: set[PartitionKey] = set()
 
     def lookup(self, keys: set[PartitionKey]) -> dict[PartitionKey, tuple[int, int, int | None]]:
-        """The committed (read, sent, check) of partitions not looked up before."""
+        """The committed (read, sent, check) of partitions not looked up before that a
+        restart resumes (a committed read position), and (-1, -1, None) for all of them
+        when the broker cannot say."""
         wanted = sorted(keys - self._looked_up)
         if not wanted:
             return {}
@@ -114,7 +116,8 @@ class SentFrontier:
             found = [c.committed(parts, timeout=10) for c in (self._main, self._sent, self._check)]
         except KafkaException as error:
             log.warning("%s: sent frontiers not read (%s): windows may be re-sent", STAGE, error)
-            return {}
+            # taken as resumed: their runs' beginnings are not known (nothing is dropped)
+            return {key: (-1, -1, None) for key in wanted}
         out: dict[PartitionKey, tuple[int, int, int | None]] = {}
         for read, sent, check in zip(*found, strict=True):
             if read.offset >= 0:  # resumed; without a sent frontier, nothing is dropped

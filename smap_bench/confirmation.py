@@ -16,9 +16,11 @@ is what that needs, as pure state (no I/O, no Kafka):
 - **Runs.** A stream need not start at its loop's first window (a satellite joins
   mid-loop), and a gap in its records leaves windows that were never formed. A result
   says where its run's windows begin (``run_window_start``, from the scheduler): a window
-  waits only for the history windows of its own run, and is judged on those and on any
-  earlier ones of its loop that have arrived (from before a gap). A result that does not
-  say (the scheduler resumed mid-run after a restart) waits for the whole history.
+  waits for, and is judged on, the history windows of its own run only, as the offline
+  rule judges a stream from that run's first window (after a gap the history starts
+  again, whatever order the results come in and whether or not the stage restarted). A
+  result that does not say (the scheduler resumed mid-run after a restart) waits for the
+  whole history.
 - **Patience.** A window of the history that never comes (dead-lettered, or from before
   the stage started) must not hold an alarm back for ever: a waiting window is judged on
   what has arrived once ``patience`` later windows of its stream have arrived, or
@@ -303,10 +305,10 @@ class Confirmer(Generic[T]):
     def _judge(self, state: _Stream[T], index: int) -> Judgement[T]:
         arrival = state.waiting.pop(index).arrival
         assert arrival.rule is not None  # checked by add
-        first = self._history_from(index)
+        first = self._expected_from(arrival)
         known = [state.statistics[i] for i in range(first, index + 1) if i in state.statistics]
-        complete = self._complete(state, arrival)
-        if not complete and self._expected_from(arrival) < state.forgotten_below:
+        complete = len(known) == index - first + 1
+        if not complete and first < state.forgotten_below:
             # its history was forgotten (a redelivery long after): never a new alarm
             confirmed = False
         else:

@@ -55,7 +55,9 @@ The scheduler stage (``pipeline/scheduler.py``) is a thin Kafka/Celery shell aro
 Assumption: one stream's records come from one Kafka partition (the router publishes
 each stream to its own topic, keyed by satellite), and one scheduler instance consumes
 them (a second instance in the same group would split the topics between them, which is
-fine, but this class does not drop buffers of revoked partitions).
+fine, but this class does not drop buffers of revoked partitions: one handed back later
+takes the records the other instance windowed meanwhile for a gap, and its windows then
+say a run began there).
 """
 
 from __future__ import annotations
@@ -347,7 +349,8 @@ class WindowScheduler:
         position (its log was reset, or another consumer moved on) keeps no frontier
         (``counts.frontiers_dropped``); so does one whose check is missing. Every
         partition given resumes mid-run: the windows of the runs its streams resume in
-        do not say where those runs began (``run_window_start`` None)."""
+        do not say where those runs began (``run_window_start`` None). A read position
+        of -1 says only that: resumed, nothing known to drop (its lookup failed)."""
         for key, (read, sent, check) in positions.items():
             if key not in self._next_offset:
                 self._resumed.add(key)
@@ -382,6 +385,8 @@ class WindowScheduler:
         """Drop every buffer fed by a partition whose log restarted (topic re-created)."""
         for stream_key in self._partition_streams.pop(key, set()):
             del self._streams[stream_key]
+        # the new log's first records may continue runs whose earlier windows were formed
+        self._resumed.add(key)
         self._next_offset.pop(key, None)
         self._sent_frontier.pop(key, None)
         self._resume_check.pop(key, None)

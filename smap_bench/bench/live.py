@@ -343,9 +343,7 @@ class LabeledReplay:
             self._wait_for_events(before, sum(len(flags) for flags in live.values()), report)
             elapsed = time.monotonic() - began
             with VictoriaMetrics(settings.victoria_url) as vm:
-                shown = read_window_flags(
-                    vm, prefix, start_time, settings.window_size, metric="anomaly_alarm"
-                )
+                shown = self._read_alarms(vm, prefix, start_time, live)
             after = pipeline_counters(settings)
             results = count_results(settings, began_wall, prefix)
             stored = read_event_ranges(settings, [sat.satellite_id for sat in plan.satellites])
@@ -528,6 +526,29 @@ class LabeledReplay:
                 break
             time.sleep(1.0)
         time.sleep(2.0)
+
+    def _read_alarms(
+        self,
+        vm: VictoriaMetrics,
+        prefix: str,
+        start_time: datetime,
+        live: dict[StreamKey, dict[int, bool]],
+        timeout_s: float = 30.0,
+    ) -> dict[StreamKey, dict[int, bool]]:
+        """The events stage's decisions (``anomaly_alarm``), read until there is one for
+        every window scored or ``timeout_s`` passed (it writes them after PostgreSQL)."""
+        scored = sum(len(flags) for flags in live.values())
+        deadline = time.monotonic() + timeout_s
+        while True:
+            shown = read_window_flags(
+                vm, prefix, start_time, self.settings.window_size, metric="anomaly_alarm"
+            )
+            if sum(len(flags) for flags in shown.values()) >= scored:
+                return shown
+            if time.monotonic() > deadline:
+                log.warning("the dashboard's alarms lack windows after %.0f s", timeout_s)
+                return shown
+            time.sleep(1.0)
 
     def _wait_for_detections(
         self,

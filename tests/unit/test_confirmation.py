@@ -206,24 +206,29 @@ def test_a_stream_that_joins_mid_loop_waits_for_no_window_before_its_run() -> No
     assert [(i, j.complete) for i, j in run(unknown, [125], stats).items()] == [(120, False)]
 
 
-def test_after_a_gap_the_windows_of_the_new_run_wait_only_for_their_run() -> None:
+@pytest.mark.parametrize("before_first", [True, False])
+def test_after_a_gap_a_run_is_judged_on_its_own_windows_whatever_the_order(
+    before_first: bool,
+) -> None:
     """Windows 200..209 were never formed (a gap in the records): the run after it begins
-    at 210. Its flagged windows wait for the windows of their own run, out of order too,
-    and are judged on the windows before the gap as well."""
+    at 210. Its flagged windows wait for and are judged on the windows of their own run
+    only, out of order too, whether the windows before the gap came first or last."""
     stats = regime_statistics()
-    confirmer: Confirmer[int] = Confirmer(210, patience=50)
-    before = list(range(200))
-    after = list(range(210, 360))
+    before, after = list(range(200)), list(range(210, 360))
     order, first = after[:], after[:40]
     random.Random(1).shuffle(first)  # the new run's first results out of order
     order[:40] = first
-    decided = run(confirmer, before, stats, run_first=0)
-    decided |= run(confirmer, order, stats, run_first=210)
+    confirmer: Confirmer[int] = Confirmer(210, patience=50)
+    runs = [(before, 0), (order, 210)] if before_first else [(order, 210), (before, 0)]
+    decided = {}
+    for indices, run_first in runs:
+        decided |= run(confirmer, indices, stats, run_first=run_first)
     assert confirmer.counts.incomplete == 0 and confirmer.waiting == 0
-    present = np.array(before + after)
-    for index in (i for i in after if stats[i] > RULE.static):
-        history = stats[present[(present <= index) & (present > index - 210)]]
-        assert decided[index].confirmed == RULE.confirms(history), index
+    expected = confirmed_flags(stats[210:360], RULE)
+    flagged = [i for i in after if stats[i] > RULE.static]
+    assert flagged and {i: decided[i].confirmed for i in flagged} == {
+        i: bool(expected[i - 210]) for i in flagged
+    }
 
 
 def test_a_flagged_window_needs_its_rule_and_a_finite_statistic() -> None:

@@ -428,6 +428,21 @@ def test_a_restarted_log_resets_the_partition_and_no_window_is_sent_twice() -> N
     assert scheduler.counts.duplicate_windows == 2
 
 
+def test_after_a_log_reset_a_run_does_not_say_where_it_began() -> None:
+    """The topic was re-created mid-run: the new log's records may continue a run whose
+    earlier windows were formed, so its windows leave the run's start unknown."""
+    scheduler = WindowScheduler(30, 10)
+    assert [t.run_window_start for t in feed(scheduler, range(200))][-1] == 0
+    scheduler.commit_positions()
+    tasks = feed(scheduler, range(200, 260), first_offset=0)
+    assert [(t.record_index_start, t.run_window_start) for t in tasks] == [
+        (200, None),
+        (210, None),
+        (220, None),
+        (230, None),
+    ]
+
+
 # --- micro-batches ----------------------------------------------------------------------
 
 
