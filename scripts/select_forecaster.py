@@ -1,0 +1,506 @@
+"""Would a telemanom-style linear forecaster help the served rule, judged on training data only?
+
+The served decision rule (TranAD's window statistic and the threshold configuration
+recorded in the models' metadata, or'ed with the served context detector) is judged on
+the selection harness (:mod:`smap_bench.model.selection`): the held-out validation halves
+of every train split, cross-fitted in two folds, with injected anomalies. Beside it, a
+linear forecaster of the telemetry value is judged alone and or'ed with the served rule,
+under each configuration of a grid (lags x ridge x EWMA span). The criterion is the
+selection's: the event-wise F1 expected at one anomaly per 2,880 records. Nothing here
+reads a test split or a label.
+
+Per channel, from the train split only:
+
+- the fit part is the head of the train split (``1 - validation_fraction``, what the
+  TranAD network was fitted on); the validation tail is cut into halves exactly as
+  :func:`~smap_bench.model.selection.channel_material` cuts it;
+- the forecaster is a ridge regression (closed form) of the normalised value ``v[t]`` on
+  ``v[t-L..t-1]``, the 24 command columns at ``t`` and an intercept (not penalised), fitted
+  on the fit part's targets ``t`` in ``[L, n_fit)``; a channel whose fit part holds fewer
+  than ``--min-rows`` rows per parameter gets no forecaster and never flags;
+- the per-record score is ``|v[t] - v_hat[t]|`` over the stream a live detector would see
+  (the train records before the judged half, then the judged series), optionally smoothed
+  by a causal EWMA; a window's statistic is the mean score of its newest ``stride``
+  records (as :func:`~smap_bench.model.selection.stat_last_block`);
+- the threshold of each fold is TranAD's in :func:`~smap_bench.model.selection.judge`:
+  :func:`~smap_bench.model.threshold.fit_threshold` of the fit part's windows (every
+  ``train_stride`` records) and the *other* half's windows (every record), with the served
+  ``ThresholdConfig``;
+- the injected copies are re-created with the harness's generator, in its order, and
+  checked against the harness's own.
+
+The whole grid of the exploration (lags 250 and 100, ridge 0.1, 1 and 10, EWMA off or 10)
+is the default; docs/benchmarks/forecaster_selection_harness_seed0.json was written by
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/select_forecaster.py \
+        --repository triton-repository --seed 0 --lags 250 --ridge 10 1 --smooth 10 0 \
+        --json docs/benchmarks/forecaster_selection_harness_seed0.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smap_bench import evaluation, windows
+from smap_bench.config import get_settings
+from smap_bench.data.loader import _array_paths, _load_array
+from smap_bench.inference.repository import find_onnx_models
+from smap_bench.model import selection
+from smap_bench.model.context import ContextConfig
+from smap_bench.model.repository import read_metadata
+from smap_bench.model.rethreshold import _session, onnx_scorer
+from smap_bench.model.runner import data_source
+from smap_bench.model.threshold import ThresholdConfig, fit_threshold
+from smap_bench.model.train import fit_normalisation
+
+log = logging.getLogger("select_forecaster")
+
+#: The served context detector (length 100, factor 3, hold x2).
+SERVED_CONTEXT = ContextConfig(100, 3.0, hold_factor=2.0)
+WINDOW, STRIDE = 30, 10
+N_COMMANDS = 24
+RATE = selection.RECORDS_PER_ANOMALY
+
+
+@dataclass
+class ChannelSettings:
+    """What the harness needs from one channel's model metadata."""
+
+    window: int
+    train_stride: int
+    validation_fraction: float
+
+
+@dataclass
+class Served:
+    """The served rule's held-out material, its threshold configuration, the train splits."""
+
+    material: list[selection.ChannelMaterial]
+    threshold: ThresholdConfig
+    settings: dict[str, ChannelSettings]
+    trains: dict[str, np.ndarray]
+    skipped: list[str]
+
+
+def load_train(data_dir: Path, channel: str) -> np.ndarray:
+    """One channel's train split. Loaded by path through the loader's own reader (not
+    :func:`~smap_bench.data.loader.load_channel`) so that no test array is loaded."""
+    train_path, _ = _array_paths(data_dir, channel)
+    return _load_array(train_path)
+
+
+def served_material(repository: Path, seed: int) -> Served:
+    """Score every channel's train split with its served model and the served context."""
+    source = data_source(get_settings().data_dir)
+    if source.path is None:
+        raise RuntimeError("no SMAP data directory: the selection needs the train splits")
+    channels = sorted(name.removeprefix("SMAP_") for name in find_onnx_models(repository))
+    material, skipped = [], []
+    settings_of: dict[str, ChannelSettings] = {}
+    trains: dict[str, np.ndarray] = {}
+    served: ThresholdConfig | None = None
+    for channel in channels:
+        started = time.monotonic()
+        train = load_train(Path(source.path), channel)
+        meta = read_metadata(repository, channel)
+        settings = meta["settings"]
+        served = served or ThresholdConfig(**settings["threshold"])
+        config = ChannelSettings(
+            window=int(meta["window"]),
+            train_stride=int(settings["train_stride"]),
+            validation_fraction=float(settings["validation_fraction"]),
+        )
+        try:
+            material.append(
+                selection.channel_material(
+                    channel,
+                    train,
+                    onnx_scorer(_session(repository, channel)),
+                    seed=seed,
+                    window=config.window,
+                    train_stride=config.train_stride,
+                    validation_fraction=config.validation_fraction,
+                    contexts=[SERVED_CONTEXT],
+                )
+            )
+        except ValueError as exc:
+            log.warning("%s left out: %s", channel, exc)
+            skipped.append(channel)
+            continue
+        settings_of[channel] = config
+        trains[channel] = train
+        log.info(
+            "served material %s: %d records, %.1fs",
+            channel,
+            len(train),
+            time.monotonic() - started,
+        )
+    if served is None:
+        raise RuntimeError(f"{repository}: no served models")
+    return Served(material, served, settings_of, trains, skipped)
+
+
+# --------------------------------------------------------------------------------------
+# The forecaster
+# --------------------------------------------------------------------------------------
+
+
+def design(values: np.ndarray, commands: np.ndarray, lags: int) -> np.ndarray:
+    """Regression rows for targets ``t = lags .. n-1``: the previous ``lags`` values, the
+    commands at ``t`` and a constant."""
+    lagged = np.lib.stride_tricks.sliding_window_view(values, lags)[:-1]
+    return np.hstack([lagged, commands[lags:], np.ones((len(lagged), 1))])
+
+
+@dataclass
+class Forecaster:
+    """A channel's ridge forecaster of the normalised value."""
+
+    lags: int
+    coef: np.ndarray | None  #: None: fit part too short, never flags
+    offset: float
+    span: float
+
+    def errors(self, stream: np.ndarray) -> np.ndarray:
+        """``|v[t] - v_hat[t]|`` for every record of a raw ``(n, 25)`` stream; NaN for
+        ``t < lags``."""
+        out = np.full(len(stream), np.nan)
+        if self.coef is None or len(stream) <= self.lags:
+            return out
+        values = (stream[:, 0].astype(np.float64) - self.offset) / self.span
+        rows = design(values, stream[:, 1:].astype(np.float64), self.lags)
+        out[self.lags :] = np.abs(values[self.lags :] - rows @ self.coef)
+        return out
+
+
+def fit_forecaster(
+    fit_part: np.ndarray, offset: float, span: float, lags: int, ridge: float, min_rows: float
+) -> Forecaster:
+    """Ridge fit on the fit part, or an unfitted forecaster when it holds fewer than
+    ``min_rows`` rows per parameter (lags + commands + intercept)."""
+    if len(fit_part) - lags < min_rows * (lags + N_COMMANDS + 1):
+        return Forecaster(lags, None, offset, span)
+    values = (fit_part[:, 0].astype(np.float64) - offset) / span
+    rows = design(values, fit_part[:, 1:].astype(np.float64), lags)
+    penalty = ridge * np.eye(rows.shape[1])
+    penalty[-1, -1] = 0.0  # the intercept is not penalised
+    coef = np.linalg.solve(rows.T @ rows + penalty, rows.T @ values[lags:])
+    return Forecaster(lags, coef, offset, span)
+
+
+def ewma(errors: np.ndarray, span: int) -> np.ndarray:
+    """Causal EWMA (``alpha = 2 / (span + 1)``) started at the first finite error; a span
+    of 0 or 1 leaves the errors as they are."""
+    if span <= 1:
+        return errors
+    alpha = 2.0 / (span + 1)
+    out = np.full_like(errors, np.nan)
+    acc = np.nan
+    for i, error in enumerate(errors):
+        if np.isnan(error):
+            continue
+        acc = error if np.isnan(acc) else alpha * error + (1 - alpha) * acc
+        out[i] = acc
+    return out
+
+
+def per_window(scores: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """``(k, window)`` per-record score rows of a record series (windows at ``stride``)."""
+    rows = windows.make_windows(scores[:, None].astype(np.float64), window, stride, copy=False)
+    return np.asarray(rows[:, :, 0], dtype=np.float64)
+
+
+def last_block(rows: np.ndarray) -> np.ndarray:
+    """Mean score of each window's newest ``STRIDE`` records."""
+    return rows[:, -STRIDE:].mean(axis=1) if len(rows) else np.zeros(0)
+
+
+@dataclass
+class ForecasterFold:
+    """The forecaster's threshold and window flags on one fold's clean and injected series."""
+
+    threshold: float
+    clean_flags: np.ndarray
+    injected_flags: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One forecaster configuration."""
+
+    lags: int
+    ridge: float
+    smooth: int  #: EWMA span, 0: off
+    min_rows: float
+
+    @property
+    def label(self) -> str:
+        return f"L={self.lags} ridge={self.ridge:g} ewma={self.smooth or 'off'}"
+
+
+def forecaster_folds(
+    material: selection.ChannelMaterial,
+    train: np.ndarray,
+    settings: ChannelSettings,
+    grid: Grid,
+    served: ThresholdConfig,
+    seed: int,
+) -> tuple[list[ForecasterFold], bool]:
+    """The forecaster's decisions on both folds of one channel, and whether it was fitted."""
+    channel = material.channel
+    train = np.asarray(train, dtype=np.float32)
+    n_validation = round(len(train) * settings.validation_fraction)
+    fit_part, tail = train[:-n_validation], train[-n_validation:]
+    n_fit = len(fit_part)
+    half = len(tail) // 2
+    halves = [tail[:half], tail[half:]]
+    bounds = [(n_fit, n_fit + half), (n_fit + half, len(train))]
+    normalisation = fit_normalisation(train)
+    forecaster = fit_forecaster(
+        fit_part,
+        normalisation.offset[0],
+        normalisation.scale[0],
+        grid.lags,
+        grid.ridge,
+        grid.min_rows,
+    )
+    clean_errors = ewma(forecaster.errors(train), grid.smooth)  # every train record
+    # fit-part windows as TranAD's threshold sees them (train_stride)
+    fit_stat = last_block(per_window(clean_errors[:n_fit], WINDOW, settings.train_stride))
+    fit_stat = fit_stat[np.isfinite(fit_stat)]
+    low, high = float(train[:, 0].min()), float(train[:, 0].max())
+    folds = []
+    for index, judged_half in enumerate(halves):
+        lo = bounds[index][0]
+        other_lo, other_hi = bounds[1 - index]
+        other = last_block(per_window(clean_errors[other_lo:other_hi], WINDOW, 1))
+        other = other[np.isfinite(other)]
+        if forecaster.coef is None or other.size == 0:
+            value = np.inf
+        else:
+            value = fit_threshold(fit_stat if fit_stat.size else other[:0], other, served).value
+        # the harness's injected copies: same generator, same order
+        rng = selection.injection_rng(channel, seed, index)
+        fold = material.folds[index]
+        series_list = [judged_half]
+        for kind, item in zip(selection.KINDS, fold.injected, strict=True):
+            series, anomaly = selection.inject(judged_half, kind, rng, low, high)
+            if anomaly != item.anomaly:
+                raise RuntimeError(
+                    f"{channel} fold {index} {kind}: re-created injection {anomaly} differs"
+                    f" from the harness's {item.anomaly}"
+                )
+            series_list.append(series)
+        decided = []
+        for series in series_list:
+            stream = np.concatenate([train[:lo], series])
+            errors = ewma(forecaster.errors(stream), grid.smooth)[lo:]
+            rows = per_window(errors, WINDOW, STRIDE)
+            if len(rows) != len(fold.clean.starts):
+                raise RuntimeError(
+                    f"{channel} fold {index}: {len(rows)} forecaster windows,"
+                    f" the harness has {len(fold.clean.starts)}"
+                )
+            statistic = np.nan_to_num(last_block(rows), nan=-np.inf)
+            decided.append(statistic > value)
+        folds.append(ForecasterFold(float(value), decided[0], decided[1:]))
+    return folds, forecaster.coef is not None
+
+
+# --------------------------------------------------------------------------------------
+# Judging (as selection.judge, with the forecaster's window flags or'ed in)
+# --------------------------------------------------------------------------------------
+
+
+def judge(
+    material: list[selection.ChannelMaterial],
+    served: ThresholdConfig,
+    forecaster: dict[str, list[ForecasterFold]] | None,
+    use_served: bool,
+    event_gap: int,
+) -> dict[str, Any]:
+    """Pooled held-out counts of the served rule, the forecaster, or both or'ed."""
+    statistic = selection.STATISTICS["mean"]
+    detected = injected = fps = records = 0
+    by_kind: dict[str, int] = {}
+    n_kind: dict[str, int] = {}
+    fp_by_channel: dict[str, int] = {}
+    for channel in material:
+        fit_stat = statistic(channel.fit_scores)
+        for index, fold in enumerate(channel.folds):
+            value = fit_threshold(fit_stat, statistic(fold.threshold_scores), served).value
+            items = [fold.clean, *fold.injected]
+            extra = None
+            if forecaster is not None:
+                decided = forecaster[channel.channel][index]
+                extra = [decided.clean_flags, *decided.injected_flags]
+            for j, item in enumerate(items):
+                window_flags = np.zeros(len(item.starts), dtype=bool)
+                if use_served:
+                    window_flags = (statistic(item.scores) > value) | item.context_flags[
+                        SERVED_CONTEXT
+                    ]
+                if extra is not None:
+                    window_flags = window_flags | extra[j]
+                flags = evaluation.bridge_gaps(
+                    windows.record_flags_from_windows(
+                        window_flags, item.starts, item.n_records, WINDOW, STRIDE
+                    ),
+                    event_gap,
+                )
+                segments = evaluation.segments(flags)
+                if j == 0:
+                    fps += len(segments)
+                    records += item.n_records
+                    if segments:
+                        fp_by_channel[channel.channel] = fp_by_channel.get(
+                            channel.channel, 0
+                        ) + len(segments)
+                    continue
+                if item.anomaly is None:
+                    raise RuntimeError(f"{channel.channel}: injected series without its range")
+                hit = evaluation.event_counts(segments, [item.anomaly]).tp
+                injected += 1
+                detected += hit
+                kind = item.anomaly.kind
+                by_kind[kind] = by_kind.get(kind, 0) + hit
+                n_kind[kind] = n_kind.get(kind, 0) + 1
+    outcome = selection.Outcome(
+        selection.Candidate("mean", served), detected, injected, fps, records, by_kind
+    )
+    fp_per_anomaly = fps / records * RATE
+    kinds = {}
+    for kind in selection.KINDS:
+        recall = by_kind.get(kind, 0) / n_kind[kind]
+        precision = recall / (recall + fp_per_anomaly) if recall else 0.0
+        kinds[kind] = {
+            "detected": by_kind.get(kind, 0),
+            "of": n_kind[kind],
+            "recall": round(recall, 4),
+            f"f1_at_{RATE}": (
+                round(2 * precision * recall / (precision + recall), 4) if recall else 0.0
+            ),
+        }
+    return {
+        f"f1_at_{RATE}": round(outcome.f1_at(RATE), 4),
+        "f1_at_576": round(outcome.f1_at(576), 4),
+        "f1_at_8640": round(outcome.f1_at(8640), 4),
+        "recall": round(outcome.recall, 4),
+        "detected": detected,
+        "injected": injected,
+        "false_positives": fps,
+        "clean_records": records,
+        "fa_per_10k": round(outcome.false_alarms_per_10k, 3),
+        "by_kind": kinds,
+        "fp_by_channel": fp_by_channel,
+    }
+
+
+def compare(repository: Path, seed: int, event_gap: int, grids: list[Grid]) -> dict[str, Any]:
+    """The served rule alone, and each forecaster configuration alone and or'ed with it."""
+    started = time.monotonic()
+    served = served_material(repository, seed)
+    log.info("served material: %.0fs", time.monotonic() - started)
+    reference = selection.judge(
+        selection.Candidate("mean", served.threshold),
+        served.material,
+        event_gap=event_gap,
+        context=SERVED_CONTEXT,
+    )
+    rows = {"served": judge(served.material, served.threshold, None, True, event_gap)}
+    alone = rows["served"]
+    if (alone["detected"], alone["false_positives"]) != (
+        reference.detected,
+        reference.false_positives,
+    ):
+        raise RuntimeError(
+            f"served alone here ({alone['detected']} detected, {alone['false_positives']} false"
+            f" positives) differs from selection.judge with the served context"
+            f" ({reference.detected}, {reference.false_positives}): the mirror is wrong"
+        )
+    log.info(
+        "served alone = selection.judge: recall %.4f, %d false positives, f1@%d %.4f",
+        reference.recall,
+        reference.false_positives,
+        RATE,
+        reference.f1_at(RATE),
+    )
+    info = {}
+    for grid in grids:
+        started = time.monotonic()
+        decisions, unfitted = {}, []
+        for material in served.material:
+            decisions[material.channel], fitted = forecaster_folds(
+                material,
+                served.trains[material.channel],
+                served.settings[material.channel],
+                grid,
+                served.threshold,
+                seed,
+            )
+            if not fitted:
+                unfitted.append(material.channel)
+        rows[f"forecaster {grid.label}"] = judge(
+            served.material, served.threshold, decisions, False, event_gap
+        )
+        rows[f"served OR forecaster {grid.label}"] = judge(
+            served.material, served.threshold, decisions, True, event_gap
+        )
+        seconds = time.monotonic() - started
+        info[grid.label] = {"unfitted_channels": unfitted, "seconds": round(seconds, 1)}
+        log.info("%s: %.1fs, unfitted %s", grid.label, seconds, unfitted)
+    return {
+        "repository": str(repository),
+        "seed": seed,
+        "event_gap": event_gap,
+        "served_context": SERVED_CONTEXT.to_dict(),
+        "criterion": f"f1_at_{RATE}",
+        "channels": [m.channel for m in served.material],
+        "skipped": served.skipped,
+        "rows": rows,
+        "info": info,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repository", type=Path, default=get_settings().model_repository)
+    parser.add_argument("--lags", type=int, nargs="+", default=[250, 100])
+    parser.add_argument("--ridge", type=float, nargs="+", default=[0.1, 1.0, 10.0])
+    parser.add_argument(
+        "--smooth", type=int, nargs="+", default=[0, 10], help="EWMA span of the errors, 0: off"
+    )
+    parser.add_argument(
+        "--min-rows", type=float, default=2.0, help="fit rows per parameter for a forecaster"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the harness's injection seed")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    grids = [
+        Grid(lags, ridge, smooth, args.min_rows)
+        for lags, ridge, smooth in itertools.product(args.lags, args.ridge, args.smooth)
+    ]
+    report = compare(args.repository, args.seed, get_settings().event_gap, grids)
+    for label, row in report["rows"].items():
+        kinds = " ".join(f"{k}={v['detected']}/{v['of']}" for k, v in row["by_kind"].items())
+        print(
+            f"{label:48} f1@{RATE} {row[f'f1_at_{RATE}']:.4f} recall {row['recall']:.4f} "
+            f"({row['detected']}/{row['injected']}) fp {row['false_positives']:3d} "
+            f"fa/10k {row['fa_per_10k']:.2f} | {kinds}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
