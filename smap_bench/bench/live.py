@@ -100,8 +100,18 @@ def stage_counters(settings: Settings, stage: str, port: int) -> dict[str, float
     }
 
 
+#: The events stage's confirmation counters (:mod:`pipeline.events`), by the name a
+#: replay reports them under.
+CONFIRMATION_COUNTERS = {
+    "judged": "smap_events_confirmation_windows",
+    "incomplete": "smap_events_confirmation_incomplete",
+}
+
+
 def pipeline_counters(settings: Settings) -> dict[str, dict[str, float]]:
-    """Counters of the scheduler and of every worker (summed as ``worker``)."""
+    """Counters of the scheduler, of every worker (summed as ``worker``), of the events
+    stage and of its confirmation (``confirmation``: flagged windows judged, and judged on
+    an incomplete history)."""
     out = {
         "scheduler": stage_counters(settings, "scheduler", STAGE_METRICS_PORTS["scheduler"]),
     }
@@ -111,7 +121,15 @@ def pipeline_counters(settings: Settings) -> dict[str, dict[str, float]]:
         for key, value in stage_counters(settings, f"worker{index + 1}", port).items():
             workers[key] += value
     out["worker"] = dict(workers)
-    out["events"] = stage_counters(settings, "events", STAGE_METRICS_PORTS["events"])
+    events = stage_metrics(settings, "events", STAGE_METRICS_PORTS["events"])
+    out["events"] = {
+        name.removeprefix("smap_stage_"): value
+        for name, value in events.items()
+        if name.startswith("smap_stage_")
+    }
+    out["confirmation"] = {
+        key: events.get(name, 0.0) for key, name in CONFIRMATION_COUNTERS.items()
+    }
     return out
 
 
@@ -414,6 +432,11 @@ class LabeledReplay:
             "window_verdicts": {
                 "event": verdicts["event"],
                 "per_channel": verdicts["per_channel"],
+            },
+            # flagged windows the events stage judged during the run, and how many of
+            # them before their whole history had arrived (patience ran out)
+            "confirmation": {
+                key: _delta(after, before, "confirmation", key) for key in CONFIRMATION_COUNTERS
             },
             "dashboard_alarms": {
                 "event": alarms["event"],

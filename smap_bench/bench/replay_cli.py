@@ -107,6 +107,14 @@ def summary_table(result: dict[str, Any]) -> Table:
                 f"{verdicts['precision']:.3f} / {verdicts['recall']:.3f} / {verdicts['f1']:.3f}",
             )
         )
+    confirmation = result.get("confirmation")
+    if confirmation:
+        rows.append(
+            (
+                "flagged windows judged (incomplete history)",
+                f"{confirmation['judged']} ({confirmation['incomplete']})",
+            )
+        )
     shown = result.get("dashboard_alarms") or {}
     if shown.get("event"):
         alarms = shown["event"]

@@ -83,6 +83,9 @@ def test_live_and_offline_scores_agree(live_pipeline: Settings, replay: dict) ->
     assert counts(replay["window_verdicts"]) == counts(offline("static"))
     # the dashboard shows the events stage's decisions: every window, scored as served
     assert replay["dashboard_alarms"]["windows_missing"] == 0
+    # every flagged window was judged on its whole history (none waited out its patience)
+    assert replay["confirmation"]["judged"] > 0
+    assert replay["confirmation"]["incomplete"] == 0
     assert counts(replay["dashboard_alarms"]) == counts(served)
 
 
