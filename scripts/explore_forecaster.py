@@ -62,10 +62,15 @@ from smap_bench import evaluation, windows
 from smap_bench.config import get_settings
 from smap_bench.data.loader import ChannelData, load_channel
 from smap_bench.model.context import ContextConfig, detector_from_metadata
+from smap_bench.model.forecaster import (
+    LinearForecaster,
+    fit_forecaster,
+    smoothed,
+    window_statistics,
+)
 from smap_bench.model.offline import onnx_session, score_split
 from smap_bench.model.repository import onnx_path, read_metadata
 from smap_bench.model.runner import data_source, select_channels
-from smap_bench.model.selection import stat_last_block
 from smap_bench.model.stream_rule import (
     StreamRule,
     StreamRuleConfig,
@@ -82,7 +87,6 @@ LAGS = 250
 RIDGE = 10.0
 EWMA_SPAN = 10
 MIN_ROWS_PER_PARAMETER = 2.0
-N_COMMANDS = 24
 MODES = ("served", "forecaster", "served_or_forecaster")
 
 
@@ -110,55 +114,24 @@ def declared(stride: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-def design(values: np.ndarray, commands: np.ndarray, lags: int) -> np.ndarray:
-    """Regression rows for targets ``t = lags .. n-1``: the previous ``lags`` values, the
-    commands at ``t`` and a constant."""
-    lagged = np.lib.stride_tricks.sliding_window_view(values, lags)[:-1]
-    return np.hstack([lagged, commands[lags:], np.ones((len(lagged), 1))])
-
-
-def ewma(errors: np.ndarray, span: int) -> np.ndarray:
-    """Causal EWMA (``alpha = 2 / (span + 1)``) of a series, started at its first finite
-    value; NaN before it."""
-    if span <= 1:
-        return errors
-    alpha = 2.0 / (span + 1)
-    out = np.full_like(errors, np.nan)
-    acc = float("nan")
-    for i, error in enumerate(errors.tolist()):
-        if error != error:  # NaN: no forecast yet
-            continue
-        acc = error if acc != acc else alpha * error + (1 - alpha) * acc
-        out[i] = acc
-    return out
-
-
 @dataclass
 class ChannelForecaster:
     """One channel's forecaster and its decision, fitted on the train split only."""
 
     channel: str
-    offset: float
-    span: float
-    coef: np.ndarray | None  #: None: fit part too short, never flags
+    forecaster: LinearForecaster  #: not fitted (fit part too short): never flags
     rule: StreamRule | None
     threshold_parameters: dict[str, Any]
     fit_rows: int
 
     def smoothed_errors(self, split: np.ndarray) -> np.ndarray:
         """Smoothed ``|v[t] - v_hat[t]|`` of a raw ``(n, 25)`` stream (NaN for ``t < L``)."""
-        out = np.full(len(split), np.nan)
-        if self.coef is None or len(split) <= LAGS:
-            return out
-        values = (split[:, 0].astype(np.float64) - self.offset) / self.span
-        rows = design(values, split[:, 1:].astype(np.float64), LAGS)
-        out[LAGS:] = np.abs(values[LAGS:] - rows @ self.coef)
-        return ewma(out, EWMA_SPAN)
+        return smoothed(self.forecaster.errors(split), EWMA_SPAN)
 
     def window_statistics(self, split: np.ndarray, window: int, stride: int) -> np.ndarray:
         """The statistic of each pipeline window ``[k]`` of a split (NaN: not all of its
         newest ``stride`` records have a forecast)."""
-        return window_stats(self.smoothed_errors(split), window, stride, stride)
+        return window_statistics(self.smoothed_errors(split), window, stride, stride)
 
     def warm_up_end(self, split: np.ndarray, window: int, stride: int) -> int:
         """First record after those judged while the stream rule still lets the static
@@ -184,14 +157,6 @@ class ChannelForecaster:
         return flags
 
 
-def window_stats(errors: np.ndarray, window: int, stride: int, block: int) -> np.ndarray:
-    """Mean of the newest ``block`` errors of each window every ``stride`` records."""
-    rows = windows.make_windows(errors[:, None], window, stride, copy=False)[:, :, 0]
-    if not len(rows):
-        return np.zeros(0)
-    return stat_last_block(np.asarray(rows, dtype=np.float64), block)
-
-
 def fit_channel_forecaster(
     channel: str, train: np.ndarray, meta: dict[str, Any], block: int
 ) -> ChannelForecaster:
@@ -206,19 +171,14 @@ def fit_channel_forecaster(
     norm = fit_normalisation(train)
     offset, span = float(norm.offset[0]), float(norm.scale[0])
     fit_rows = max(n_fit - LAGS, 0)
-    unfitted = ChannelForecaster(channel, offset, span, None, None, {}, fit_rows)
-    if fit_rows < MIN_ROWS_PER_PARAMETER * (LAGS + N_COMMANDS + 1):
-        return unfitted
-    values = (fit_part[:, 0].astype(np.float64) - offset) / span
-    rows = design(values, fit_part[:, 1:].astype(np.float64), LAGS)
-    penalty = RIDGE * np.eye(rows.shape[1])
-    penalty[-1, -1] = 0.0  # the intercept is not penalised
-    coef = np.linalg.solve(rows.T @ rows + penalty, rows.T @ values[LAGS:])
-    fitted = ChannelForecaster(channel, offset, span, coef, None, {}, fit_rows)
+    forecaster = fit_forecaster(fit_part, offset, span, LAGS, RIDGE, MIN_ROWS_PER_PARAMETER)
+    fitted = ChannelForecaster(channel, forecaster, None, {}, fit_rows)
+    if forecaster.coef is None:
+        return fitted
     errors = fitted.smoothed_errors(train)  # one causal stream over the whole train split
-    fit_stats = window_stats(errors[:n_fit], window, int(settings["train_stride"]), block)
+    fit_stats = window_statistics(errors[:n_fit], window, int(settings["train_stride"]), block)
     fit_stats = fit_stats[np.isfinite(fit_stats)]
-    validation_stats = window_stats(errors[n_fit:], window, 1, block)
+    validation_stats = window_statistics(errors[n_fit:], window, 1, block)
     assert np.isfinite(validation_stats).all() and validation_stats.size
     threshold = fit_threshold(fit_stats, validation_stats, config)
     metadata = {"threshold": threshold.value, "threshold_parameters": threshold.parameters}
@@ -429,7 +389,7 @@ def main() -> None:
         forecasters[channel] = fit_channel_forecaster(channel, data.train, meta, stride)
     assert len(configs) == 1, configs
     fit_seconds = time.perf_counter() - started
-    unfitted = sorted(c for c, f in forecasters.items() if f.coef is None)
+    unfitted = sorted(c for c, f in forecasters.items() if f.forecaster.coef is None)
     log.info("forecasters fitted in %.1fs; unfitted: %s", fit_seconds, unfitted)
     runs = []
     for seed, repository in args.repository:

@@ -56,6 +56,7 @@ from smap_bench.data.loader import _array_paths, _load_array
 from smap_bench.inference.repository import find_onnx_models
 from smap_bench.model import selection
 from smap_bench.model.context import ContextConfig
+from smap_bench.model.forecaster import fit_forecaster, smoothed, window_statistics
 from smap_bench.model.repository import read_metadata
 from smap_bench.model.rethreshold import _session, onnx_scorer
 from smap_bench.model.runner import data_source
@@ -67,7 +68,6 @@ log = logging.getLogger("select_forecaster")
 #: The served context detector (length 100, factor 3, hold x2).
 SERVED_CONTEXT = ContextConfig(100, 3.0, hold_factor=2.0)
 WINDOW, STRIDE = 30, 10
-N_COMMANDS = 24
 RATE = selection.RECORDS_PER_ANOMALY
 
 
@@ -154,76 +154,6 @@ def served_material(repository: Path, seed: int) -> Served:
 # --------------------------------------------------------------------------------------
 
 
-def design(values: np.ndarray, commands: np.ndarray, lags: int) -> np.ndarray:
-    """Regression rows for targets ``t = lags .. n-1``: the previous ``lags`` values, the
-    commands at ``t`` and a constant."""
-    lagged = np.lib.stride_tricks.sliding_window_view(values, lags)[:-1]
-    return np.hstack([lagged, commands[lags:], np.ones((len(lagged), 1))])
-
-
-@dataclass
-class Forecaster:
-    """A channel's ridge forecaster of the normalised value."""
-
-    lags: int
-    coef: np.ndarray | None  #: None: fit part too short, never flags
-    offset: float
-    span: float
-
-    def errors(self, stream: np.ndarray) -> np.ndarray:
-        """``|v[t] - v_hat[t]|`` for every record of a raw ``(n, 25)`` stream; NaN for
-        ``t < lags``."""
-        out = np.full(len(stream), np.nan)
-        if self.coef is None or len(stream) <= self.lags:
-            return out
-        values = (stream[:, 0].astype(np.float64) - self.offset) / self.span
-        rows = design(values, stream[:, 1:].astype(np.float64), self.lags)
-        out[self.lags :] = np.abs(values[self.lags :] - rows @ self.coef)
-        return out
-
-
-def fit_forecaster(
-    fit_part: np.ndarray, offset: float, span: float, lags: int, ridge: float, min_rows: float
-) -> Forecaster:
-    """Ridge fit on the fit part, or an unfitted forecaster when it holds fewer than
-    ``min_rows`` rows per parameter (lags + commands + intercept)."""
-    if len(fit_part) - lags < min_rows * (lags + N_COMMANDS + 1):
-        return Forecaster(lags, None, offset, span)
-    values = (fit_part[:, 0].astype(np.float64) - offset) / span
-    rows = design(values, fit_part[:, 1:].astype(np.float64), lags)
-    penalty = ridge * np.eye(rows.shape[1])
-    penalty[-1, -1] = 0.0  # the intercept is not penalised
-    coef = np.linalg.solve(rows.T @ rows + penalty, rows.T @ values[lags:])
-    return Forecaster(lags, coef, offset, span)
-
-
-def ewma(errors: np.ndarray, span: int) -> np.ndarray:
-    """Causal EWMA (``alpha = 2 / (span + 1)``) started at the first finite error; a span
-    of 0 or 1 leaves the errors as they are."""
-    if span <= 1:
-        return errors
-    alpha = 2.0 / (span + 1)
-    out = np.full_like(errors, np.nan)
-    acc = np.nan
-    for i, error in enumerate(errors):
-        if np.isnan(error):
-            continue
-        acc = error if np.isnan(acc) else alpha * error + (1 - alpha) * acc
-        out[i] = acc
-    return out
-
-
-def per_window(scores: np.ndarray, window: int, stride: int) -> np.ndarray:
-    """``(k, window)`` per-record score rows of a record series (windows at ``stride``)."""
-    rows = windows.make_windows(scores[:, None].astype(np.float64), window, stride, copy=False)
-    return np.asarray(rows[:, :, 0], dtype=np.float64)
-
-
-def last_block(rows: np.ndarray) -> np.ndarray:
-    """Mean score of each window's newest ``STRIDE`` records."""
-    return rows[:, -STRIDE:].mean(axis=1) if len(rows) else np.zeros(0)
-
-
 @dataclass
 class ForecasterFold:
     """The forecaster's threshold and window flags on one fold's clean and injected series."""
@@ -273,16 +203,16 @@ def forecaster_folds(
         grid.ridge,
         grid.min_rows,
     )
-    clean_errors = ewma(forecaster.errors(train), grid.smooth)  # every train record
+    clean_errors = smoothed(forecaster.errors(train), grid.smooth)  # every train record
     # fit-part windows as TranAD's threshold sees them (train_stride)
-    fit_stat = last_block(per_window(clean_errors[:n_fit], WINDOW, settings.train_stride))
+    fit_stat = window_statistics(clean_errors[:n_fit], WINDOW, settings.train_stride, STRIDE)
     fit_stat = fit_stat[np.isfinite(fit_stat)]
     low, high = float(train[:, 0].min()), float(train[:, 0].max())
     folds = []
     for index, judged_half in enumerate(halves):
         lo = bounds[index][0]
         other_lo, other_hi = bounds[1 - index]
-        other = last_block(per_window(clean_errors[other_lo:other_hi], WINDOW, 1))
+        other = window_statistics(clean_errors[other_lo:other_hi], WINDOW, 1, STRIDE)
         other = other[np.isfinite(other)]
         if forecaster.coef is None or other.size == 0:
             value = np.inf
@@ -303,14 +233,14 @@ def forecaster_folds(
         decided = []
         for series in series_list:
             stream = np.concatenate([train[:lo], series])
-            errors = ewma(forecaster.errors(stream), grid.smooth)[lo:]
-            rows = per_window(errors, WINDOW, STRIDE)
-            if len(rows) != len(fold.clean.starts):
+            errors = smoothed(forecaster.errors(stream), grid.smooth)[lo:]
+            statistic = window_statistics(errors, WINDOW, STRIDE, STRIDE)
+            if len(statistic) != len(fold.clean.starts):
                 raise RuntimeError(
-                    f"{channel} fold {index}: {len(rows)} forecaster windows,"
+                    f"{channel} fold {index}: {len(statistic)} forecaster windows,"
                     f" the harness has {len(fold.clean.starts)}"
                 )
-            statistic = np.nan_to_num(last_block(rows), nan=-np.inf)
+            statistic = np.nan_to_num(statistic, nan=-np.inf)
             decided.append(statistic > value)
         folds.append(ForecasterFold(float(value), decided[0], decided[1:]))
     return folds, forecaster.coef is not None
