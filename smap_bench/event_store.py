@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from confluent_kafka import TopicPartition
@@ -48,9 +48,12 @@ from smap_bench.confirmation import ResultConfirmation
 from smap_bench.metrics import ORIGIN_STAGE, alarm_lines
 from smap_bench.schema import DETECTORS, InferenceResult, decode, describe, encode
 from smap_bench.stage import StageMetrics
-from smap_bench.writing import DeadLetterSink, KafkaMessage, call_with_retry
+from smap_bench.writing import DeadLetterSink, KafkaMessage, call_with_retry, retryable
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 _COLUMNS = (
     "event_id, satellite_id, subsystem, loop, start_record_index, end_record_index,"
@@ -376,7 +379,7 @@ class EventsHandler:
         decided = Decided([], [], [])
         for item in self.confirmation.expire():
             self._add(decided, item, None, None)
-        self._store(decided, with_latency=False)
+        self._store(decided._replace(origins=[]))  # no stage latency for a late decision
 
     def commit_offsets(self) -> list[TopicPartition]:
         """Per partition, where a restart must read from (waiting windows held back)."""
@@ -392,32 +395,41 @@ class EventsHandler:
         have both taken it."""
         self._store(self.decide(batch))
 
-    def _store(self, decided: Decided, with_latency: bool = True) -> None:
+    def _store(self, decided: Decided) -> None:
         """Apply the anomalous windows, then write every decided window's alarm sample."""
         if decided.spans:
-            self._apply_spans(decided.spans, decided.origins if with_latency else [])
+            self._apply_spans(decided.spans, decided.origins)
         if decided.results and self._write is not None:
             lines = alarm_lines(decided.results)
-            call_with_retry(
-                self._write,
-                lines,
-                on_retry=self._on_write_retry,
-                should_stop=self._should_stop,
-                sleep=self._sleep,
-                max_backoff_s=self._max_backoff_s,
-            )
+            self._with_retry(self._write, lines, "VictoriaMetrics", retryable)
             self.alarms_written += len(lines)
 
-    def _apply_spans(self, spans: list[WindowSpan], origins: list[float]) -> None:
-        counts = call_with_retry(
-            self._apply,
-            spans,
-            is_retryable=retryable_db_error,
-            on_retry=self._on_retry,
+    def _with_retry(
+        self,
+        write: Callable[[T], R],
+        arg: T,
+        service: str,
+        is_retryable: Callable[[BaseException], bool],
+    ) -> R:
+        """``write(arg)``, retried while ``service`` fails in a retryable way (each retry
+        counted and logged) until it succeeds or the stage stops."""
+
+        def on_retry(error: BaseException) -> None:
+            self.metrics.retried()
+            log.warning("events: %s write failed, retrying: %s", service, error)
+
+        return call_with_retry(
+            write,
+            arg,
+            is_retryable=is_retryable,
+            on_retry=on_retry,
             should_stop=self._should_stop,
             sleep=self._sleep,
             max_backoff_s=self._max_backoff_s,
         )
+
+    def _apply_spans(self, spans: list[WindowSpan], origins: list[float]) -> None:
+        counts = self._with_retry(self._apply, spans, "PostgreSQL", retryable_db_error)
         now = self._clock()
         for origin in origins:
             self.metrics.latency(now - origin)
@@ -432,11 +444,3 @@ class EventsHandler:
                 counts.merged,
                 counts.unchanged,
             )
-
-    def _on_retry(self, error: BaseException) -> None:
-        self.metrics.retried()
-        log.warning("events: PostgreSQL write failed, retrying: %s", error)
-
-    def _on_write_retry(self, error: BaseException) -> None:
-        self.metrics.retried()
-        log.warning("events: VictoriaMetrics write failed, retrying: %s", error)

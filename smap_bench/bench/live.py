@@ -93,9 +93,14 @@ def stage_metrics(settings: Settings, stage: str, port: int) -> dict[str, float]
 
 def stage_counters(settings: Settings, stage: str, port: int) -> dict[str, float]:
     """The received / produced / rejected / retried / lost totals a stage serves now."""
+    return counters_of(stage_metrics(settings, stage, port))
+
+
+def counters_of(metrics: dict[str, float]) -> dict[str, float]:
+    """The ``smap_stage_*`` totals of a stage's metrics (:func:`stage_metrics`), unprefixed."""
     return {
         name.removeprefix("smap_stage_"): value
-        for name, value in stage_metrics(settings, stage, port).items()
+        for name, value in metrics.items()
         if name.startswith("smap_stage_")
     }
 
@@ -122,11 +127,7 @@ def pipeline_counters(settings: Settings) -> dict[str, dict[str, float]]:
             workers[key] += value
     out["worker"] = dict(workers)
     events = stage_metrics(settings, "events", STAGE_METRICS_PORTS["events"])
-    out["events"] = {
-        name.removeprefix("smap_stage_"): value
-        for name, value in events.items()
-        if name.startswith("smap_stage_")
-    }
+    out["events"] = counters_of(events)
     out["confirmation"] = {
         key: events.get(name, 0.0) for key, name in CONFIRMATION_COUNTERS.items()
     }
@@ -357,11 +358,14 @@ class LabeledReplay:
             simulate_s = time.monotonic() - began
             expected = plan.expected_windows(settings.window_size, settings.stride)
             with VictoriaMetrics(settings.victoria_url) as vm:
-                live = self._wait_for_detections(vm, prefix, start_time, expected, report)
-            self._wait_for_events(before, sum(len(flags) for flags in live.values()), report)
-            elapsed = time.monotonic() - began
-            with VictoriaMetrics(settings.victoria_url) as vm:
-                shown = self._read_alarms(vm, prefix, start_time, live)
+                live = self._wait_for_flags(vm, prefix, start_time, expected, report)
+                scored = sum(len(flags) for flags in live.values())
+                self._wait_for_events(before, scored, report)
+                elapsed = time.monotonic() - began
+                # the events stage writes its decisions after PostgreSQL: wait for them too
+                shown = self._wait_for_flags(
+                    vm, prefix, start_time, scored, report, metric="anomaly_alarm"
+                )
             after = pipeline_counters(settings)
             results = count_results(settings, began_wall, prefix)
             stored = read_event_ranges(settings, [sat.satellite_id for sat in plan.satellites])
@@ -550,44 +554,25 @@ class LabeledReplay:
             time.sleep(1.0)
         time.sleep(2.0)
 
-    def _read_alarms(
-        self,
-        vm: VictoriaMetrics,
-        prefix: str,
-        start_time: datetime,
-        live: dict[StreamKey, dict[int, bool]],
-        timeout_s: float = 30.0,
-    ) -> dict[StreamKey, dict[int, bool]]:
-        """The events stage's decisions (``anomaly_alarm``), read until there is one for
-        every window scored or ``timeout_s`` passed (it writes them after PostgreSQL)."""
-        scored = sum(len(flags) for flags in live.values())
-        deadline = time.monotonic() + timeout_s
-        while True:
-            shown = read_window_flags(
-                vm, prefix, start_time, self.settings.window_size, metric="anomaly_alarm"
-            )
-            if sum(len(flags) for flags in shown.values()) >= scored:
-                return shown
-            if time.monotonic() > deadline:
-                log.warning("the dashboard's alarms lack windows after %.0f s", timeout_s)
-                return shown
-            time.sleep(1.0)
-
-    def _wait_for_detections(
+    def _wait_for_flags(
         self,
         vm: VictoriaMetrics,
         prefix: str,
         start_time: datetime,
         expected: int,
         report: Progress,
+        metric: str = "inference_anomaly_detected",
     ) -> dict[StreamKey, dict[int, bool]]:
+        """The run's window flags of ``metric`` (:func:`read_window_flags`), read until
+        ``expected`` windows have one, the timeout passes or none came for ``stall_s``;
+        progress is reported under the metric's name."""
         deadline = time.monotonic() + self.timeout_s
         last_count, last_change = -1, time.monotonic()
         live: dict[StreamKey, dict[int, bool]] = {}
         while True:
-            live = read_window_flags(vm, prefix, start_time, self.settings.window_size)
+            live = read_window_flags(vm, prefix, start_time, self.settings.window_size, metric)
             count = sum(len(flags) for flags in live.values())
-            report("score", count, expected)
+            report(metric, count, expected)
             now = time.monotonic()
             if count >= expected or now > deadline:
                 return live
@@ -595,7 +580,7 @@ class LabeledReplay:
                 last_count, last_change = count, now
             elif now - last_change > self.stall_s:
                 log.warning(
-                    "no new detections for %.0f s: %d of %d windows", self.stall_s, count, expected
+                    "no new %s for %.0f s: %d of %d windows", metric, self.stall_s, count, expected
                 )
                 return live
             time.sleep(1.0)

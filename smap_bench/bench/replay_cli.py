@@ -66,8 +66,9 @@ def replay(
         with phase_progress(
             {
                 "simulate": "records produced",
-                "score": "windows scored",
+                "inference_anomaly_detected": "windows scored",
                 "events": "results turned into events",
+                "anomaly_alarm": "decisions written for the dashboard",
             }
         ) as report:
             result = run.run(report)

@@ -226,18 +226,11 @@ def unconfirmed_windows(verdicts: pd.DataFrame, detections: pd.DataFrame) -> pd.
     return kept.reset_index(drop=True).astype("datetime64[ns, UTC]")
 
 
-def unconfirmed_spans(
-    verdicts: pd.DataFrame, detections: pd.DataFrame, stride: int, period_s: float
-) -> pd.DataFrame:
-    """Time spans of the windows the workers flagged that the confirmation did not keep
-    (:func:`unconfirmed_windows`), merged, each as wide as a detected window's span."""
-    return _window_spans(
-        unconfirmed_windows(verdicts, detections),
-        stride,
-        period_s,
-        "unconfirmed",
-        "flagged, not confirmed",
-    )
+def unconfirmed_spans(window_ends: pd.Series, stride: int, period_s: float) -> pd.DataFrame:
+    """Time spans of the windows the workers flagged that the confirmation did not keep,
+    given their end times (:func:`unconfirmed_windows`), merged, each as wide as a
+    detected window's span."""
+    return _window_spans(window_ends, stride, period_s, "unconfirmed", "flagged, not confirmed")
 
 
 def _window_spans(

@@ -272,7 +272,7 @@ class DashboardStore(pn.viewable.Viewer):
     def _spans(self) -> pd.DataFrame:
         parts = [
             frames.detected_spans(self.detections, self.stride, self.period_s()),
-            frames.unconfirmed_spans(self.verdicts, self.detections, self.stride, self.period_s()),
+            frames.unconfirmed_spans(self.unconfirmed(), self.stride, self.period_s()),
             frames.event_spans(self.stream_events),
             frames.labeled_spans(self.labeled_ranges(), self.record_index, self.period_s()),
         ]

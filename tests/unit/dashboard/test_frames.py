@@ -71,7 +71,9 @@ def test_unconfirmed_windows_are_flagged_by_the_workers_and_decided_normal() -> 
     verdicts = series(ends, [0, 1, 1, 1, 0, 1])
     detections = series(ends[:5], [0, 0, 1, 0, 0])
     assert frames.unconfirmed_windows(verdicts, detections).tolist() == [ts(19), ts(39)]
-    spans = frames.unconfirmed_spans(verdicts, detections, stride=10, period_s=1.0)
+    spans = frames.unconfirmed_spans(
+        frames.unconfirmed_windows(verdicts, detections), stride=10, period_s=1.0
+    )
     assert spans["kind"].tolist() == ["unconfirmed", "unconfirmed"]
     assert spans["label"].iloc[0] == "flagged, not confirmed"
     assert spans["start"].tolist() == [ts(9.5), ts(29.5)]  # as wide as a detected window's
@@ -83,7 +85,9 @@ def test_unconfirmed_windows_are_flagged_by_the_workers_and_decided_normal() -> 
 def test_unconfirmed_windows_need_a_decision_and_a_flag() -> None:
     verdicts = series([ts(9), ts(19)], [1, 1])
     assert frames.unconfirmed_windows(verdicts, frames.empty_series()).empty  # none decided
-    assert frames.unconfirmed_spans(verdicts, frames.empty_series(), 10, 1.0).empty
+    assert frames.unconfirmed_spans(
+        frames.unconfirmed_windows(verdicts, frames.empty_series()), 10, 1.0
+    ).empty
     decided = series([ts(9), ts(19)], [0, 0])
     assert frames.unconfirmed_windows(series([ts(9), ts(19)], [0, 0]), decided).empty
     assert frames.unconfirmed_windows(frames.empty_series(), decided).empty
@@ -92,9 +96,11 @@ def test_unconfirmed_windows_need_a_decision_and_a_flag() -> None:
         ts(19)
     ]
     # adjacent unconfirmed windows merge into one span
-    assert len(frames.unconfirmed_spans(verdicts, decided, 10, 1.0)) == 1
+    assert (
+        len(frames.unconfirmed_spans(frames.unconfirmed_windows(verdicts, decided), 10, 1.0)) == 1
+    )
     with pytest.raises(ValueError, match="stride"):
-        frames.unconfirmed_spans(verdicts, decided, 0, 1.0)
+        frames.unconfirmed_spans(frames.unconfirmed_windows(verdicts, decided), 0, 1.0)
 
 
 def test_record_period_is_the_median_spacing() -> None:
