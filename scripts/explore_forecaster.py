@@ -44,19 +44,30 @@ Served OR forecaster window flags become record flags by the responsibility rule
         --repository 0=triton-repository --repository 1=.run/model-seeds/seed-1 \
         --repository 2=.run/model-seeds/seed-2 \
         --json docs/benchmarks/forecaster_offline_54ch.json
+
+``--model lstm`` puts telemanom's LSTM forecaster (:mod:`smap_bench.model.lstm_forecaster`,
+its published configuration, declared before any test split was scored with it) in the
+ridge regression's place, everything after the per-record error unchanged; it is fitted
+once per ``--forecaster-seed`` in ``--jobs`` processes (about a minute a channel on one
+core) and kept in ``--cache`` so a second run does not fit it again.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import os
+import pickle
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from smap_bench import evaluation, windows
 from smap_bench.config import get_settings
@@ -67,6 +78,11 @@ from smap_bench.model.forecaster import (
     fit_forecaster,
     smoothed,
     window_statistics,
+)
+from smap_bench.model.lstm_forecaster import (
+    LSTMForecaster,
+    LSTMForecasterConfig,
+    fit_lstm_forecaster,
 )
 from smap_bench.model.offline import onnx_session, score_split
 from smap_bench.model.repository import onnx_path, read_metadata
@@ -88,15 +104,28 @@ RIDGE = 10.0
 EWMA_SPAN = 10
 MIN_ROWS_PER_PARAMETER = 2.0
 MODES = ("served", "forecaster", "served_or_forecaster")
+MODELS = ("linear", "lstm")
 
 
-def declared(stride: int) -> dict[str, Any]:
+def declared(stride: int, model: str = "linear") -> dict[str, Any]:
     """The declared configuration, as the result JSON records it."""
+    if model == "lstm":
+        forecaster: dict[str, Any] = {
+            "model": "lstm (telemanom's published configuration)",
+            **LSTMForecasterConfig().to_dict(),
+            "inputs": "records t-250..t-1, all 25 columns (normalised value, commands)",
+            "forecast_used": "the first of the 10 values forecast (v_hat[t])",
+        }
+    else:
+        forecaster = {
+            "model": "linear",
+            "lags": LAGS,
+            "ridge": RIDGE,
+            "ridge_on_intercept": False,
+            "inputs": "v[t-L..t-1] (normalised telemetry), the 24 command columns at t, intercept",
+        }
     return {
-        "lags": LAGS,
-        "ridge": RIDGE,
-        "ridge_on_intercept": False,
-        "inputs": "v[t-L..t-1] (normalised telemetry), the 24 command columns at t, intercept",
+        **forecaster,
         "ewma_span": EWMA_SPAN,
         "ewma": "causal, alpha = 2 / (span + 1), started at the first forecast",
         "window_statistic": (
@@ -119,14 +148,19 @@ class ChannelForecaster:
     """One channel's forecaster and its decision, fitted on the train split only."""
 
     channel: str
-    forecaster: LinearForecaster  #: not fitted (fit part too short): never flags
+    forecaster: LinearForecaster | LSTMForecaster  #: not fitted (too short): never flags
     rule: StreamRule | None
     threshold_parameters: dict[str, Any]
     fit_rows: int
+    #: Smoothed errors already computed, by split (the sha256 of its bytes).
+    memo: dict[str, np.ndarray] = field(default_factory=dict)
 
     def smoothed_errors(self, split: np.ndarray) -> np.ndarray:
         """Smoothed ``|v[t] - v_hat[t]|`` of a raw ``(n, 25)`` stream (NaN for ``t < L``)."""
-        return smoothed(self.forecaster.errors(split), EWMA_SPAN)
+        key = hashlib.sha256(np.ascontiguousarray(split).tobytes()).hexdigest()
+        if key not in self.memo:
+            self.memo[key] = smoothed(self.forecaster.errors(split), EWMA_SPAN)
+        return self.memo[key]
 
     def window_statistics(self, split: np.ndarray, window: int, stride: int) -> np.ndarray:
         """The statistic of each pipeline window ``[k]`` of a split (NaN: not all of its
@@ -158,9 +192,17 @@ class ChannelForecaster:
 
 
 def fit_channel_forecaster(
-    channel: str, train: np.ndarray, meta: dict[str, Any], block: int
+    channel: str,
+    train: np.ndarray,
+    meta: dict[str, Any],
+    block: int,
+    model: str = "linear",
+    forecaster_seed: int = 0,
+    fitted_forecaster: LinearForecaster | LSTMForecaster | None = None,
+    memo: dict[str, np.ndarray] | None = None,
 ) -> ChannelForecaster:
-    """The forecaster, threshold and stream rule of one channel from its train split."""
+    """The forecaster, threshold and stream rule of one channel from its train split
+    (the forecaster itself given when already fitted, with the errors it gave)."""
     settings = meta["settings"]
     config = ThresholdConfig(**settings["threshold"])
     window = int(meta["window"])
@@ -171,8 +213,16 @@ def fit_channel_forecaster(
     norm = fit_normalisation(train)
     offset, span = float(norm.offset[0]), float(norm.scale[0])
     fit_rows = max(n_fit - LAGS, 0)
-    forecaster = fit_forecaster(fit_part, offset, span, LAGS, RIDGE, MIN_ROWS_PER_PARAMETER)
-    fitted = ChannelForecaster(channel, forecaster, None, {}, fit_rows)
+    forecaster: LinearForecaster | LSTMForecaster
+    if model == "lstm":
+        lstm_config = LSTMForecasterConfig()
+        fit_rows = max(n_fit - lstm_config.lags, 0)
+        forecaster = fitted_forecaster
+        if forecaster is None:
+            forecaster = fit_lstm_forecaster(fit_part, offset, span, lstm_config, forecaster_seed)
+    else:
+        forecaster = fit_forecaster(fit_part, offset, span, LAGS, RIDGE, MIN_ROWS_PER_PARAMETER)
+    fitted = ChannelForecaster(channel, forecaster, None, {}, fit_rows, dict(memo or {}))
     if forecaster.coef is None:
         return fitted
     errors = fitted.smoothed_errors(train)  # one causal stream over the whole train split
@@ -350,11 +400,83 @@ def summary_over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _fit_facts(fitted: ChannelForecaster) -> dict[str, Any]:
+    forecaster = fitted.forecaster
+    if not isinstance(forecaster, LSTMForecaster):
+        return {}
+    return {
+        "epochs_run": forecaster.epochs_run,
+        "best_validation_loss": round(forecaster.best_validation_loss, 6),
+    }
+
+
 def parse_repository(text: str) -> tuple[int, Path]:
     seed, _, path = text.partition("=")
     if not path:
         raise argparse.ArgumentTypeError(f"need SEED=PATH, got {text!r}")
     return int(seed), Path(path)
+
+
+def _fit_job(job: tuple[str, Path, Path, int, str, int]) -> ChannelForecaster:
+    """One channel's forecaster in a worker process, its test split's errors computed
+    there too (the LSTM's forward passes are most of an evaluation's time)."""
+    channel, data_path, repository, block, model, forecaster_seed = job
+    torch.set_num_threads(1)
+    data = load_channel(channel, data_path)
+    meta = read_metadata(repository, channel)
+    fitted = fit_channel_forecaster(channel, data.train, meta, block, model, forecaster_seed)
+    fitted.smoothed_errors(data.test)
+    log.info("%s forecaster %s fitted (seed %d)", model, channel, forecaster_seed)
+    return fitted
+
+
+def fit_forecasters(
+    channels: list[str],
+    data_path: Path,
+    repository: Path,
+    block: int,
+    model: str,
+    forecaster_seed: int,
+    jobs: int,
+    cache: Path | None,
+) -> dict[str, ChannelForecaster]:
+    """Every channel's forecaster. The fitted forecasters (and the smoothed errors they
+    gave) are kept in ``cache`` for this model and seed, as
+    ``{channel: (forecaster, errors by split)}`` (the LSTM's fit takes about a minute a
+    channel; ``scripts/select_forecaster.py --lstm`` reads the same file); the threshold
+    and stream rule are fitted again from them, which is quick."""
+    path = None if cache is None else cache_path(cache, model, forecaster_seed)
+    if path is not None and path.exists():
+        with path.open("rb") as handle:
+            cached = pickle.load(handle)
+        if set(channels) <= cached.keys():
+            log.info("forecasters read from %s", path)
+            forecasters = {}
+            for channel in channels:
+                data = load_channel(channel, data_path)
+                meta = read_metadata(repository, channel)
+                forecaster, memo = cached[channel]
+                forecasters[channel] = fit_channel_forecaster(
+                    channel, data.train, meta, block, model, forecaster_seed, forecaster, memo
+                )
+            return forecasters
+    work = [(c, data_path, repository, block, model, forecaster_seed) for c in channels]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            fitted = list(pool.map(_fit_job, work))
+    else:
+        fitted = [_fit_job(job) for job in work]
+    forecasters = {f.channel: f for f in fitted}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            pickle.dump({c: (f.forecaster, f.memo) for c, f in forecasters.items()}, handle)
+    return forecasters
+
+
+def cache_path(cache: Path, model: str, forecaster_seed: int) -> Path:
+    """Where the fitted forecasters of a model and seed are kept."""
+    return cache / f"{model}-seed-{forecaster_seed}.pkl"
 
 
 def main() -> None:
@@ -368,6 +490,15 @@ def main() -> None:
     )
     parser.add_argument("--channels", default="all")
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--model", choices=MODELS, default="linear")
+    parser.add_argument(
+        "--forecaster-seed",
+        type=int,
+        default=None,
+        help="the forecaster's training seed (default: each TranAD seed's own)",
+    )
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--cache", type=Path, default=Path(".run/forecasters"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = get_settings()
@@ -380,15 +511,33 @@ def main() -> None:
         raise SystemExit(f"channels not found: {absent}")
     started = time.perf_counter()
     first_repository = args.repository[0][1]
-    forecasters = {}
-    configs = set()
-    for channel in channels:
-        data = load_channel(channel, source.path)
-        meta = read_metadata(first_repository, channel)
-        configs.add(json.dumps(meta["settings"]["threshold"], sort_keys=True))
-        forecasters[channel] = fit_channel_forecaster(channel, data.train, meta, stride)
+    configs = {
+        json.dumps(read_metadata(first_repository, c)["settings"]["threshold"], sort_keys=True)
+        for c in channels
+    }
     assert len(configs) == 1, configs
+    # The linear fit has no seed: one set of forecasters serves every TranAD seed.
+    forecaster_seeds = {
+        seed: 0
+        if args.model == "linear"
+        else (seed if args.forecaster_seed is None else args.forecaster_seed)
+        for seed, _ in args.repository
+    }
+    by_seed = {
+        fseed: fit_forecasters(
+            channels,
+            source.path,
+            first_repository,
+            stride,
+            args.model,
+            fseed,
+            args.jobs,
+            args.cache if args.model == "lstm" else None,
+        )
+        for fseed in sorted(set(forecaster_seeds.values()))
+    }
     fit_seconds = time.perf_counter() - started
+    forecasters = by_seed[forecaster_seeds[args.repository[0][0]]]
     unfitted = sorted(c for c, f in forecasters.items() if f.forecaster.coef is None)
     log.info("forecasters fitted in %.1fs; unfitted: %s", fit_seconds, unfitted)
     runs = []
@@ -398,15 +547,24 @@ def main() -> None:
             assert json.dumps(meta["settings"]["threshold"], sort_keys=True) in configs
         runs.append(
             evaluate_seed(
-                seed, repository, channels, forecasters, window, stride, event_gap, context
+                seed,
+                repository,
+                channels,
+                by_seed[forecaster_seeds[seed]],
+                window,
+                stride,
+                event_gap,
+                context,
             )
         )
+        runs[-1]["forecaster_seed"] = forecaster_seeds[seed]
         for mode in MODES:
             log.info("seed %d %s: %s", seed, mode, headline(runs[-1]["pooled"][mode]))
     report = {
-        "what": "one offline test evaluation of the declared linear forecaster, alone and"
-        " or'ed with the served detector (scripts/explore_forecaster.py)",
-        "declared_configuration": declared(stride),
+        "what": f"one offline test evaluation of the declared {args.model} forecaster, alone"
+        " and or'ed with the served detector (scripts/explore_forecaster.py)",
+        "declared_configuration": declared(stride, args.model),
+        "fit_seconds": round(fit_seconds, 1),
         "threshold_config": json.loads(configs.pop()),
         "stream_rule": StreamRuleConfig().to_dict(),
         "served": {
@@ -418,8 +576,10 @@ def main() -> None:
         "event_gap": event_gap,
         "channels": len(channels),
         "unfitted_channels": unfitted,
+        "forecaster_thresholds_seed": forecaster_seeds[args.repository[0][0]],
         "forecaster_thresholds": {
-            c: {"fit_rows": f.fit_rows, **f.threshold_parameters} for c, f in forecasters.items()
+            c: {"fit_rows": f.fit_rows, **f.threshold_parameters, **_fit_facts(f)}
+            for c, f in forecasters.items()
         },
         "headline": {
             mode: {

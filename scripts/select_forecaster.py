@@ -35,6 +35,12 @@ is the default; docs/benchmarks/forecaster_selection_harness_seed0.json was writ
     OMP_NUM_THREADS=1 .venv/bin/python scripts/select_forecaster.py \
         --repository triton-repository --seed 0 --lags 250 --ridge 10 1 --smooth 10 0 \
         --json docs/benchmarks/forecaster_selection_harness_seed0.json
+
+``--lstm PATH`` adds telemanom's LSTM forecaster (:mod:`smap_bench.model.lstm_forecaster`)
+as one more row, with the linear forecaster's declared EWMA span of 10: the networks
+``scripts/explore_forecaster.py --model lstm`` fitted and kept (``.run/forecasters/
+lstm-seed-S.pkl``), each fitted on its channel's fit part only, as this harness fits the
+ridge regression, so the held-out halves stay unseen.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import argparse
 import itertools
 import json
 import logging
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +63,13 @@ from smap_bench.data.loader import _array_paths, _load_array
 from smap_bench.inference.repository import find_onnx_models
 from smap_bench.model import selection
 from smap_bench.model.context import ContextConfig
-from smap_bench.model.forecaster import fit_forecaster, smoothed, window_statistics
+from smap_bench.model.forecaster import (
+    LinearForecaster,
+    fit_forecaster,
+    smoothed,
+    window_statistics,
+)
+from smap_bench.model.lstm_forecaster import LSTMForecaster
 from smap_bench.model.repository import read_metadata
 from smap_bench.model.rethreshold import _session, onnx_scorer
 from smap_bench.model.runner import data_source
@@ -171,10 +184,20 @@ class Grid:
     ridge: float
     smooth: int  #: EWMA span, 0: off
     min_rows: float
+    lstm: Path | None = None  #: the fitted LSTM forecasters' file, in the ridge's place
 
     @property
     def label(self) -> str:
+        if self.lstm is not None:
+            return f"lstm L={self.lags} ewma={self.smooth or 'off'}"
         return f"L={self.lags} ridge={self.ridge:g} ewma={self.smooth or 'off'}"
+
+
+def read_lstm_forecasters(path: Path) -> dict[str, LSTMForecaster]:
+    """The LSTM forecasters ``scripts/explore_forecaster.py --model lstm`` kept."""
+    with path.open("rb") as handle:
+        kept = pickle.load(handle)
+    return {channel: forecaster for channel, (forecaster, _) in kept.items()}
 
 
 def forecaster_folds(
@@ -184,8 +207,10 @@ def forecaster_folds(
     grid: Grid,
     served: ThresholdConfig,
     seed: int,
+    fitted: LSTMForecaster | None = None,
 ) -> tuple[list[ForecasterFold], bool]:
-    """The forecaster's decisions on both folds of one channel, and whether it was fitted."""
+    """The forecaster's decisions on both folds of one channel, and whether it was fitted
+    (``fitted``: an LSTM forecaster fitted on the same fit part, in the ridge's place)."""
     channel = material.channel
     train = np.asarray(train, dtype=np.float32)
     n_validation = round(len(train) * settings.validation_fraction)
@@ -195,15 +220,25 @@ def forecaster_folds(
     halves = [tail[:half], tail[half:]]
     bounds = [(n_fit, n_fit + half), (n_fit + half, len(train))]
     normalisation = fit_normalisation(train)
-    forecaster = fit_forecaster(
-        fit_part,
-        normalisation.offset[0],
-        normalisation.scale[0],
-        grid.lags,
-        grid.ridge,
-        grid.min_rows,
-    )
-    clean_errors = smoothed(forecaster.errors(train), grid.smooth)  # every train record
+    forecaster: LinearForecaster | LSTMForecaster
+    if fitted is not None:
+        assert (fitted.offset, fitted.span, fitted.lags) == (
+            normalisation.offset[0],
+            normalisation.scale[0],
+            grid.lags,
+        ), channel
+        forecaster = fitted
+    else:
+        forecaster = fit_forecaster(
+            fit_part,
+            normalisation.offset[0],
+            normalisation.scale[0],
+            grid.lags,
+            grid.ridge,
+            grid.min_rows,
+        )
+    raw_errors = forecaster.errors(train)
+    clean_errors = smoothed(raw_errors, grid.smooth)  # every train record
     # fit-part windows as TranAD's threshold sees them (train_stride)
     fit_stat = window_statistics(clean_errors[:n_fit], WINDOW, settings.train_stride, STRIDE)
     fit_stat = fit_stat[np.isfinite(fit_stat)]
@@ -233,7 +268,14 @@ def forecaster_folds(
         decided = []
         for series in series_list:
             stream = np.concatenate([train[:lo], series])
-            errors = smoothed(forecaster.errors(stream), grid.smooth)[lo:]
+            if fitted is None:
+                errors = smoothed(forecaster.errors(stream), grid.smooth)[lo:]
+            else:  # the LSTM's forward passes are costly: only the judged series' own
+                # (an error depends on its record's lags only; before lo, the clean ones)
+                begin = max(lo - forecaster.lags, 0)
+                judged = forecaster.errors(stream[begin:])[lo - begin :]
+                raw = np.concatenate([raw_errors[:lo], judged])
+                errors = smoothed(raw, grid.smooth)[lo:]
             statistic = window_statistics(errors, WINDOW, STRIDE, STRIDE)
             if len(statistic) != len(fold.clean.starts):
                 raise RuntimeError(
@@ -368,6 +410,7 @@ def compare(repository: Path, seed: int, event_gap: int, grids: list[Grid]) -> d
     for grid in grids:
         started = time.monotonic()
         decisions, unfitted = {}, []
+        lstm = None if grid.lstm is None else read_lstm_forecasters(grid.lstm)
         for material in served.material:
             decisions[material.channel], fitted = forecaster_folds(
                 material,
@@ -376,6 +419,7 @@ def compare(repository: Path, seed: int, event_gap: int, grids: list[Grid]) -> d
                 grid,
                 served.threshold,
                 seed,
+                None if lstm is None else lstm[material.channel],
             )
             if not fitted:
                 unfitted.append(material.channel)
@@ -413,6 +457,15 @@ def main() -> None:
         "--min-rows", type=float, default=2.0, help="fit rows per parameter for a forecaster"
     )
     parser.add_argument("--seed", type=int, default=0, help="the harness's injection seed")
+    parser.add_argument(
+        "--lstm",
+        type=Path,
+        default=None,
+        help="also judge the LSTM forecasters kept in this file (explore_forecaster.py)",
+    )
+    parser.add_argument(
+        "--lstm-smooth", type=int, default=10, help="the LSTM row's EWMA span (declared: 10)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -420,6 +473,9 @@ def main() -> None:
         Grid(lags, ridge, smooth, args.min_rows)
         for lags, ridge, smooth in itertools.product(args.lags, args.ridge, args.smooth)
     ]
+    if args.lstm is not None:
+        lags = next(iter(read_lstm_forecasters(args.lstm).values())).lags
+        grids.append(Grid(lags, float("nan"), args.lstm_smooth, args.min_rows, args.lstm))
     report = compare(args.repository, args.seed, get_settings().event_gap, grids)
     for label, row in report["rows"].items():
         kinds = " ".join(f"{k}={v['detected']}/{v['of']}" for k, v in row["by_kind"].items())
