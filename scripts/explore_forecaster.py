@@ -1,4 +1,4 @@
-"""One offline test evaluation of the declared linear forecaster beside the served detector.
+"""One offline test evaluation of a declared forecaster (linear or LSTM) beside the served detector.
 
 An exploration on the training-only selection harness (held-out halves of the train
 splits with injected anomalies) ranked a telemanom-style linear forecaster of the
@@ -48,7 +48,7 @@ Served OR forecaster window flags become record flags by the responsibility rule
 ``--model lstm`` puts telemanom's LSTM forecaster (:mod:`smap_bench.model.lstm_forecaster`,
 its published configuration, declared before any test split was scored with it) in the
 ridge regression's place, everything after the per-record error unchanged; it is fitted
-once per ``--forecaster-seed`` in ``--jobs`` processes (about a minute a channel on one
+once per ``--forecaster-seed`` in ``--jobs`` processes (about 40 s a channel on one
 core) and kept in ``--cache`` so a second run does not fit it again.
 """
 
@@ -203,6 +203,7 @@ def fit_channel_forecaster(
 ) -> ChannelForecaster:
     """The forecaster, threshold and stream rule of one channel from its train split
     (the forecaster itself given when already fitted, with the errors it gave)."""
+    assert fitted_forecaster is None or model == "lstm", "only the LSTM's fit is kept"
     settings = meta["settings"]
     config = ThresholdConfig(**settings["threshold"])
     window = int(meta["window"])
@@ -212,18 +213,15 @@ def fit_channel_forecaster(
     n_fit = len(fit_part)
     norm = fit_normalisation(train)
     offset, span = float(norm.offset[0]), float(norm.scale[0])
-    fit_rows = max(n_fit - LAGS, 0)
-    forecaster: LinearForecaster | LSTMForecaster
-    if model == "lstm":
+    forecaster = fitted_forecaster
+    if forecaster is None and model == "lstm":
         lstm_config = LSTMForecasterConfig()
-        fit_rows = max(n_fit - lstm_config.lags, 0)
-        forecaster = fitted_forecaster
-        if forecaster is None:
-            forecaster = fit_lstm_forecaster(fit_part, offset, span, lstm_config, forecaster_seed)
-    else:
+        forecaster = fit_lstm_forecaster(fit_part, offset, span, lstm_config, forecaster_seed)
+    elif forecaster is None:
         forecaster = fit_forecaster(fit_part, offset, span, LAGS, RIDGE, MIN_ROWS_PER_PARAMETER)
+    fit_rows = max(n_fit - forecaster.lags, 0)
     fitted = ChannelForecaster(channel, forecaster, None, {}, fit_rows, dict(memo or {}))
-    if forecaster.coef is None:
+    if not forecaster.fitted:
         return fitted
     errors = fitted.smoothed_errors(train)  # one causal stream over the whole train split
     fit_stats = window_statistics(errors[:n_fit], window, int(settings["train_stride"]), block)
@@ -538,7 +536,7 @@ def main() -> None:
     }
     fit_seconds = time.perf_counter() - started
     forecasters = by_seed[forecaster_seeds[args.repository[0][0]]]
-    unfitted = sorted(c for c, f in forecasters.items() if f.forecaster.coef is None)
+    unfitted = sorted(c for c, f in forecasters.items() if not f.forecaster.fitted)
     log.info("forecasters fitted in %.1fs; unfitted: %s", fit_seconds, unfitted)
     runs = []
     for seed, repository in args.repository:

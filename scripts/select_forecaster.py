@@ -46,6 +46,7 @@ ridge regression, so the held-out halves stay unseen.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import logging
@@ -193,6 +194,7 @@ class Grid:
         return f"L={self.lags} ridge={self.ridge:g} ewma={self.smooth or 'off'}"
 
 
+@functools.cache
 def read_lstm_forecasters(path: Path) -> dict[str, LSTMForecaster]:
     """The LSTM forecasters ``scripts/explore_forecaster.py --model lstm`` kept."""
     with path.open("rb") as handle:
@@ -249,7 +251,7 @@ def forecaster_folds(
         other_lo, other_hi = bounds[1 - index]
         other = window_statistics(clean_errors[other_lo:other_hi], WINDOW, 1, STRIDE)
         other = other[np.isfinite(other)]
-        if forecaster.coef is None or other.size == 0:
+        if not forecaster.fitted or other.size == 0:
             value = np.inf
         else:
             value = fit_threshold(fit_stat if fit_stat.size else other[:0], other, served).value
@@ -285,7 +287,7 @@ def forecaster_folds(
             statistic = np.nan_to_num(statistic, nan=-np.inf)
             decided.append(statistic > value)
         folds.append(ForecasterFold(float(value), decided[0], decided[1:]))
-    return folds, forecaster.coef is not None
+    return folds, forecaster.fitted
 
 
 # --------------------------------------------------------------------------------------

@@ -52,6 +52,10 @@ class LinearForecaster:
     offset: float  #: the value's normalisation: ``(value - offset) / span``
     span: float
 
+    @property
+    def fitted(self) -> bool:
+        return self.coef is not None
+
     def errors(self, stream: np.ndarray) -> np.ndarray:
         """``|v[t] - v_hat[t]|`` for every record of a raw ``(n, 25)`` stream, each from
         the records before it only; NaN for ``t < lags``."""

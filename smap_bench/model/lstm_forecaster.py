@@ -31,13 +31,14 @@ contract). Pure computation on arrays; the exploration script
 from __future__ import annotations
 
 import copy
-import io
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from smap_bench.model.train import sliding_windows
 
 __all__ = ["LSTMForecaster", "LSTMForecasterConfig", "fit_lstm_forecaster"]
 
@@ -101,9 +102,8 @@ class LSTMForecaster:
         return self.config.lags
 
     @property
-    def coef(self) -> object | None:
-        """Whether it was fitted (the linear forecaster's ``coef is None`` convention)."""
-        return self.network
+    def fitted(self) -> bool:
+        return self.network is not None
 
     def errors(self, stream: np.ndarray, batch: int = 512) -> np.ndarray:
         """``|v[t] - v_hat[t]|`` for every record of a raw ``(n, 25)`` stream, each from
@@ -113,6 +113,7 @@ class LSTMForecaster:
         if self.network is None or len(stream) <= lags:
             return out
         values = _inputs(stream, self.offset, self.span)
+        # a view, copied batch by batch (a test split's lags at once would be ~200 MB)
         lagged = np.lib.stride_tricks.sliding_window_view(values, lags, axis=0)[:-1]
         self.network.eval()
         forecasts = []
@@ -123,28 +124,6 @@ class LSTMForecaster:
         out[lags:] = np.abs(values[lags:, 0] - np.concatenate(forecasts))
         return out
 
-    def state_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        torch.save(None if self.network is None else self.network.state_dict(), buffer)
-        return buffer.getvalue()
-
-    @classmethod
-    def from_state(
-        cls,
-        config: LSTMForecasterConfig,
-        state: bytes,
-        offset: float,
-        span: float,
-        n_features: int = 25,
-        **extra: Any,
-    ) -> LSTMForecaster:
-        weights = torch.load(io.BytesIO(state), weights_only=True)
-        network = None
-        if weights is not None:
-            network = _Network(n_features, config)
-            network.load_state_dict(weights)
-        return cls(config, network, offset, span, **extra)
-
 
 def _sequences(values: np.ndarray, config: LSTMForecasterConfig) -> tuple[np.ndarray, np.ndarray]:
     """Training pairs every ``train_stride`` records: ``[N, lags, 25]`` inputs and the
@@ -153,13 +132,9 @@ def _sequences(values: np.ndarray, config: LSTMForecasterConfig) -> tuple[np.nda
     count = len(values) - lags - horizon + 1
     if count <= 0:
         return np.zeros((0, lags, values.shape[1]), np.float32), np.zeros((0, horizon), np.float32)
-    view = np.lib.stride_tricks.sliding_window_view(values, lags, axis=0)[:count]
-    targets = np.lib.stride_tricks.sliding_window_view(values[lags:, 0], horizon)[:count]
-    picks = np.arange(0, count, config.train_stride)
-    return (
-        np.ascontiguousarray(view[picks].transpose(0, 2, 1)),
-        np.ascontiguousarray(targets[picks]),
-    )
+    inputs = sliding_windows(values[: count + lags - 1], lags, config.train_stride)
+    targets = sliding_windows(values[lags:, :1], horizon, config.train_stride)
+    return inputs, np.ascontiguousarray(targets[:, :, 0])
 
 
 def fit_lstm_forecaster(

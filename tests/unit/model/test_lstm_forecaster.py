@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import torch
 
@@ -37,7 +39,7 @@ def test_the_training_pairs_are_the_lags_and_the_values_after_them_every_stride(
 def test_too_short_a_fit_part_gives_a_forecaster_without_errors() -> None:
     stream = records(np.sin(np.arange(60) / 3.0))
     forecaster = fit_lstm_forecaster(stream, 0.0, 1.0, SMALL, seed=0)
-    assert forecaster.coef is None
+    assert not forecaster.fitted
     assert np.isnan(forecaster.errors(stream)).all()
 
 
@@ -46,7 +48,7 @@ def test_a_seeded_fit_is_repeatable_and_its_errors_causal() -> None:
     stream = records(np.sin(np.arange(600) / 4.0))
     first = fit_lstm_forecaster(stream, -1.0, 2.0, SMALL, seed=3)
     second = fit_lstm_forecaster(stream, -1.0, 2.0, SMALL, seed=3)
-    assert first.coef is not None and 1 <= first.epochs_run <= SMALL.epochs
+    assert first.fitted and 1 <= first.epochs_run <= SMALL.epochs
     errors = first.errors(stream)
     np.testing.assert_array_equal(errors, second.errors(stream))
     assert np.isnan(errors[: SMALL.lags]).all() and np.isfinite(errors[SMALL.lags :]).all()
@@ -61,10 +63,11 @@ def test_a_seeded_fit_is_repeatable_and_its_errors_causal() -> None:
     )
 
 
-def test_the_state_round_trips() -> None:
+def test_a_pickled_forecaster_round_trips() -> None:
+    """As the exploration keeps its fitted forecasters."""
     stream = records(np.sin(np.arange(600) / 4.0))
     fitted = fit_lstm_forecaster(stream, -1.0, 2.0, SMALL, seed=0)
-    restored = LSTMForecaster.from_state(SMALL, fitted.state_bytes(), -1.0, 2.0)
+    restored = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_array_equal(restored.errors(stream), fitted.errors(stream))
     unfitted = LSTMForecaster(SMALL, None, 0.0, 1.0)
-    assert LSTMForecaster.from_state(SMALL, unfitted.state_bytes(), 0.0, 1.0).coef is None
+    assert not pickle.loads(pickle.dumps(unfitted)).fitted
