@@ -41,6 +41,13 @@ as one more row, with the linear forecaster's declared EWMA span of 10: the netw
 ``scripts/explore_forecaster.py --model lstm`` fitted and kept (``.run/forecasters/
 lstm-seed-S.pkl``), each fitted on its channel's fit part only, as this harness fits the
 ridge regression, so the held-out halves stay unseen.
+
+``--contextual`` injects the harness's contextual kinds too
+(:data:`~smap_bench.model.selection.CONTEXTUAL_KINDS`: a stretch played backwards, damped,
+noisier, or carrying a slow excursion, all inside the train range, after the first four
+kinds and from the same generator, so their copies are unchanged) and reports every row
+three times: the first four kinds (the earlier runs' rows, reproduced), the contextual
+kinds, and all eight, the criterion of such a run.
 """
 
 from __future__ import annotations
@@ -112,8 +119,11 @@ def load_train(data_dir: Path, channel: str) -> np.ndarray:
     return _load_array(train_path)
 
 
-def served_material(repository: Path, seed: int) -> Served:
-    """Score every channel's train split with its served model and the served context."""
+def served_material(
+    repository: Path, seed: int, kinds: tuple[str, ...] = selection.KINDS
+) -> Served:
+    """Score every channel's train split with its served model and the served context,
+    with one injected copy per kind of ``kinds`` per fold."""
     source = data_source(get_settings().data_dir)
     if source.path is None:
         raise RuntimeError("no SMAP data directory: the selection needs the train splits")
@@ -143,6 +153,7 @@ def served_material(repository: Path, seed: int) -> Served:
                     window=config.window,
                     train_stride=config.train_stride,
                     validation_fraction=config.validation_fraction,
+                    kinds=kinds,
                     contexts=[SERVED_CONTEXT],
                 )
             )
@@ -210,6 +221,7 @@ def forecaster_folds(
     served: ThresholdConfig,
     seed: int,
     fitted: LSTMForecaster | None = None,
+    kinds: tuple[str, ...] = selection.KINDS,
 ) -> tuple[list[ForecasterFold], bool]:
     """The forecaster's decisions on both folds of one channel, and whether it was fitted
     (``fitted``: an LSTM forecaster fitted on the same fit part, in the ridge's place)."""
@@ -259,7 +271,7 @@ def forecaster_folds(
         rng = selection.injection_rng(channel, seed, index)
         fold = material.folds[index]
         series_list = [judged_half]
-        for kind, item in zip(selection.KINDS, fold.injected, strict=True):
+        for kind, item in zip(kinds, fold.injected, strict=True):
             series, anomaly = selection.inject(judged_half, kind, rng, low, high)
             if anomaly != item.anomaly:
                 raise RuntimeError(
@@ -301,8 +313,10 @@ def judge(
     forecaster: dict[str, list[ForecasterFold]] | None,
     use_served: bool,
     event_gap: int,
+    kinds: tuple[str, ...] = selection.KINDS,
 ) -> dict[str, Any]:
-    """Pooled held-out counts of the served rule, the forecaster, or both or'ed."""
+    """Pooled held-out counts of the served rule, the forecaster, or both or'ed, over
+    the injected copies of ``kinds`` (and every clean half)."""
     statistic = selection.STATISTICS["mean"]
     detected = injected = fps = records = 0
     by_kind: dict[str, int] = {}
@@ -342,6 +356,8 @@ def judge(
                     continue
                 if item.anomaly is None:
                     raise RuntimeError(f"{channel.channel}: injected series without its range")
+                if item.anomaly.kind not in kinds:
+                    continue
                 hit = evaluation.event_counts(segments, [item.anomaly]).tp
                 injected += 1
                 detected += hit
@@ -352,11 +368,11 @@ def judge(
         selection.Candidate("mean", served), detected, injected, fps, records, by_kind
     )
     fp_per_anomaly = fps / records * RATE
-    kinds = {}
-    for kind in selection.KINDS:
+    per_kind = {}
+    for kind in kinds:
         recall = by_kind.get(kind, 0) / n_kind[kind]
         precision = recall / (recall + fp_per_anomaly) if recall else 0.0
-        kinds[kind] = {
+        per_kind[kind] = {
             "detected": by_kind.get(kind, 0),
             "of": n_kind[kind],
             "recall": round(recall, 4),
@@ -374,15 +390,30 @@ def judge(
         "false_positives": fps,
         "clean_records": records,
         "fa_per_10k": round(outcome.false_alarms_per_10k, 3),
-        "by_kind": kinds,
+        "by_kind": per_kind,
         "fp_by_channel": fp_by_channel,
     }
 
 
-def compare(repository: Path, seed: int, event_gap: int, grids: list[Grid]) -> dict[str, Any]:
-    """The served rule alone, and each forecaster configuration alone and or'ed with it."""
+#: The kind groups a contextual run reports (``--contextual``): the first four kinds alone
+#: (the rows of the runs before it, reproduced), the contextual ones, and all eight.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "": selection.KINDS,
+    "contextual": selection.CONTEXTUAL_KINDS,
+    "all": selection.ALL_KINDS,
+}
+
+
+def compare(
+    repository: Path, seed: int, event_gap: int, grids: list[Grid], contextual: bool = False
+) -> dict[str, Any]:
+    """The served rule alone, and each forecaster configuration alone and or'ed with it;
+    with ``contextual``, the contextual kinds are injected too and every row is reported
+    per kind group (:data:`GROUPS`)."""
+    kinds = selection.ALL_KINDS if contextual else selection.KINDS
+    groups = GROUPS if contextual else {"": selection.KINDS}
     started = time.monotonic()
-    served = served_material(repository, seed)
+    served = served_material(repository, seed, kinds)
     log.info("served material: %.0fs", time.monotonic() - started)
     reference = selection.judge(
         selection.Candidate("mean", served.threshold),
@@ -390,8 +421,7 @@ def compare(repository: Path, seed: int, event_gap: int, grids: list[Grid]) -> d
         event_gap=event_gap,
         context=SERVED_CONTEXT,
     )
-    rows = {"served": judge(served.material, served.threshold, None, True, event_gap)}
-    alone = rows["served"]
+    alone = judge(served.material, served.threshold, None, True, event_gap, kinds)
     if (alone["detected"], alone["false_positives"]) != (
         reference.detected,
         reference.false_positives,
@@ -408,6 +438,16 @@ def compare(repository: Path, seed: int, event_gap: int, grids: list[Grid]) -> d
         RATE,
         reference.f1_at(RATE),
     )
+    rows: dict[str, dict[str, Any]] = {}
+
+    def add(label: str, decisions: dict[str, list[ForecasterFold]] | None, use: bool) -> None:
+        for group, group_kinds in groups.items():
+            key = f"{label} [{group}]" if group else label
+            rows[key] = judge(
+                served.material, served.threshold, decisions, use, event_gap, group_kinds
+            )
+
+    add("served", None, True)
     info = {}
     for grid in grids:
         started = time.monotonic()
@@ -422,15 +462,12 @@ def compare(repository: Path, seed: int, event_gap: int, grids: list[Grid]) -> d
                 served.threshold,
                 seed,
                 None if lstm is None else lstm[material.channel],
+                kinds,
             )
             if not fitted:
                 unfitted.append(material.channel)
-        rows[f"forecaster {grid.label}"] = judge(
-            served.material, served.threshold, decisions, False, event_gap
-        )
-        rows[f"served OR forecaster {grid.label}"] = judge(
-            served.material, served.threshold, decisions, True, event_gap
-        )
+        add(f"forecaster {grid.label}", decisions, False)
+        add(f"served OR forecaster {grid.label}", decisions, True)
         seconds = time.monotonic() - started
         info[grid.label] = {"unfitted_channels": unfitted, "seconds": round(seconds, 1)}
         log.info("%s: %.1fs, unfitted %s", grid.label, seconds, unfitted)
@@ -439,7 +476,8 @@ def compare(repository: Path, seed: int, event_gap: int, grids: list[Grid]) -> d
         "seed": seed,
         "event_gap": event_gap,
         "served_context": SERVED_CONTEXT.to_dict(),
-        "criterion": f"f1_at_{RATE}",
+        "criterion": f"f1_at_{RATE}" + (" of the [all] rows" if contextual else ""),
+        "kinds": list(kinds),
         "channels": [m.channel for m in served.material],
         "skipped": served.skipped,
         "rows": rows,
@@ -468,6 +506,11 @@ def main() -> None:
     parser.add_argument(
         "--lstm-smooth", type=int, default=10, help="the LSTM row's EWMA span (declared: 10)"
     )
+    parser.add_argument(
+        "--contextual",
+        action="store_true",
+        help="inject the contextual kinds too and report every row per kind group",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -478,11 +521,11 @@ def main() -> None:
     if args.lstm is not None:
         lags = next(iter(read_lstm_forecasters(args.lstm).values())).lags
         grids.append(Grid(lags, float("nan"), args.lstm_smooth, args.min_rows, args.lstm))
-    report = compare(args.repository, args.seed, get_settings().event_gap, grids)
+    report = compare(args.repository, args.seed, get_settings().event_gap, grids, args.contextual)
     for label, row in report["rows"].items():
         kinds = " ".join(f"{k}={v['detected']}/{v['of']}" for k, v in row["by_kind"].items())
         print(
-            f"{label:48} f1@{RATE} {row[f'f1_at_{RATE}']:.4f} recall {row['recall']:.4f} "
+            f"{label:60} f1@{RATE} {row[f'f1_at_{RATE}']:.4f} recall {row['recall']:.4f} "
             f"({row['detected']}/{row['injected']}) fp {row['false_positives']:3d} "
             f"fa/10k {row['fa_per_10k']:.2f} | {kinds}"
         )

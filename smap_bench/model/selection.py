@@ -46,6 +46,14 @@ from smap_bench.model.threshold import ThresholdConfig, fit_threshold
 #: them: point anomalies and contextual ones).
 KINDS: tuple[str, ...] = ("spike", "level_shift", "frozen", "frequency")
 
+#: Contextual kinds: the value stays inside the train split's range and only its pattern
+#: is wrong (what most of the test splits' missed ranges look like). Injected after
+#: :data:`KINDS`, from the same generator, so the first four kinds' copies are unchanged.
+CONTEXTUAL_KINDS: tuple[str, ...] = ("reverse", "damped", "noise", "bump")
+
+#: Every kind the harness can inject, in injection order.
+ALL_KINDS: tuple[str, ...] = KINDS + CONTEXTUAL_KINDS
+
 #: Smallest span of the telemetry value used to size injections (as the normalisation).
 MIN_SPAN = 0.1
 
@@ -164,7 +172,15 @@ def inject(
     - ``spike``: 3-10 records at the far side of the train range from the current value;
     - ``level_shift``: 20-80 records shifted by 30-50% of the span;
     - ``frozen``: 40-120 records held at the value where the signal stopped;
-    - ``frequency``: 40-120 records oscillating with a period of 4-10 records.
+    - ``frequency``: 40-120 records oscillating with a period of 4-10 records;
+
+    and the contextual kinds (:data:`CONTEXTUAL_KINDS`), which never leave the train range:
+
+    - ``reverse``: 40-120 records played backwards (the same values, in the wrong order);
+    - ``damped``: 40-120 records whose deviations from their own mean shrink to 10-40%;
+    - ``noise``: 40-120 records with Gaussian noise of 3-8% of the span added;
+    - ``bump``: 60-200 records carrying a triangular excursion (up, then back) of 20-40%
+      of the span, towards the middle of the range.
     """
     segment = np.array(segment, dtype=np.float32, copy=True)
     n = len(segment)
@@ -173,6 +189,10 @@ def inject(
         "level_shift": (20, 80),
         "frozen": (40, 120),
         "frequency": (40, 120),
+        "reverse": (40, 120),
+        "damped": (40, 120),
+        "noise": (40, 120),
+        "bump": (60, 200),
     }
     if kind not in lengths:
         raise ValueError(f"inject: unknown kind {kind!r} (known: {list(lengths)})")
@@ -195,9 +215,21 @@ def inject(
         value[part] += shift if room_up >= shift or value[start] <= mid else -shift
     elif kind == "frozen":
         value[part] = value[start]
-    else:
+    elif kind == "frequency":
         period = rng.uniform(4.0, 10.0)
         value[part] = mid + 0.4 * span * np.sin(2 * np.pi * np.arange(length) / period)
+    elif kind == "reverse":
+        value[part] = value[part][::-1].copy()
+    elif kind == "damped":
+        stretch = value[part]
+        value[part] = stretch.mean() + rng.uniform(0.1, 0.4) * (stretch - stretch.mean())
+    elif kind == "noise":
+        noisy = value[part] + rng.normal(0.0, rng.uniform(0.03, 0.08) * span, length)
+        value[part] = np.clip(noisy, low, high)
+    else:  # bump
+        height = rng.uniform(0.2, 0.4) * span * (1.0 if value[start] <= mid else -1.0)
+        ramp = 1.0 - np.abs(np.linspace(-1.0, 1.0, length))
+        value[part] = np.clip(value[part] + height * ramp, low, high)
     segment[:, 0] = np.clip(value, -1.0, 1.0)
     return segment, LabeledRange(start, start + length - 1, kind)
 

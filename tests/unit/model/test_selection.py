@@ -32,7 +32,7 @@ def _segment(n: int = 200) -> np.ndarray:
     return segment
 
 
-@pytest.mark.parametrize("kind", selection.KINDS)
+@pytest.mark.parametrize("kind", selection.ALL_KINDS)
 def test_injection_changes_only_its_range_of_the_value(kind: str) -> None:
     segment = _segment()
     out, anomaly = selection.inject(segment, kind, np.random.default_rng(3), -0.5, 0.5)
@@ -57,6 +57,34 @@ def test_injection_is_repeatable_per_channel_and_fold() -> None:
 def test_injection_refuses_an_unknown_kind() -> None:
     with pytest.raises(ValueError, match="unknown kind"):
         selection.inject(_segment(), "drift", np.random.default_rng(0), -0.5, 0.5)
+
+
+@pytest.mark.parametrize("kind", selection.CONTEXTUAL_KINDS)
+def test_contextual_injections_stay_inside_the_train_range(kind: str) -> None:
+    segment = _segment()
+    out, anomaly = selection.inject(segment, kind, np.random.default_rng(5), -0.5, 0.5)
+    part = out[anomaly.start : anomaly.end + 1, 0]
+    assert part.min() >= -0.5 - 1e-6 and part.max() <= 0.5 + 1e-6
+
+
+def test_contextual_kinds_leave_the_first_kinds_copies_unchanged() -> None:
+    """Injected after the first four, from the same generator: what the harness drew
+    for the first four kinds does not move when the contextual ones are added."""
+    rng_a, rng_b = (selection.injection_rng("E-5", 0, 1) for _ in range(2))
+    first = [selection.inject(_segment(), k, rng_a, -0.5, 0.5)[1] for k in selection.KINDS]
+    every = [selection.inject(_segment(), k, rng_b, -0.5, 0.5)[1] for k in selection.ALL_KINDS]
+    assert every[: len(selection.KINDS)] == first
+
+
+def test_reverse_plays_the_stretch_backwards_and_damped_keeps_its_mean() -> None:
+    segment = _segment()
+    out, anomaly = selection.inject(segment, "reverse", np.random.default_rng(1), -0.5, 0.5)
+    part = slice(anomaly.start, anomaly.end + 1)
+    np.testing.assert_allclose(out[part, 0], segment[part, 0][::-1])
+    out, anomaly = selection.inject(segment, "damped", np.random.default_rng(1), -0.5, 0.5)
+    part = slice(anomaly.start, anomaly.end + 1)
+    assert out[part, 0].mean() == pytest.approx(segment[part, 0].mean(), abs=1e-6)
+    assert out[part, 0].std() < 0.5 * segment[part, 0].std()
 
 
 def _deviation_scorer(raw: np.ndarray) -> np.ndarray:
