@@ -485,6 +485,50 @@ def compare(
     }
 
 
+def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every row's criterion over several injection seeds' reports: per seed, mean and
+    standard deviation, pooled detections and false positives, and the criterion with one
+    false alarm more or fewer (how much a single false alarm moves it)."""
+    if not reports:
+        raise ValueError("summarise: no reports")
+    labels = list(reports[0]["rows"])
+    for report in reports[1:]:
+        if list(report["rows"]) != labels:
+            raise ValueError("summarise: the reports do not hold the same rows")
+    key = f"f1_at_{RATE}"
+    reference = selection.Candidate("mean", ThresholdConfig())
+    rows = {}
+    for label in labels:
+        per_seed = [report["rows"][label] for report in reports]
+        values = np.array([row[key] for row in per_seed])
+        detected = sum(row["detected"] for row in per_seed)
+        injected = sum(row["injected"] for row in per_seed)
+        fps = sum(row["false_positives"] for row in per_seed)
+        clean = sum(row["clean_records"] for row in per_seed)
+        pooled, more, fewer = (
+            selection.Outcome(reference, detected, injected, count, clean, {}).f1_at(RATE)
+            for count in (fps, fps + 1, max(fps - 1, 0))
+        )
+
+        rows[label] = {
+            "per_seed": [round(float(v), 4) for v in values],
+            "mean": round(float(values.mean()), 4),
+            "std": round(float(values.std(ddof=1)), 4) if len(values) > 1 else None,
+            "detected": detected,
+            "injected": injected,
+            "false_positives": fps,
+            "pooled": round(pooled, 4),
+            "pooled_one_fp_more": round(more, 4),
+            "pooled_one_fp_fewer": round(fewer, 4),
+        }
+    return {
+        "criterion": f"{key}, mean over the injection seeds",
+        "seeds": [report["seed"] for report in reports],
+        "repository": reports[0]["repository"],
+        "rows": rows,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=get_settings().model_repository)
@@ -511,9 +555,27 @@ def main() -> None:
         action="store_true",
         help="inject the contextual kinds too and report every row per kind group",
     )
+    parser.add_argument(
+        "--summarise",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="summarise these reports (one per injection seed) instead of running",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.summarise:
+        summary = summarise([json.loads(path.read_text()) for path in args.summarise])
+        for label, row in summary["rows"].items():
+            print(
+                f"{label:60} mean {row['mean']:.4f} ± {row['std'] or 0:.4f} {row['per_seed']}"
+                f" | pooled {row['pooled']:.4f} ({row['detected']}/{row['injected']},"
+                f" fp {row['false_positives']}; one fp more {row['pooled_one_fp_more']:.4f})"
+            )
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=1) + "\n")
+        return
     grids = [
         Grid(lags, ridge, smooth, args.min_rows)
         for lags, ridge, smooth in itertools.product(args.lags, args.ridge, args.smooth)

@@ -15,9 +15,10 @@ the network never trained on):
 2. False alarms: the clean judged half is windowed as the live pipeline windows a split
    (window 30, stride 10, from its first record); every predicted segment is a false
    positive.
-3. Recall: one copy of the judged half per anomaly kind (:data:`KINDS`), each with one
-   injected anomaly of that kind in the telemetry value (column 0); a copy counts one true
-   positive when a predicted segment overlaps the injected range.
+3. Recall: one copy of the judged half per anomaly kind (:data:`KINDS`, and where asked
+   the contextual ones, :data:`CONTEXTUAL_KINDS`), each with one injected anomaly of that
+   kind in the telemetry value (column 0); a copy counts one true positive when a
+   predicted segment overlaps the injected range.
 4. The criterion is the event-wise F1 expected when anomalies occur once every
    ``records_per_anomaly`` records: with pooled recall ``r`` and pooled false-positive
    segments per record ``f``, precision is ``r / (r + f R)``. The held-out halves carry one
