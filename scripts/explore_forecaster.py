@@ -55,14 +55,12 @@ core) and kept in ``--cache`` so a second run does not fit it again.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import pickle
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +72,11 @@ from smap_bench.config import get_settings
 from smap_bench.data.loader import ChannelData, load_channel
 from smap_bench.model.context import ContextConfig, detector_from_metadata
 from smap_bench.model.forecaster import (
+    EWMA_SPAN,
+    ChannelForecaster,
     LinearForecaster,
+    channel_forecaster,
     fit_forecaster,
-    smoothed,
-    window_statistics,
 )
 from smap_bench.model.lstm_forecaster import (
     LSTMForecaster,
@@ -88,12 +87,11 @@ from smap_bench.model.offline import onnx_session, score_split
 from smap_bench.model.repository import onnx_path, read_metadata
 from smap_bench.model.runner import data_source, select_channels
 from smap_bench.model.stream_rule import (
-    StreamRule,
     StreamRuleConfig,
     confirmed_flags,
     stream_rule_from_metadata,
 )
-from smap_bench.model.threshold import ThresholdConfig, fit_threshold, window_statistic
+from smap_bench.model.threshold import window_statistic
 from smap_bench.model.train import fit_normalisation
 
 log = logging.getLogger("explore_forecaster")
@@ -101,7 +99,6 @@ log = logging.getLogger("explore_forecaster")
 #: Declared before any test split was scored (the selection harness's best).
 LAGS = 250
 RIDGE = 10.0
-EWMA_SPAN = 10
 MIN_ROWS_PER_PARAMETER = 2.0
 MODES = ("served", "forecaster", "served_or_forecaster")
 MODELS = ("linear", "lstm")
@@ -143,54 +140,6 @@ def declared(stride: int, model: str = "linear") -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class ChannelForecaster:
-    """One channel's forecaster and its decision, fitted on the train split only."""
-
-    channel: str
-    forecaster: LinearForecaster | LSTMForecaster  #: not fitted (too short): never flags
-    rule: StreamRule | None
-    threshold_parameters: dict[str, Any]
-    fit_rows: int
-    #: Smoothed errors already computed, by split (the sha256 of its bytes).
-    memo: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def smoothed_errors(self, split: np.ndarray) -> np.ndarray:
-        """Smoothed ``|v[t] - v_hat[t]|`` of a raw ``(n, 25)`` stream (NaN for ``t < L``)."""
-        key = hashlib.sha256(np.ascontiguousarray(split).tobytes()).hexdigest()
-        if key not in self.memo:
-            self.memo[key] = smoothed(self.forecaster.errors(split), EWMA_SPAN)
-        return self.memo[key]
-
-    def window_statistics(self, split: np.ndarray, window: int, stride: int) -> np.ndarray:
-        """The statistic of each pipeline window ``[k]`` of a split (NaN: not all of its
-        newest ``stride`` records have a forecast)."""
-        return window_statistics(self.smoothed_errors(split), window, stride, stride)
-
-    def warm_up_end(self, split: np.ndarray, window: int, stride: int) -> int:
-        """First record after those judged while the stream rule still lets the static
-        threshold decide (its first ``min_history - 1`` statistics); 0 when unfitted."""
-        statistics = self.window_statistics(split, window, stride)
-        judged = np.flatnonzero(np.isfinite(statistics))
-        if self.rule is None or not judged.size:
-            return 0
-        last = min(int(judged[0]) + self.rule.config.min_history - 2, len(statistics) - 1)
-        return int(last) * stride + window
-
-    def window_flags(self, split: np.ndarray, window: int, stride: int) -> np.ndarray:
-        """The forecaster's decision for each pipeline window of a split, as live."""
-        statistics = self.window_statistics(split, window, stride)
-        flags = np.zeros(len(statistics), dtype=bool)
-        if self.rule is None:
-            return flags
-        judged = np.flatnonzero(np.isfinite(statistics))
-        if judged.size:
-            first = int(judged[0])
-            assert np.isfinite(statistics[first:]).all()  # a forecast once L records lie behind
-            flags[first:] = confirmed_flags(statistics[first:], self.rule)
-        return flags
-
-
 def fit_channel_forecaster(
     channel: str,
     train: np.ndarray,
@@ -204,13 +153,9 @@ def fit_channel_forecaster(
     """The forecaster, threshold and stream rule of one channel from its train split
     (the forecaster itself given when already fitted, with the errors it gave)."""
     assert fitted_forecaster is None or model == "lstm", "only the LSTM's fit is kept"
-    settings = meta["settings"]
-    config = ThresholdConfig(**settings["threshold"])
-    window = int(meta["window"])
     train = np.asarray(train, dtype=np.float32)
-    n_validation = round(len(train) * float(settings["validation_fraction"]))
+    n_validation = round(len(train) * float(meta["settings"]["validation_fraction"]))
     fit_part = train[:-n_validation]
-    n_fit = len(fit_part)
     norm = fit_normalisation(train)
     offset, span = float(norm.offset[0]), float(norm.scale[0])
     forecaster = fitted_forecaster
@@ -219,25 +164,7 @@ def fit_channel_forecaster(
         forecaster = fit_lstm_forecaster(fit_part, offset, span, lstm_config, forecaster_seed)
     elif forecaster is None:
         forecaster = fit_forecaster(fit_part, offset, span, LAGS, RIDGE, MIN_ROWS_PER_PARAMETER)
-    fit_rows = max(n_fit - forecaster.lags, 0)
-    fitted = ChannelForecaster(channel, forecaster, None, {}, fit_rows, dict(memo or {}))
-    if not forecaster.fitted:
-        return fitted
-    errors = fitted.smoothed_errors(train)  # one causal stream over the whole train split
-    fit_stats = window_statistics(errors[:n_fit], window, int(settings["train_stride"]), block)
-    fit_stats = fit_stats[np.isfinite(fit_stats)]
-    validation_stats = window_statistics(errors[n_fit:], window, 1, block)
-    assert np.isfinite(validation_stats).all() and validation_stats.size
-    threshold = fit_threshold(fit_stats, validation_stats, config)
-    metadata = {"threshold": threshold.value, "threshold_parameters": threshold.parameters}
-    fitted.rule = stream_rule_from_metadata(channel, metadata, StreamRuleConfig())
-    fitted.threshold_parameters = {
-        "threshold": threshold.value,
-        **threshold.parameters,
-        "fit_windows": int(fit_stats.size),
-        "validation_windows": int(validation_stats.size),
-    }
-    return fitted
+    return channel_forecaster(channel, forecaster, train, meta, block, EWMA_SPAN, memo)
 
 
 # --------------------------------------------------------------------------------------

@@ -7,6 +7,12 @@ regression in closed form, the constant not penalised. Its per-record error
 statistic is the mean error over its newest records (:func:`window_statistics`, after
 :func:`smap_bench.model.selection.stat_last_block`).
 
+A channel's decision (:class:`ChannelForecaster`, built by :func:`channel_forecaster`
+from its train split only) is the served TranAD's: the threshold fitted as training fits
+TranAD's (the fit part's windows every ``train_stride`` records and the validation tail's
+every record, with the models' ``ThresholdConfig``), and the confirmed rule over the
+stream's statistics, its floor POT's initial threshold.
+
 Pure functions, no I/O: ``scripts/select_forecaster.py`` judges the forecaster on the
 training-only selection harness, ``scripts/explore_forecaster.py`` scores a declared
 configuration on the test splits.
@@ -14,17 +20,30 @@ configuration on the test splits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from smap_bench import windows
 from smap_bench.model.selection import stat_last_block
+from smap_bench.model.stream_rule import (
+    StreamRule,
+    StreamRuleConfig,
+    confirmed_flags,
+    stream_rule_from_metadata,
+)
+from smap_bench.model.threshold import ThresholdConfig, fit_threshold
 
 __all__ = [
+    "EWMA_SPAN",
     "N_COMMANDS",
+    "ChannelForecaster",
+    "Forecaster",
     "LinearForecaster",
+    "channel_forecaster",
     "design_rows",
     "fit_forecaster",
     "smoothed",
@@ -33,6 +52,22 @@ __all__ = [
 
 #: Command one-hot columns beside the telemetry value.
 N_COMMANDS = 24
+
+#: The declared EWMA span of the per-record errors (the harness's choice, before any test
+#: split was scored).
+EWMA_SPAN = 10
+
+
+class Forecaster(Protocol):
+    """What a channel's decision needs of a forecaster (linear or LSTM)."""
+
+    @property
+    def lags(self) -> int: ...
+
+    @property
+    def fitted(self) -> bool: ...
+
+    def errors(self, stream: np.ndarray) -> np.ndarray: ...
 
 
 def design_rows(values: np.ndarray, commands: np.ndarray, lags: int) -> np.ndarray:
@@ -100,3 +135,100 @@ def window_statistics(errors: np.ndarray, window: int, stride: int, block: int) 
     if not len(rows):
         return np.zeros(0)
     return stat_last_block(np.asarray(rows[:, :, 0], dtype=np.float64), block)
+
+
+@dataclass
+class ChannelForecaster:
+    """One channel's forecaster and its decision, fitted on the train split only (``rule``
+    None: no forecaster was fitted, or no threshold: it never flags)."""
+
+    channel: str
+    forecaster: Forecaster
+    rule: StreamRule | None
+    threshold_parameters: dict[str, Any]
+    fit_rows: int
+    span: int = EWMA_SPAN
+    #: Smoothed errors already computed, by split (the sha256 of its bytes): an LSTM's
+    #: forward passes are costly.
+    memo: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def smoothed_errors(self, split: np.ndarray) -> np.ndarray:
+        """Smoothed ``|v[t] - v_hat[t]|`` of a raw ``(n, 25)`` stream (NaN for ``t < L``)."""
+        key = hashlib.sha256(np.ascontiguousarray(split).tobytes()).hexdigest()
+        if key not in self.memo:
+            self.memo[key] = smoothed(self.forecaster.errors(split), self.span)
+        return self.memo[key]
+
+    def window_statistics(self, split: np.ndarray, window: int, stride: int) -> np.ndarray:
+        """The statistic of each pipeline window ``[k]`` of a split (NaN: not all of its
+        newest ``stride`` records have a forecast)."""
+        return window_statistics(self.smoothed_errors(split), window, stride, stride)
+
+    def warm_up_end(self, split: np.ndarray, window: int, stride: int) -> int:
+        """First record after those judged while the stream rule still lets the static
+        threshold decide (its first ``min_history - 1`` statistics); 0 when unfitted."""
+        statistics = self.window_statistics(split, window, stride)
+        judged = np.flatnonzero(np.isfinite(statistics))
+        if self.rule is None or not judged.size:
+            return 0
+        last = min(int(judged[0]) + self.rule.config.min_history - 2, len(statistics) - 1)
+        return int(last) * stride + window
+
+    def window_flags(self, split: np.ndarray, window: int, stride: int) -> np.ndarray:
+        """The forecaster's decision for each pipeline window of a split, as live: the
+        confirmed rule over its statistics, from the first window that has one (the
+        windows before it never flag)."""
+        statistics = self.window_statistics(split, window, stride)
+        flags = np.zeros(len(statistics), dtype=bool)
+        if self.rule is None:
+            return flags
+        judged = np.flatnonzero(np.isfinite(statistics))
+        if judged.size:
+            first = int(judged[0])
+            if not np.isfinite(statistics[first:]).all():
+                raise ValueError(
+                    f"{self.channel}: a window after the first forecast has no statistic"
+                )
+            flags[first:] = confirmed_flags(statistics[first:], self.rule)
+        return flags
+
+
+def channel_forecaster(
+    channel: str,
+    forecaster: Forecaster,
+    train: np.ndarray,
+    metadata: dict[str, Any],
+    block: int,
+    span: int = EWMA_SPAN,
+    memo: dict[str, np.ndarray] | None = None,
+) -> ChannelForecaster:
+    """A fitted forecaster's decision on one channel from its train split: the threshold
+    of its smoothed errors over the train split as one causal stream, fitted as training
+    fits TranAD's (``metadata``: the channel model's, for the window, the split of the
+    train split and the ``ThresholdConfig``), and the stream rule built on it as
+    :func:`~smap_bench.model.stream_rule.stream_rule_from_metadata` builds TranAD's."""
+    settings = metadata["settings"]
+    config = ThresholdConfig(**settings["threshold"])
+    window = int(metadata["window"])
+    train = np.asarray(train, dtype=np.float32)
+    n_fit = len(train) - round(len(train) * float(settings["validation_fraction"]))
+    fit_rows = max(n_fit - forecaster.lags, 0)
+    fitted = ChannelForecaster(channel, forecaster, None, {}, fit_rows, span, dict(memo or {}))
+    if not forecaster.fitted:
+        return fitted
+    errors = fitted.smoothed_errors(train)
+    fit_stats = window_statistics(errors[:n_fit], window, int(settings["train_stride"]), block)
+    fit_stats = fit_stats[np.isfinite(fit_stats)]
+    validation_stats = window_statistics(errors[n_fit:], window, 1, block)
+    if not (validation_stats.size and np.isfinite(validation_stats).all()):
+        raise ValueError(f"{channel}: the validation tail has no forecast for every window")
+    threshold = fit_threshold(fit_stats, validation_stats, config)
+    rule_metadata = {"threshold": threshold.value, "threshold_parameters": threshold.parameters}
+    fitted.rule = stream_rule_from_metadata(channel, rule_metadata, StreamRuleConfig())
+    fitted.threshold_parameters = {
+        "threshold": threshold.value,
+        **threshold.parameters,
+        "fit_windows": int(fit_stats.size),
+        "validation_windows": int(validation_stats.size),
+    }
+    return fitted

@@ -1,16 +1,20 @@
-"""The linear forecaster's pure pieces: rows, fit, errors, smoothing, window statistics."""
+"""The linear forecaster's pure pieces: rows, fit, errors, smoothing, window statistics,
+and a channel's decision."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from smap_bench.model.forecaster import (
     N_COMMANDS,
+    channel_forecaster,
     design_rows,
     fit_forecaster,
     smoothed,
     window_statistics,
 )
+from smap_bench.model.stream_rule import confirmed_flags
 
 
 def records(values: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -72,3 +76,70 @@ def test_window_statistics_average_each_window_s_newest_records() -> None:
     first = window_statistics(errors, window=10, stride=10, block=10)[0]
     assert np.isnan(first)  # records 0..4 have no error
     assert window_statistics(errors[:5], window=10, stride=10, block=5).size == 0
+
+
+def _autoregressive(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    values = np.zeros(n)
+    for t in range(2, n):
+        values[t] = 0.6 * values[t - 1] - 0.3 * values[t - 2] + 0.05 * rng.standard_normal()
+    return values
+
+
+METADATA = {
+    "window": 30,
+    "settings": {
+        "threshold": {"method": "pot", "level": 0.98, "q": 1e-4, "floor_factor": 2.0},
+        "validation_fraction": 0.2,
+        "train_stride": 4,
+    },
+}
+
+
+def test_a_channel_s_decision_flags_a_jump_it_never_saw_and_not_its_own_kind_of_data() -> None:
+    train = records(_autoregressive(2500, 2))
+    forecaster = fit_forecaster(train[:2000], 0.0, 1.0, lags=25, ridge=1.0, min_rows=2.0)
+    decided = channel_forecaster("X-1", forecaster, train, METADATA, block=10)
+    assert decided.rule is not None and decided.fit_rows == 2000 - 25
+    parameters = decided.threshold_parameters
+    assert parameters["threshold"] == decided.rule.static > 0
+    assert parameters["validation_windows"] == 500 - 30 + 1
+    test_values = _autoregressive(1200, 3)
+    clean = records(test_values, 4)
+    jumped = clean.copy()
+    jumped[900:903, 0] += 1.5  # a spike thirty times the noise
+    clean_flags = decided.window_flags(clean, 30, 10)
+    jumped_flags = decided.window_flags(jumped, 30, 10)
+    assert not clean_flags[:85].any()
+    assert jumped_flags[88:92].any()
+    # the decision is the confirmed rule over the statistics from the first forecast on
+    statistics = decided.window_statistics(jumped, 30, 10)
+    first = int(np.flatnonzero(np.isfinite(statistics))[0])
+    assert first == 1  # window 0's newest records 20..24 have no 25 lags; window 1's do
+    np.testing.assert_array_equal(
+        jumped_flags[first:], confirmed_flags(statistics[first:], decided.rule)
+    )
+    assert not jumped_flags[:first].any()
+    assert decided.warm_up_end(jumped, 30, 10) == (first + 30 - 2) * 10 + 30
+
+
+def test_a_channel_without_a_forecaster_never_flags() -> None:
+    train = records(_autoregressive(300, 5))
+    forecaster = fit_forecaster(train[:240], 0.0, 1.0, lags=250, ridge=1.0, min_rows=2.0)
+    decided = channel_forecaster("X-2", forecaster, train, METADATA, block=10)
+    assert decided.rule is None and decided.fit_rows == 0
+    stream = records(np.ones(400), 6)
+    assert not decided.window_flags(stream, 30, 10).any()
+    assert decided.warm_up_end(stream, 30, 10) == 0
+
+
+def test_the_smoothed_errors_of_a_split_are_computed_once() -> None:
+    train = records(_autoregressive(2500, 7))
+    forecaster = fit_forecaster(train[:2000], 0.0, 1.0, lags=20, ridge=1.0, min_rows=2.0)
+    decided = channel_forecaster("X-3", forecaster, train, METADATA, block=10)
+    split = records(_autoregressive(400, 8), 9)
+    first = decided.smoothed_errors(split)
+    assert decided.smoothed_errors(split.copy()) is first  # by content, not by object
+    np.testing.assert_allclose(first, smoothed(forecaster.errors(split), 10))
+    with pytest.raises(ValueError, match="validation tail"):
+        channel_forecaster("X-4", forecaster, train[:100], METADATA, block=10)
