@@ -75,8 +75,9 @@ from smap_bench.model.forecaster import (
     EWMA_SPAN,
     ChannelForecaster,
     LinearForecaster,
+    LinearForecasterConfig,
     channel_forecaster,
-    fit_forecaster,
+    linear_channel_forecaster,
 )
 from smap_bench.model.lstm_forecaster import (
     LSTMForecaster,
@@ -97,9 +98,9 @@ from smap_bench.model.train import fit_normalisation
 log = logging.getLogger("explore_forecaster")
 
 #: Declared before any test split was scored (the selection harness's best).
-LAGS = 250
-RIDGE = 10.0
-MIN_ROWS_PER_PARAMETER = 2.0
+LAGS = LinearForecasterConfig().lags
+RIDGE = LinearForecasterConfig().ridge
+MIN_ROWS_PER_PARAMETER = LinearForecasterConfig().min_rows
 MODES = ("served", "forecaster", "served_or_forecaster")
 MODELS = ("linear", "lstm")
 
@@ -163,7 +164,8 @@ def fit_channel_forecaster(
         lstm_config = LSTMForecasterConfig()
         forecaster = fit_lstm_forecaster(fit_part, offset, span, lstm_config, forecaster_seed)
     elif forecaster is None:
-        forecaster = fit_forecaster(fit_part, offset, span, LAGS, RIDGE, MIN_ROWS_PER_PARAMETER)
+        config = LinearForecasterConfig()
+        return linear_channel_forecaster(channel, train, meta, offset, span, config, block)
     return channel_forecaster(channel, forecaster, train, meta, block, EWMA_SPAN, memo)
 
 

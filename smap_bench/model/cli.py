@@ -25,6 +25,7 @@ from rich.table import Table
 
 from smap_bench.config import Settings, get_settings
 from smap_bench.model.context import ContextConfig
+from smap_bench.model.forecaster import LinearForecasterConfig
 
 if TYPE_CHECKING:  # torch is imported only when a command runs, not by `smap-bench --help`
     from smap_bench.model import runner
@@ -294,11 +295,13 @@ def evaluate_seeds(
     rule: str | None = None,
     horizon: int = 0,
     context: ContextConfig | None = None,
+    forecaster: LinearForecasterConfig | None = None,
 ) -> dict[str, Any]:
     """Train (or reuse) each seed's models and score the test splits as the live pipeline
     does; returns the ``evaluate`` JSON (headline as mean/std over seeds, per-channel rows,
     and every seed's full pooled report under ``runs``). ``rule``: the window decision
-    rule (default: the served ``settings.decision_rule``)."""
+    rule (default: the served ``settings.decision_rule``); ``forecaster``: the linear
+    forecaster or'ed in (explored, not served)."""
     from smap_bench import evaluation
     from smap_bench.model import runner
 
@@ -326,6 +329,7 @@ def evaluate_seeds(
             settings.event_gap,
             rule=rule,
             context=context,
+            forecaster=forecaster,
         )
         pooled["seed"] = seed
         pooled["repository"] = str(repository)
@@ -361,6 +365,7 @@ def evaluate_seeds(
         "event_gap": settings.event_gap,
         "rule": _rule_description(rule),
         "context": None if context is None else context.to_dict(),
+        "forecaster": None if forecaster is None else forecaster.to_dict(),
         "per_channel": _mean_rows(runs),
         "runs": runs,
     }
@@ -422,6 +427,15 @@ def evaluate(
             "longest hold (0: the hold off) [served]",
         ),
     ] = None,
+    forecaster: Annotated[
+        bool,
+        typer.Option(
+            "--forecaster/--no-forecaster",
+            help="Also flag windows by the linear forecaster of the telemetry value under "
+            "the confirmed rule (smap_bench.model.forecaster; chosen by the selection "
+            "harness, not served live yet)",
+        ),
+    ] = False,
 ) -> None:
     """Train (or reuse) models for each seed and score the test splits as the live pipeline
     does: windows of 30 every 10 records, event-wise metrics pooled over channels."""
@@ -456,6 +470,7 @@ def evaluate(
         rule=rule,
         horizon=horizon,
         context=context_config,
+        forecaster=LinearForecasterConfig() if forecaster else None,
     )
     console.print(evaluation_table(report))
     if report["missing_channels"]:

@@ -21,7 +21,7 @@ configuration on the test splits.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,9 +43,11 @@ __all__ = [
     "ChannelForecaster",
     "Forecaster",
     "LinearForecaster",
+    "LinearForecasterConfig",
     "channel_forecaster",
     "design_rows",
     "fit_forecaster",
+    "linear_channel_forecaster",
     "smoothed",
     "window_statistics",
 ]
@@ -232,3 +234,43 @@ def channel_forecaster(
         "validation_windows": int(validation_stats.size),
     }
     return fitted
+
+
+@dataclass(frozen=True)
+class LinearForecasterConfig:
+    """The linear forecaster's declared configuration: the selection harness's best of its
+    grid, declared before any test split was scored (``scripts/select_forecaster.py``)."""
+
+    lags: int = 250
+    ridge: float = 10.0
+    #: fewer fit rows per parameter (lags, commands, constant) than this: no forecaster
+    min_rows: float = 2.0
+    span: int = EWMA_SPAN  #: EWMA span of the errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def linear_channel_forecaster(
+    channel: str,
+    train: np.ndarray,
+    metadata: dict[str, Any],
+    offset: float,
+    value_span: float,
+    config: LinearForecasterConfig,
+    block: int,
+) -> ChannelForecaster:
+    """The linear forecaster of one channel, fitted on the fit part of its train split (the
+    head the channel's TranAD was fitted on; ``offset``/``value_span``: the model's
+    normalisation of the value), and its decision (:func:`channel_forecaster`)."""
+    train = np.asarray(train, dtype=np.float32)
+    n_validation = round(len(train) * float(metadata["settings"]["validation_fraction"]))
+    forecaster = fit_forecaster(
+        train[: len(train) - n_validation],
+        offset,
+        value_span,
+        config.lags,
+        config.ridge,
+        config.min_rows,
+    )
+    return channel_forecaster(channel, forecaster, train, metadata, block, config.span)

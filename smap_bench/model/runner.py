@@ -26,10 +26,15 @@ from smap_bench.data.loader import (
 )
 from smap_bench.model.context import ContextConfig, ContextDetector, detector_from_metadata
 from smap_bench.model.export import export_onnx_bytes
+from smap_bench.model.forecaster import (
+    ChannelForecaster,
+    LinearForecasterConfig,
+    linear_channel_forecaster,
+)
 from smap_bench.model.offline import onnx_session, split_flags
 from smap_bench.model.repository import onnx_path, read_metadata, write_model
 from smap_bench.model.stream_rule import RULES, StreamRuleConfig, stream_rule_from_metadata
-from smap_bench.model.train import TrainConfig, array_sha256, train_channel
+from smap_bench.model.train import TrainConfig, array_sha256, fit_normalisation, train_channel
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +126,7 @@ def evaluate_repository(
     event_gap: int = 0,
     rule: str = "static",
     context: ContextConfig | None = None,
+    forecaster: LinearForecasterConfig | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Score each channel's test split through its ONNX model; pooled report and the
     channels skipped for lack of data or model. ``event_gap`` is the event rule
@@ -128,7 +134,8 @@ def evaluate_repository(
     (``static``, ``stream`` or ``confirmed``, :mod:`smap_bench.model.stream_rule`). With
     ``context``, a window is also anomalous when the context detector flags it
     (:mod:`smap_bench.model.context`; the live pipeline serves
-    ``Settings.context_detector``)."""
+    ``Settings.context_detector``); with ``forecaster``, when the linear forecaster's
+    confirmed rule does (:mod:`smap_bench.model.forecaster`; explored, not served)."""
     if rule not in RULES:
         raise ValueError(f"unknown decision rule {rule!r} (known: {', '.join(RULES)})")
     results = []
@@ -163,6 +170,13 @@ def evaluate_repository(
                 detector.hold_threshold if math.isfinite(detector.hold_threshold) else None
             )
             extra["train_hold_max"] = detector.train_hold_max
+        if forecaster is not None:
+            forecaster_flags, decided = _forecaster_record_flags(
+                data, meta, forecaster, model_window, min(stride, model_window)
+            )
+            flags = flags | forecaster_flags
+            # None: a fit part too short for a forecaster (never flags)
+            extra["forecaster_threshold"] = decided.threshold_parameters.get("threshold")
         results.append(
             evaluation.evaluate_channel(
                 channel,
@@ -217,6 +231,34 @@ def _context_record_flags(
         window_flags, starts, len(data.test), window, stride
     )
     return record_flags, detector
+
+
+def _forecaster_record_flags(
+    data: ChannelData,
+    meta: dict[str, Any],
+    config: LinearForecasterConfig,
+    window: int,
+    stride: int,
+) -> tuple[np.ndarray, ChannelForecaster]:
+    """Per-record flags of the linear forecaster over the test split (its confirmed rule
+    on the same windows, the test split a stream of its own from record 0, as live), fitted
+    on the train split with the model's normalisation of the value; and its decision."""
+    normalisation = fit_normalisation(data.train)
+    decided = linear_channel_forecaster(
+        data.channel,
+        data.train,
+        meta,
+        float(normalisation.offset[0]),
+        float(normalisation.scale[0]),
+        config,
+        stride,
+    )
+    starts = windows.window_starts(len(data.test), window, stride)
+    window_flags = decided.window_flags(data.test, window, stride)
+    record_flags = windows.record_flags_from_windows(
+        window_flags, starts, len(data.test), window, stride
+    )
+    return record_flags, decided
 
 
 def seed_config(config: TrainConfig, seed: int) -> TrainConfig:

@@ -9,6 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from smap_bench.config import get_settings
+from smap_bench.data.synthetic import write_synthetic_dataset
 from smap_bench.model import cli
 from smap_bench.model.repository import list_models, read_metadata
 from smap_bench.model.train import TrainConfig
@@ -103,6 +104,34 @@ def test_evaluate_with_the_stream_rule_and_a_horizon(app: typer.Typer, tmp_path:
     assert read_metadata(repository, "A-1")["network"]["horizon"] == 10
     result = CliRunner().invoke(app, [*args, "--rule", "nearest"])
     assert result.exit_code != 0 and "unknown rule" in result.output
+
+
+def test_evaluate_with_the_linear_forecaster_or_ed_in(
+    app: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Train splits long enough for 250 lags: the forecaster is fitted and only adds
+    flags; the tiny dataset's 300 train records are too short, and it never flags."""
+    data = write_synthetic_dataset(
+        tmp_path / "long", ["A-1"], seed=3, train_rows=1500, test_rows=900
+    )
+    monkeypatch.setenv("SMAP_DATA_DIR", str(data))
+    get_settings.cache_clear()
+    args = ["evaluate", "--channels", "A-1", "--seeds", "1", "--epochs", "1"]
+    reports = {}
+    for option in ("--no-forecaster", "--forecaster"):
+        out = tmp_path / f"eval{option}.json"
+        result = CliRunner().invoke(app, [*args, option, "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        reports[option] = json.loads(out.read_text())
+    with_it, without = reports["--forecaster"], reports["--no-forecaster"]
+    assert without["forecaster"] is None
+    assert with_it["forecaster"] == {"lags": 250, "ridge": 10.0, "min_rows": 2.0, "span": 10}
+    channel = with_it["runs"][0]["per_channel"][0]
+    assert channel["forecaster_threshold"] > 0
+    assert "forecaster_threshold" not in without["runs"][0]["per_channel"][0]
+    # or'ed in: every range found without it is found with it, and the forecaster finds
+    # one of the synthetic ranges itself
+    assert with_it["runs"][0]["event"]["tp"] >= max(without["runs"][0]["event"]["tp"], 1)
 
 
 def test_seed_repositories_keep_settings_apart(app: typer.Typer, tmp_path: Path) -> None:

@@ -8,9 +8,11 @@ import pytest
 
 from smap_bench.model.forecaster import (
     N_COMMANDS,
+    LinearForecasterConfig,
     channel_forecaster,
     design_rows,
     fit_forecaster,
+    linear_channel_forecaster,
     smoothed,
     window_statistics,
 )
@@ -143,3 +145,17 @@ def test_the_smoothed_errors_of_a_split_are_computed_once() -> None:
     np.testing.assert_allclose(first, smoothed(forecaster.errors(split), 10))
     with pytest.raises(ValueError, match="validation tail"):
         channel_forecaster("X-4", forecaster, train[:100], METADATA, block=10)
+
+
+def test_the_linear_channel_forecaster_is_fitted_on_the_fit_part_only() -> None:
+    train = records(_autoregressive(2500, 10))
+    config = LinearForecasterConfig(lags=25)
+    decided = linear_channel_forecaster("X-5", train, METADATA, 0.0, 1.0, config, block=10)
+    assert decided.fit_rows == 2000 - 25 and decided.span == config.span
+    direct = fit_forecaster(train[:2000], 0.0, 1.0, lags=25, ridge=10.0, min_rows=2.0)
+    assert isinstance(decided.forecaster, type(direct))
+    np.testing.assert_array_equal(decided.forecaster.coef, direct.coef)
+    tail_changed = train.copy()
+    tail_changed[2000:, 0] += 0.3  # the validation tail moves the threshold, not the fit
+    other = linear_channel_forecaster("X-5", tail_changed, METADATA, 0.0, 1.0, config, 10)
+    np.testing.assert_array_equal(other.forecaster.coef, direct.coef)
