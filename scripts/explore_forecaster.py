@@ -70,13 +70,14 @@ import torch
 from smap_bench import evaluation, windows
 from smap_bench.config import get_settings
 from smap_bench.data.loader import ChannelData, load_channel
-from smap_bench.model.context import ContextConfig, detector_from_metadata
+from smap_bench.model.context import ContextConfig, detector_from_metadata, value_normalisation
 from smap_bench.model.forecaster import (
     EWMA_SPAN,
     ChannelForecaster,
     LinearForecaster,
     LinearForecasterConfig,
     channel_forecaster,
+    fit_part_end,
     linear_channel_forecaster,
 )
 from smap_bench.model.lstm_forecaster import (
@@ -93,7 +94,6 @@ from smap_bench.model.stream_rule import (
     stream_rule_from_metadata,
 )
 from smap_bench.model.threshold import window_statistic
-from smap_bench.model.train import fit_normalisation
 
 log = logging.getLogger("explore_forecaster")
 
@@ -154,18 +154,15 @@ def fit_channel_forecaster(
     """The forecaster, threshold and stream rule of one channel from its train split
     (the forecaster itself given when already fitted, with the errors it gave)."""
     assert fitted_forecaster is None or model == "lstm", "only the LSTM's fit is kept"
+    if model == "linear":
+        return linear_channel_forecaster(channel, train, meta, LinearForecasterConfig(), block)
     train = np.asarray(train, dtype=np.float32)
-    n_validation = round(len(train) * float(meta["settings"]["validation_fraction"]))
-    fit_part = train[:-n_validation]
-    norm = fit_normalisation(train)
-    offset, span = float(norm.offset[0]), float(norm.scale[0])
     forecaster = fitted_forecaster
-    if forecaster is None and model == "lstm":
+    if forecaster is None:
+        offset, span = value_normalisation(meta)
+        fit_part = train[: fit_part_end(len(train), meta)]
         lstm_config = LSTMForecasterConfig()
         forecaster = fit_lstm_forecaster(fit_part, offset, span, lstm_config, forecaster_seed)
-    elif forecaster is None:
-        config = LinearForecasterConfig()
-        return linear_channel_forecaster(channel, train, meta, offset, span, config, block)
     return channel_forecaster(channel, forecaster, train, meta, block, EWMA_SPAN, memo)
 
 

@@ -39,7 +39,6 @@ from smap_bench.model.forecaster import (
 )
 from smap_bench.model.repository import read_metadata
 from smap_bench.model.runner import data_source
-from smap_bench.model.train import fit_normalisation
 from smap_bench.schema import InferenceTask
 
 WINDOW, STRIDE = 30, 10
@@ -50,17 +49,9 @@ BURN_IN = 200
 def decision(data_dir: Path, repository: Path, channel: str) -> tuple[ChannelForecaster, Any]:
     data = load_channel(channel, data_dir)
     meta = read_metadata(repository, channel)
-    norm = fit_normalisation(data.train)
-    decided = linear_channel_forecaster(
-        channel,
-        data.train,
-        meta,
-        float(norm.offset[0]),
-        float(norm.scale[0]),
-        LinearForecasterConfig(),
-        STRIDE,
-    )
-    return decided, data
+    return linear_channel_forecaster(
+        channel, data.train, meta, LinearForecasterConfig(), STRIDE
+    ), data
 
 
 def design_b(decided: ChannelForecaster, test: np.ndarray, end: int) -> float:

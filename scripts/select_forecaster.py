@@ -70,7 +70,7 @@ from smap_bench.config import get_settings
 from smap_bench.data.loader import _array_paths, _load_array
 from smap_bench.inference.repository import find_onnx_models
 from smap_bench.model import selection
-from smap_bench.model.context import ContextConfig
+from smap_bench.model.context import ContextConfig, value_normalisation
 from smap_bench.model.forecaster import (
     LinearForecaster,
     fit_forecaster,
@@ -82,7 +82,6 @@ from smap_bench.model.repository import read_metadata
 from smap_bench.model.rethreshold import _session, onnx_scorer
 from smap_bench.model.runner import data_source
 from smap_bench.model.threshold import ThresholdConfig, fit_threshold
-from smap_bench.model.train import fit_normalisation
 
 log = logging.getLogger("select_forecaster")
 
@@ -99,6 +98,8 @@ class ChannelSettings:
     window: int
     train_stride: int
     validation_fraction: float
+    offset: float  #: the model's normalisation of the value
+    scale: float
 
 
 @dataclass
@@ -142,6 +143,8 @@ def served_material(
             window=int(meta["window"]),
             train_stride=int(settings["train_stride"]),
             validation_fraction=float(settings["validation_fraction"]),
+            offset=value_normalisation(meta)[0],
+            scale=value_normalisation(meta)[1],
         )
         try:
             material.append(
@@ -233,20 +236,19 @@ def forecaster_folds(
     half = len(tail) // 2
     halves = [tail[:half], tail[half:]]
     bounds = [(n_fit, n_fit + half), (n_fit + half, len(train))]
-    normalisation = fit_normalisation(train)
     forecaster: LinearForecaster | LSTMForecaster
     if fitted is not None:
         assert (fitted.offset, fitted.span, fitted.lags) == (
-            normalisation.offset[0],
-            normalisation.scale[0],
+            settings.offset,
+            settings.scale,
             grid.lags,
         ), channel
         forecaster = fitted
     else:
         forecaster = fit_forecaster(
             fit_part,
-            normalisation.offset[0],
-            normalisation.scale[0],
+            settings.offset,
+            settings.scale,
             grid.lags,
             grid.ridge,
             grid.min_rows,
@@ -566,33 +568,33 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.summarise:
-        summary = summarise([json.loads(path.read_text()) for path in args.summarise])
-        for label, row in summary["rows"].items():
-            print(
-                f"{label:60} mean {row['mean']:.4f} ± {row['std'] or 0:.4f} {row['per_seed']}"
-                f" | pooled {row['pooled']:.4f} ({row['detected']}/{row['injected']},"
-                f" fp {row['false_positives']}; one fp more {row['pooled_one_fp_more']:.4f})"
-            )
-        if args.json:
-            args.json.write_text(json.dumps(summary, indent=1) + "\n")
-        return
-    grids = [
-        Grid(lags, ridge, smooth, args.min_rows)
-        for lags, ridge, smooth in itertools.product(args.lags, args.ridge, args.smooth)
-    ]
-    if args.lstm is not None:
-        lags = next(iter(read_lstm_forecasters(args.lstm).values())).lags
-        grids.append(Grid(lags, float("nan"), args.lstm_smooth, args.min_rows, args.lstm))
-    report = compare(args.repository, args.seed, get_settings().event_gap, grids, args.contextual)
-    for label, row in report["rows"].items():
-        kinds = " ".join(f"{k}={v['detected']}/{v['of']}" for k, v in row["by_kind"].items())
-        print(
+        output = summarise([json.loads(path.read_text()) for path in args.summarise])
+        lines = [
+            f"{label:60} mean {row['mean']:.4f} ± {row['std'] or 0:.4f} {row['per_seed']}"
+            f" | pooled {row['pooled']:.4f} ({row['detected']}/{row['injected']},"
+            f" fp {row['false_positives']}; one fp more {row['pooled_one_fp_more']:.4f})"
+            for label, row in output["rows"].items()
+        ]
+    else:
+        grids = [
+            Grid(lags, ridge, smooth, args.min_rows)
+            for lags, ridge, smooth in itertools.product(args.lags, args.ridge, args.smooth)
+        ]
+        if args.lstm is not None:
+            lags = next(iter(read_lstm_forecasters(args.lstm).values())).lags
+            grids.append(Grid(lags, float("nan"), args.lstm_smooth, args.min_rows, args.lstm))
+        event_gap = get_settings().event_gap
+        output = compare(args.repository, args.seed, event_gap, grids, args.contextual)
+        lines = [
             f"{label:60} f1@{RATE} {row[f'f1_at_{RATE}']:.4f} recall {row['recall']:.4f} "
             f"({row['detected']}/{row['injected']}) fp {row['false_positives']:3d} "
-            f"fa/10k {row['fa_per_10k']:.2f} | {kinds}"
-        )
+            f"fa/10k {row['fa_per_10k']:.2f} | "
+            + " ".join(f"{k}={v['detected']}/{v['of']}" for k, v in row["by_kind"].items())
+            for label, row in output["rows"].items()
+        ]
+    print("\n".join(lines))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        args.json.write_text(json.dumps(output, indent=1) + "\n")
 
 
 if __name__ == "__main__":

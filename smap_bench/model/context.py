@@ -74,6 +74,7 @@ __all__ = [
     "held_out_context_flags",
     "hold_counts",
     "longest_holds",
+    "value_normalisation",
 ]
 
 #: Query rows matched at once (bounds the [rows, references] distance matrix).
@@ -356,6 +357,16 @@ def fit_context_detector(
     )
 
 
+def value_normalisation(metadata: dict[str, Any]) -> tuple[float, float]:
+    """The channel model's normalisation of the telemetry value (column 0), ``(offset,
+    scale)``: what the model, the context detector and the forecaster all scale it by."""
+    try:
+        normalisation = metadata["normalisation"]
+        return float(normalisation["offset"][0]), float(normalisation["scale"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ValueError("the model's metadata has no normalisation") from None
+
+
 def detector_from_metadata(
     train: np.ndarray, metadata: dict[str, Any], config: ContextConfig
 ) -> ContextDetector:
@@ -363,10 +374,9 @@ def detector_from_metadata(
     metadata (the normalisation of the telemetry value): what the worker serves and the
     offline evaluation scores, so both take the same decisions."""
     try:
-        normalisation = metadata["normalisation"]
-        offset, scale = float(normalisation["offset"][0]), float(normalisation["scale"][0])
-    except (KeyError, IndexError, TypeError, ValueError):
-        raise ValueError("context: the model's metadata has no normalisation") from None
+        offset, scale = value_normalisation(metadata)
+    except ValueError as exc:
+        raise ValueError(f"context: {exc}") from None
     return fit_context_detector(np.asarray(train)[:, 0], offset, scale, config)
 
 

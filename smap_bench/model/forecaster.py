@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from smap_bench import windows
+from smap_bench.model.context import value_normalisation
 from smap_bench.model.selection import stat_last_block
 from smap_bench.model.stream_rule import (
     StreamRule,
@@ -47,6 +48,7 @@ __all__ = [
     "channel_forecaster",
     "design_rows",
     "fit_forecaster",
+    "fit_part_end",
     "linear_channel_forecaster",
     "smoothed",
     "window_statistics",
@@ -195,6 +197,13 @@ class ChannelForecaster:
         return flags
 
 
+def fit_part_end(n_records: int, metadata: dict[str, Any]) -> int:
+    """Where a train split of ``n_records`` records ends its fit part (the head the
+    channel's TranAD was fitted on) and begins its validation tail, by the model's
+    ``validation_fraction``."""
+    return n_records - round(n_records * float(metadata["settings"]["validation_fraction"]))
+
+
 def channel_forecaster(
     channel: str,
     forecaster: Forecaster,
@@ -213,7 +222,7 @@ def channel_forecaster(
     config = ThresholdConfig(**settings["threshold"])
     window = int(metadata["window"])
     train = np.asarray(train, dtype=np.float32)
-    n_fit = len(train) - round(len(train) * float(settings["validation_fraction"]))
+    n_fit = fit_part_end(len(train), metadata)
     fit_rows = max(n_fit - forecaster.lags, 0)
     fitted = ChannelForecaster(channel, forecaster, None, {}, fit_rows, span, dict(memo or {}))
     if not forecaster.fitted:
@@ -255,20 +264,18 @@ def linear_channel_forecaster(
     channel: str,
     train: np.ndarray,
     metadata: dict[str, Any],
-    offset: float,
-    value_span: float,
     config: LinearForecasterConfig,
     block: int,
 ) -> ChannelForecaster:
-    """The linear forecaster of one channel, fitted on the fit part of its train split (the
-    head the channel's TranAD was fitted on; ``offset``/``value_span``: the model's
-    normalisation of the value), and its decision (:func:`channel_forecaster`)."""
+    """The linear forecaster of one channel, fitted on the fit part of its train split
+    with the model's normalisation of the value (both from ``metadata``), and its decision
+    (:func:`channel_forecaster`)."""
     train = np.asarray(train, dtype=np.float32)
-    n_validation = round(len(train) * float(metadata["settings"]["validation_fraction"]))
+    offset, scale = value_normalisation(metadata)
     forecaster = fit_forecaster(
-        train[: len(train) - n_validation],
+        train[: fit_part_end(len(train), metadata)],
         offset,
-        value_span,
+        scale,
         config.lags,
         config.ridge,
         config.min_rows,

@@ -34,7 +34,7 @@ from smap_bench.model.forecaster import (
 from smap_bench.model.offline import onnx_session, split_flags
 from smap_bench.model.repository import onnx_path, read_metadata, write_model
 from smap_bench.model.stream_rule import RULES, StreamRuleConfig, stream_rule_from_metadata
-from smap_bench.model.train import TrainConfig, array_sha256, fit_normalisation, train_channel
+from smap_bench.model.train import TrainConfig, array_sha256, train_channel
 
 log = logging.getLogger(__name__)
 
@@ -243,16 +243,7 @@ def _forecaster_record_flags(
     """Per-record flags of the linear forecaster over the test split (its confirmed rule
     on the same windows, the test split a stream of its own from record 0, as live), fitted
     on the train split with the model's normalisation of the value; and its decision."""
-    normalisation = fit_normalisation(data.train)
-    decided = linear_channel_forecaster(
-        data.channel,
-        data.train,
-        meta,
-        float(normalisation.offset[0]),
-        float(normalisation.scale[0]),
-        config,
-        stride,
-    )
+    decided = linear_channel_forecaster(data.channel, data.train, meta, config, stride)
     starts = windows.window_starts(len(data.test), window, stride)
     window_flags = decided.window_flags(data.test, window, stride)
     record_flags = windows.record_flags_from_windows(

@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from smap_bench.model.context import value_normalisation
 from smap_bench.model.forecaster import (
     N_COMMANDS,
     LinearForecasterConfig,
     channel_forecaster,
     design_rows,
     fit_forecaster,
+    fit_part_end,
     linear_channel_forecaster,
     smoothed,
     window_statistics,
@@ -90,6 +92,7 @@ def _autoregressive(n: int, seed: int) -> np.ndarray:
 
 METADATA = {
     "window": 30,
+    "normalisation": {"offset": [0.0], "scale": [1.0]},
     "settings": {
         "threshold": {"method": "pot", "level": 0.98, "q": 1e-4, "floor_factor": 2.0},
         "validation_fraction": 0.2,
@@ -150,12 +153,20 @@ def test_the_smoothed_errors_of_a_split_are_computed_once() -> None:
 def test_the_linear_channel_forecaster_is_fitted_on_the_fit_part_only() -> None:
     train = records(_autoregressive(2500, 10))
     config = LinearForecasterConfig(lags=25)
-    decided = linear_channel_forecaster("X-5", train, METADATA, 0.0, 1.0, config, block=10)
+    decided = linear_channel_forecaster("X-5", train, METADATA, config, block=10)
     assert decided.fit_rows == 2000 - 25 and decided.span == config.span
     direct = fit_forecaster(train[:2000], 0.0, 1.0, lags=25, ridge=10.0, min_rows=2.0)
     assert isinstance(decided.forecaster, type(direct))
     np.testing.assert_array_equal(decided.forecaster.coef, direct.coef)
     tail_changed = train.copy()
     tail_changed[2000:, 0] += 0.3  # the validation tail moves the threshold, not the fit
-    other = linear_channel_forecaster("X-5", tail_changed, METADATA, 0.0, 1.0, config, 10)
+    other = linear_channel_forecaster("X-5", tail_changed, METADATA, config, 10)
     np.testing.assert_array_equal(other.forecaster.coef, direct.coef)
+
+
+def test_the_fit_part_and_the_value_s_scaling_come_from_the_model_s_metadata() -> None:
+    assert fit_part_end(2500, METADATA) == 2000
+    normalisation = {"normalisation": {"offset": [-1.0, 0.0], "scale": [2.0, 1.0]}}
+    assert value_normalisation(normalisation) == (-1.0, 2.0)
+    with pytest.raises(ValueError, match="no normalisation"):
+        value_normalisation({"window": 30})
