@@ -37,11 +37,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from pydantic import ValidationError
 
 from smap_bench.config import Settings, get_settings
-from smap_bench.confirmation import Confirmer, RepositoryRules, ResultConfirmation
+from smap_bench.confirmation import Confirmer, ForecastLane, RepositoryRules, ResultConfirmation
 from smap_bench.event_store import EventsHandler, EventStore
 from smap_bench.kafka import consumer_config
 from smap_bench.metrics import VictoriaMetrics
-from smap_bench.model.stream_rule import StreamRuleConfig
+from smap_bench.model.stream_rule import StreamRule, StreamRuleConfig
 from smap_bench.schema import InferenceResult, decode
 from smap_bench.stage import (
     STAGE_METRICS_PORTS,
@@ -64,10 +64,10 @@ class ConfirmationMetrics:
         self.confirmation = confirmation
 
     def collect(self) -> Iterator[Metric]:
-        counts = self.confirmation.confirmer.counts
+        counts = self.confirmation.counts
         judged = CounterMetricFamily(
             "smap_events_confirmation_windows",
-            "Windows TranAD's score flagged, judged by the stream rule",
+            "Windows TranAD's score (or the forecaster) flagged, judged by the stream rule",
             labels=["outcome"],
         )
         judged.add_metric(["confirmed"], counts.confirmed)
@@ -86,7 +86,7 @@ class ConfirmationMetrics:
         yield GaugeMetricFamily(
             "smap_events_confirmation_waiting",
             "Flagged windows waiting for their history",
-            value=self.confirmation.confirmer.waiting,
+            value=self.confirmation.waiting,
         )
 
 
@@ -99,7 +99,26 @@ def confirmation_for(settings: Settings) -> ResultConfirmation | None:
         RepositoryRules(settings.model_repository, config),
         settings.stride,
         Confirmer(config.history),
+        forecast_lane(settings, config),
     )
+
+
+def forecast_lane(settings: Settings, config: StreamRuleConfig) -> ForecastLane | None:
+    """What confirms the forecaster's flags when it is served (``SMAP_FORECASTER``): its
+    rules fitted on each channel's train split as the workers fit them, so the stage
+    judges by the floor and threshold the workers flag by (None: not served)."""
+    forecaster = settings.linear_forecaster
+    if forecaster is None:
+        return None
+    from smap_bench.scoring import Forecasters  # loads pandas: only when served
+
+    fitted = Forecasters(settings.model_repository, settings.data_dir, forecaster, settings.stride)
+
+    def rules(model_name: str) -> StreamRule | None:
+        decided = fitted(model_name)
+        return None if decided is None else decided.rule
+
+    return ForecastLane(rules, Confirmer(config.history), forecaster.lags + settings.stride)
 
 
 #: Results read back per partition at first; doubled, going further back, while some
@@ -146,7 +165,7 @@ def read_back_history(
                     if stream is not None:
                         streams.add(stream)
                     read += 1
-                if all(confirmation.confirmer.reaches_back(s) for s in streams):
+                if all(confirmation.reaches_back(s) for s in streams):
                     break
                 if time.monotonic() > deadline:
                     log.warning(

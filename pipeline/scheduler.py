@@ -192,6 +192,7 @@ def run(
         settings.stride,
         known_models=ModelIndex(settings),
         context=settings.context_length,
+        forecast=settings.forecast_context,
     )
     dispatch = make_dispatch(queue, metrics)
     spread = settings.workers if min_messages is None else min_messages

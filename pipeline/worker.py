@@ -62,6 +62,7 @@ from smap_bench.schema import InferenceTask, encode
 from smap_bench.scoring import (
     STAGE,
     ContextDetectors,
+    Forecasters,
     MetadataThresholds,
     elapsed_since,
     parse_tasks,
@@ -146,23 +147,36 @@ class _Process:
             if config is None
             else ContextDetectors(settings.model_repository, settings.data_dir, config)
         )
+        forecaster = settings.linear_forecaster
+        self.forecasters = (
+            None
+            if forecaster is None
+            else Forecasters(
+                settings.model_repository, settings.data_dir, forecaster, settings.stride
+            )
+        )
         self.pool = ThreadPoolExecutor(
             settings.worker_backend_threads, thread_name_prefix="backend"
         )
         if settings.worker_warmup:
             warmed, seconds = warm_up(self.backend, find_onnx_models(settings.model_repository))
             log.info("%s %d: %d models warmed up in %.1f s", STAGE, self.index, warmed, seconds)
-            if self.contexts is not None:
+            for what, fitter in (
+                ("context detectors", self.contexts),
+                ("forecasters", self.forecasters),
+            ):
+                if fitter is None:
+                    continue
                 started = time.monotonic()
                 fitted = sum(
-                    self.contexts(name) is not None
-                    for name in find_onnx_models(settings.model_repository)
+                    fitter(name) is not None for name in find_onnx_models(settings.model_repository)
                 )
                 log.info(
-                    "%s %d: %d context detectors fitted in %.1f s",
+                    "%s %d: %d %s fitted in %.1f s",
                     STAGE,
                     self.index,
                     fitted,
+                    what,
                     time.monotonic() - started,
                 )
         log.info(
@@ -219,7 +233,13 @@ def run_inference_task(
     tasks, rejected = parse_tasks(payload)
     state.metrics.received(len(tasks) + len(rejected))
     outcome = score_concurrently(
-        tasks, state.backend, state.thresholds, state.settings.stride, state.pool, state.contexts
+        tasks,
+        state.backend,
+        state.thresholds,
+        state.settings.stride,
+        state.pool,
+        state.contexts,
+        state.forecasters,
     )
     letters = [(base64.b64decode(value), reason) for value, reason in dead_letters or []]
     for item in [*rejected, *outcome.rejected]:

@@ -11,12 +11,15 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from smap_bench.model.context import ContextConfig
+
+if TYPE_CHECKING:  # the forecaster's module loads pandas: only where it is served
+    from smap_bench.model.forecaster import LinearForecasterConfig
 
 #: The checkout this package was installed from (editable install), used to find
 #: repository-relative defaults when commands run from another directory.
@@ -78,6 +81,15 @@ class Settings(BaseSettings):
         ge=0,
         description="Context detector: a window whose telemetry value has held still longer"
         " than this multiple of the train split's longest hold is anomalous (0: off)",
+    )
+    # Chosen by the training-only selection harness (scripts/select_forecaster.py).
+    forecaster: bool = Field(
+        default=False,
+        description=(
+            "Linear forecaster beside TranAD (smap_bench.model.forecaster): the scheduler"
+            " sends each window's last 460 values and commands, the worker forecasts and"
+            " judges them, the events stage confirms its flags under the stream rule"
+        ),
     )
     # Declared before any test split was scored with it (smap_bench.model.stream_rule).
     decision_rule: Literal["static", "confirmed"] = Field(
@@ -199,6 +211,21 @@ class Settings(BaseSettings):
         return ContextConfig(
             self.context_length, self.context_factor, hold_factor=self.context_hold_factor
         )
+
+    @property
+    def linear_forecaster(self) -> LinearForecasterConfig | None:
+        """The served forecaster's configuration, its declared one (None: off)."""
+        if not self.forecaster:
+            return None
+        from smap_bench.model.forecaster import LinearForecasterConfig
+
+        return LinearForecasterConfig()
+
+    @property
+    def forecast_context(self) -> int:
+        """Records of value and commands each window carries for the forecaster (0: off)."""
+        config = self.linear_forecaster
+        return 0 if config is None else config.context_records(self.stride)
 
     @property
     def kafka_host_port(self) -> tuple[str, int]:

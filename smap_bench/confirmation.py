@@ -59,11 +59,14 @@ from smap_bench.catalog import CatalogError, channel_of_model
 from smap_bench.model.repository import read_metadata
 from smap_bench.model.stream_rule import StreamRule, StreamRuleConfig, stream_rule_from_metadata
 from smap_bench.schema import InferenceResult
+from smap_bench.windows import first_full_context_window
 
 __all__ = [
+    "CONFIRMED_DETECTORS",
     "Arrival",
     "ConfirmationCounts",
     "Confirmer",
+    "ForecastLane",
     "Judgement",
     "PartitionKey",
     "RepositoryRules",
@@ -256,6 +259,10 @@ class Confirmer(Generic[T]):
     def streams(self) -> int:
         return len(self._streams)
 
+    def knows(self, stream: StreamKey) -> bool:
+        """Whether ``stream`` has a history here."""
+        return stream in self._streams
+
     # -- inside --------------------------------------------------------------------------
 
     def _stream(self, key: StreamKey) -> _Stream[T] | None:
@@ -373,53 +380,124 @@ class RepositoryRules:
         return self._rules[model_name]
 
 
+@dataclass(frozen=True)
+class ForecastLane:
+    """What confirming the forecaster's flags needs besides TranAD's: its rule per model
+    (None: not confirmed), a confirmer of its own (its statistics are another series) and
+    the records a window needs behind it to have a statistic (``lags + stride``), which
+    set where its history begins in a run
+    (:func:`smap_bench.windows.first_full_context_window`)."""
+
+    rules: Callable[[str], StreamRule | None]
+    confirmer: Confirmer[_Pending]
+    context: int
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A result whose flags are being confirmed: the detectors still to be judged, and
+    those the stream rule did not keep."""
+
+    result: InferenceResult
+    waiting: set[str] = field(default_factory=set)
+    dropped: set[str] = field(default_factory=set)
+
+
+#: The detectors whose flags the stream rule confirms (the others stand as flagged).
+CONFIRMED_DETECTORS = ("model", "forecaster")
+
+
 class ResultConfirmation:
     """The confirmed rule over inference results: what :class:`Confirmer` does, for the
     events stage. :meth:`offer` takes each result read (the caller notes every message's
-    position with :meth:`Confirmer.seen`, results or not) and returns the results decided
-    now, their ``detected_by`` final: a flagged window's ``model`` kept only when
-    confirmed (``is_anomaly`` follows). Results it cannot place (no loop or record index)
-    and results of models without a rule pass through as the worker decided them
-    (``unconfirmed``)."""
+    position with :meth:`seen`, results or not) and returns the results decided now,
+    their ``detected_by`` final: a flagged window's ``model`` kept only when confirmed on
+    TranAD's statistics, its ``forecaster`` (with ``forecaster``, a :class:`ForecastLane`)
+    only when confirmed on the forecaster's, each by its own stream rule; a window flagged
+    by both is decided once both are judged (``is_anomaly`` follows). Results it cannot
+    place (no loop or record index) pass through as the worker decided them, and so does
+    a flag of a model without a rule (``unconfirmed``)."""
 
     def __init__(
         self,
         rules: Callable[[str], StreamRule | None],
         stride: int,
-        confirmer: Confirmer[InferenceResult],
+        confirmer: Confirmer[_Pending],
+        forecaster: ForecastLane | None = None,
     ) -> None:
         self.rules = rules
         self.stride = stride
         self.confirmer = confirmer
+        self.forecaster = forecaster
         self.unconfirmed = 0
+
+    @property
+    def confirmers(self) -> list[Confirmer[_Pending]]:
+        return [self.confirmer] + ([self.forecaster.confirmer] if self.forecaster else [])
+
+    def seen(self, partition: PartitionKey, offset: int) -> None:
+        """A message at ``offset`` of ``partition`` was read (whatever it held)."""
+        for confirmer in self.confirmers:
+            confirmer.seen(partition, offset)
+
+    def commit_positions(self) -> dict[PartitionKey, int]:
+        """Per partition, where a restart must read from: the oldest any waits for."""
+        positions: dict[PartitionKey, int] = {}
+        for confirmer in self.confirmers:
+            for partition, offset in confirmer.commit_positions().items():
+                positions[partition] = min(positions.get(partition, offset), offset)
+        return positions
+
+    def reaches_back(self, stream: StreamKey) -> bool:
+        """Whether every history of ``stream`` was read back far enough
+        (:meth:`Confirmer.reaches_back`; a stream without forecasts needs TranAD's only)."""
+        if not self.confirmer.reaches_back(stream):
+            return False
+        lane = self.forecaster
+        return (
+            lane is None or not lane.confirmer.knows(stream) or lane.confirmer.reaches_back(stream)
+        )
+
+    @property
+    def waiting(self) -> int:
+        return sum(confirmer.waiting for confirmer in self.confirmers)
+
+    @property
+    def counts(self) -> ConfirmationCounts:
+        """Flags judged, confirmed and judged on an incomplete history, over both."""
+        total = ConfirmationCounts()
+        for confirmer in self.confirmers:
+            total.judged += confirmer.counts.judged
+            total.confirmed += confirmer.counts.confirmed
+            total.incomplete += confirmer.counts.incomplete
+        return total
 
     def offer(
         self, result: InferenceResult, partition: PartitionKey | None, offset: int | None
     ) -> list[InferenceResult]:
         if result.loop is None or result.record_index_start is None:
             return [result]
-        flagged = "model" in _detectors(result)
-        rule = self.rules(result.model_name) if flagged else None
-        if flagged and rule is None:
-            self.unconfirmed += 1
-            return [result]
-        arrival = Arrival(
-            stream=(result.satellite_id, result.subsystem.value, result.loop),
-            index=result.record_index_start // self.stride,
-            statistic=result.mean_anomaly_score,
-            flagged=flagged,
-            rule=rule,
-            item=result,
-            partition=partition,
-            offset=offset,
-            run_first=self._run_first(result),
-        )
-        decided = [] if flagged else [result]
-        return decided + [judged_result(j) for j in self.confirmer.add(arrival)]
+        pending = _Pending(result)
+        arrivals = [
+            arrival
+            for arrival in (
+                self._arrival(pending, "model", partition, offset),
+                self._arrival(pending, "forecaster", partition, offset),
+            )
+            if arrival is not None
+        ]
+        decided = [] if pending.waiting else [result]
+        for name, arrival in arrivals:
+            lane = self.confirmer if name == "model" else self._lane().confirmer
+            decided += self._settled(name, lane.add(arrival))
+        return decided
 
     def expire(self) -> list[InferenceResult]:
         """The results whose patience ran out, decided on what had arrived."""
-        return [judged_result(j) for j in self.confirmer.expire()]
+        decided = self._settled("model", self.confirmer.expire())
+        if self.forecaster is not None:
+            decided += self._settled("forecaster", self.forecaster.confirmer.expire())
+        return decided
 
     def remember(self, result: InferenceResult) -> StreamKey | None:
         """A result read back on start: history only. Returns its stream (None: a result
@@ -427,17 +505,87 @@ class ResultConfirmation:
         if result.loop is None or result.record_index_start is None:
             return None
         stream = (result.satellite_id, result.subsystem.value, result.loop)
-        self.confirmer.remember(
-            stream,
-            result.record_index_start // self.stride,
-            result.mean_anomaly_score,
-            self._run_first(result),
-        )
+        index = result.record_index_start // self.stride
+        self.confirmer.remember(stream, index, result.mean_anomaly_score, self._run_first(result))
+        if self.forecaster is not None and result.forecast_statistic is not None:
+            self.forecaster.confirmer.remember(
+                stream, index, result.forecast_statistic, self._forecast_first(result)
+            )
         return stream
+
+    # -- inside --------------------------------------------------------------------------
+
+    def _lane(self) -> ForecastLane:
+        assert self.forecaster is not None
+        return self.forecaster
+
+    def _arrival(
+        self,
+        pending: _Pending,
+        name: str,
+        partition: PartitionKey | None,
+        offset: int | None,
+    ) -> tuple[str, Arrival[_Pending]] | None:
+        """What the detector ``name``'s confirmer is given of the pending result (None:
+        nothing, the result has no statistic of it, or its flag has no rule and stands)."""
+        result = pending.result
+        flagged = name in _detectors(result)
+        if name == "model":
+            statistic: float | None = result.mean_anomaly_score
+            rules, run_first = self.rules, self._run_first(result)
+        elif self.forecaster is None:
+            return None
+        else:
+            statistic = result.forecast_statistic
+            rules, run_first = self.forecaster.rules, self._forecast_first(result)
+        if statistic is None:
+            return None
+        rule = rules(result.model_name) if flagged else None
+        if flagged and rule is None:
+            self.unconfirmed += 1
+            return None
+        if flagged:
+            pending.waiting.add(name)
+        assert result.loop is not None and result.record_index_start is not None
+        return name, Arrival(
+            stream=(result.satellite_id, result.subsystem.value, result.loop),
+            index=result.record_index_start // self.stride,
+            statistic=statistic,
+            flagged=flagged,
+            rule=rule,
+            item=pending,
+            partition=partition,
+            offset=offset,
+            run_first=run_first,
+        )
+
+    def _settled(self, name: str, judgements: list[Judgement[_Pending]]) -> list[InferenceResult]:
+        """The results that ``name``'s judgements leave with nothing more to wait for."""
+        out = []
+        for judgement in judgements:
+            pending = judgement.item
+            pending.waiting.discard(name)
+            if not judgement.confirmed:
+                pending.dropped.add(name)
+            if not pending.waiting:
+                out.append(_decided(pending.result, pending.dropped))
+        return out
 
     def _run_first(self, result: InferenceResult) -> int | None:
         start = result.run_window_start
         return None if start is None else start // self.stride
+
+    def _forecast_first(self, result: InferenceResult) -> int | None:
+        """The first window of the forecaster's history in ``result``'s run: the run's
+        first with a forecast (at most the window itself: a run that began off the stride
+        grid has forecasts sooner)."""
+        run_first = self._run_first(result)
+        if run_first is None or result.record_index_start is None:
+            return None
+        first = first_full_context_window(
+            run_first, result.window_size, self.stride, self._lane().context
+        )
+        return min(first, result.record_index_start // self.stride)
 
 
 def _detectors(result: InferenceResult) -> list[str]:
@@ -447,8 +595,17 @@ def _detectors(result: InferenceResult) -> list[str]:
     return ["model"] if result.is_anomaly else []
 
 
+def _decided(result: InferenceResult, dropped: set[str]) -> InferenceResult:
+    """``result`` with its final detectors: those the stream rule did not drop."""
+    if not dropped:
+        return result if result.detected_by is not None else _with(result, _detectors(result))
+    return _with(result, [name for name in _detectors(result) if name not in dropped])
+
+
+def _with(result: InferenceResult, detectors: list[str]) -> InferenceResult:
+    return result.model_copy(update={"detected_by": detectors, "is_anomaly": bool(detectors)})
+
+
 def judged_result(judgement: Judgement[InferenceResult]) -> InferenceResult:
-    """The result of a judged window with its final detectors."""
-    result = judgement.item
-    kept = [name for name in _detectors(result) if name != "model" or judgement.confirmed]
-    return result.model_copy(update={"detected_by": kept, "is_anomaly": bool(kept)})
+    """The result of a window judged on TranAD's statistics, with its final detectors."""
+    return _decided(judgement.item, set() if judgement.confirmed else {"model"})

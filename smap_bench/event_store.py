@@ -360,7 +360,7 @@ class EventsHandler:
             return None
         position = ((str(topic), int(partition)), int(offset))
         if self.confirmation is not None:
-            self.confirmation.confirmer.seen(*position)
+            self.confirmation.seen(*position)
         return position
 
     def _decide(self, result: InferenceResult, message: KafkaMessage) -> list[InferenceResult]:
@@ -384,7 +384,7 @@ class EventsHandler:
     def commit_offsets(self) -> list[TopicPartition]:
         """Per partition, where a restart must read from (waiting windows held back)."""
         assert self.confirmation is not None
-        positions = self.confirmation.confirmer.commit_positions()
+        positions = self.confirmation.commit_positions()
         return [
             TopicPartition(topic, partition, offset)
             for (topic, partition), offset in positions.items()

@@ -28,6 +28,8 @@ metric                              labels                                      
 ``inference_context_threshold``     satellite_id, subsystem, model_name          window end
 ``inference_context_hold``          satellite_id, subsystem, model_name          window end
 ``inference_context_hold_threshold``  satellite_id, subsystem, model_name        window end
+``inference_forecast_statistic``    satellite_id, subsystem, model_name          window end
+``inference_forecast_threshold``    satellite_id, subsystem, model_name          window end
 ``smap_e2e_latency_seconds``        satellite_id, subsystem, stage               window end
 ``anomaly_alarm``                   satellite_id, subsystem, model_name          window end
 ==================================  ===========================================  =========
@@ -236,7 +238,8 @@ def result_lines(result: InferenceResult, stride: int) -> list[str]:
     ``inference_time_ms`` and, when the result has them, ``inference_threshold``,
     ``inference_context_distance`` and ``inference_context_threshold``,
     ``inference_context_hold`` and ``inference_context_hold_threshold`` (the context
-    detector's, :mod:`smap_bench.model.context`).
+    detector's, :mod:`smap_bench.model.context`), ``inference_forecast_statistic`` and
+    ``inference_forecast_threshold`` (the forecaster's, :mod:`smap_bench.model.forecaster`).
     Per responsible timestep (:func:`responsible_offsets`), at that record's timestamp:
     ``inference_anomaly_score``, ``inference_reconstruction_mean`` (mean over the
     features) and ``inference_reconstruction{feature_index}``. A window responsible for
@@ -262,6 +265,9 @@ def result_lines(result: InferenceResult, stride: int) -> list[str]:
         lines.append(
             f"inference_context_hold_threshold{{{labels}}} {result.context_hold_threshold!r}{end}"
         )
+    if result.forecast_statistic is not None and result.forecast_threshold is not None:
+        lines.append(f"inference_forecast_statistic{{{labels}}} {result.forecast_statistic!r}{end}")
+        lines.append(f"inference_forecast_threshold{{{labels}}} {result.forecast_threshold!r}{end}")
     # Per timestep: score, reconstruction mean, then the 25 reconstructed features.
     prefixes = _timestep_prefixes(labels)
     width = len(prefixes)

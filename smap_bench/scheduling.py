@@ -25,7 +25,8 @@ The scheduler stage (``pipeline/scheduler.py``) is a thin Kafka/Celery shell aro
   context the first of them is the first window not yet dispatched. The caller commits
   only after the tasks of everything consumed so far were dispatched
   (``run_kafka_stage`` does it in that order).
-- **Context across restarts.** With a context (``context`` > ``window_size``), a future
+- **Context across restarts.** With a context (``context`` > ``window_size``; the
+  forecaster's ``forecast`` context counts the same, the longer of the two rules), a future
   window also needs the ``context - window_size`` records before its first, so
   :meth:`WindowScheduler.commit_plan` gives two positions per partition: where to read
   from (the oldest record a future window *or its context* needs) and the *sent frontier*
@@ -208,9 +209,12 @@ class WindowScheduler:
         known_models: Callable[[str], bool] | None = None,
         recent_job_ids: int = 200_000,
         context: int = 0,
+        forecast: int = 0,
     ) -> None:
-        WindowBuffer(window_size, stride, n_features, origin, context)  # checks the geometry
+        # checks the geometry
+        WindowBuffer(window_size, stride, n_features, origin, context, forecast)
         self.context = context
+        self.forecast = forecast
         self.window_size = window_size
         self.stride = stride
         self.n_features = n_features
@@ -451,7 +455,12 @@ class WindowScheduler:
         stream = self._streams.get(stream_key)
         if stream is None:
             buffer = WindowBuffer(
-                self.window_size, self.stride, self.n_features, self.origin, self.context
+                self.window_size,
+                self.stride,
+                self.n_features,
+                self.origin,
+                self.context,
+                self.forecast,
             )
             stream = _Stream(buffer=buffer, partition=key)
             self._streams[stream_key] = stream
@@ -466,7 +475,8 @@ class WindowScheduler:
     def _trim(self, stream: _Stream) -> None:
         """Drop held records that no future window of the stream, or its context, can
         contain."""
-        first_needed = self._window_first_needed(stream) - max(0, self.context - self.window_size)
+        behind = max(self.context, self.forecast) - self.window_size
+        first_needed = self._window_first_needed(stream) - max(0, behind)
         held = stream.held
         while held and held[0].record_index < first_needed:
             held.popleft()
@@ -485,6 +495,12 @@ class WindowScheduler:
             model_name=model,
             input_data=window.data.tolist(),
             context=None if window.context is None else window.context.tolist(),
+            forecast_values=(
+                None if window.forecast_values is None else window.forecast_values.tolist()
+            ),
+            forecast_masks=(
+                None if window.forecast_masks is None else window.forecast_masks.tolist()
+            ),
             window_start=window.timestamps[0],
             window_end=window.timestamps[-1],
             loop=window.loop,

@@ -62,9 +62,14 @@ NonNegInt = Annotated[int, Field(ge=0)]
 Stages = dict[str, FiniteFloat]
 
 #: What judges a window anomalous: TranAD's score over the model's threshold, the context
-#: detector's distance, or its hold (:mod:`smap_bench.model.context`). Results may name
-#: others (a newer worker's): consumers keep them, so an upgrade order never dead-letters.
-DETECTORS: tuple[str, ...] = ("model", "context", "hold")
+#: detector's distance, or its hold (:mod:`smap_bench.model.context`), or the linear
+#: forecaster's smoothed error over its threshold (:mod:`smap_bench.model.forecaster`).
+#: Results may name others (a newer worker's): consumers keep them, so an upgrade order
+#: never dead-letters.
+DETECTORS: tuple[str, ...] = ("model", "context", "hold", "forecaster")
+#: Command masks (:func:`smap_bench.windows.command_masks`): -1 is a record whose commands
+#: a mask cannot carry.
+CommandMask = Annotated[int, Field(ge=-1)]
 DetectorName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
 
 M = TypeVar("M", bound="Message")
@@ -198,6 +203,10 @@ class InferenceTask(Message):
     rows is accepted so that the window size stays a setting. ``context`` (an extra field)
     is the telemetry value of the records up to the window's last, for the context
     detector (:mod:`smap_bench.model.context`); absent while the stream is shorter.
+    ``forecast_values`` and ``forecast_masks`` are the value and the command mask of the
+    run's last records up to the window's last (at most the forecaster's context), for
+    the forecaster (:func:`smap_bench.model.forecaster.context_statistic`); absent when
+    the scheduler sends none.
     """
 
     job_id: str = Field(min_length=1)
@@ -206,6 +215,8 @@ class InferenceTask(Message):
     model_name: str = Field(min_length=1)
     input_data: list[list[FiniteFloat]]
     context: list[FiniteFloat] | None = Field(default=None, min_length=2)
+    forecast_values: list[FiniteFloat] | None = Field(default=None, min_length=1)
+    forecast_masks: list[CommandMask] | None = Field(default=None, min_length=1)
     window_start: Timestamp
     window_end: Timestamp
     loop: NonNegInt | None = None
@@ -221,6 +232,14 @@ class InferenceTask(Message):
     def _consistent(self) -> Self:
         _check_matrix("input_data", self.input_data, None)
         _check_run_start(self.run_window_start, self.record_index_start)
+        values, masks = self.forecast_values, self.forecast_masks
+        if (values is None) != (masks is None) or (
+            values is not None and masks is not None and len(values) != len(masks)
+        ):
+            raise ValueError(
+                f"forecast_values ({_length(values)}) and forecast_masks ({_length(masks)}) "
+                "must come together, one per record"
+            )
         if self.window_end < self.window_start:
             raise ValueError(
                 f"window_end {self.window_end.isoformat()} is before "
@@ -264,6 +283,10 @@ class InferenceResult(Message):
     #: context's length) and its threshold (None: not judged, or the hold is off)
     context_hold: int | None = Field(default=None, ge=1)
     context_hold_threshold: FiniteFloat | None = None
+    #: the forecaster's window statistic and the static threshold it was judged by (None:
+    #: not judged; the events stage confirms a flag under the stream rule)
+    forecast_statistic: FiniteFloat | None = None
+    forecast_threshold: FiniteFloat | None = None
     #: the detectors that flagged the window, in :data:`DETECTORS` order (empty: normal;
     #: None: a producer that does not say)
     detected_by: list[DetectorName] | None = None
@@ -288,6 +311,10 @@ class InferenceResult(Message):
                 f"detected_by {self.detected_by} does not fit is_anomaly {self.is_anomaly}"
             )
         return self
+
+
+def _length(values: list[Any] | None) -> str:
+    return "absent" if values is None else f"{len(values)} values"
 
 
 def deterministic_job_id(

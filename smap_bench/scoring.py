@@ -19,7 +19,15 @@ channel (:class:`ContextDetectors`, fitted on the train split as the offline eva
 fits it), the window is also anomalous when the context's distance exceeds the
 detector's threshold or its hold the hold threshold (:mod:`smap_bench.model.context`).
 The result carries those numbers, and ``detected_by`` names what flagged the window
-(``model``, ``context``, ``hold``) for the events it joins.
+(``model``, ``context``, ``hold``, ``forecaster``) for the events it joins.
+
+**The forecaster.** When the scheduler sends a window's forecast context (the value and
+command masks of its last records) and the worker serves the linear forecaster
+(``SMAP_FORECASTER``; :class:`Forecasters`, fitted as the offline evaluation fits it), the
+window carries the forecaster's statistic
+(:func:`smap_bench.model.forecaster.context_statistic`) and is flagged ``forecaster``
+when it exceeds the forecaster's static threshold; the events stage confirms that flag
+under the stream rule, as TranAD's.
 
 **Feature errors.** Each result carries ``feature_errors``: the mean squared difference
 between input and reconstruction per feature (raw units, as the model's reconstruction
@@ -47,7 +55,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
@@ -62,6 +70,12 @@ from smap_bench.inference.base import (
 )
 from smap_bench.inference.repository import onnx_models_dir, read_metadata
 from smap_bench.model.context import ContextConfig, ContextDetector, detector_from_metadata
+from smap_bench.model.forecaster import (
+    ChannelForecaster,
+    LinearForecasterConfig,
+    context_statistic,
+    linear_channel_forecaster,
+)
 from smap_bench.model.threshold import window_is_anomalous as threshold_rule
 from smap_bench.schema import DETECTORS, InferenceResult, InferenceTask, describe
 from smap_bench.stage import stamp
@@ -72,8 +86,10 @@ __all__ = [
     "STAGE",
     "BatchOutcome",
     "ContextDetectors",
+    "Forecasters",
     "MetadataThresholds",
     "Rejected",
+    "TrainFitted",
     "batch_feature_errors",
     "feature_errors",
     "load_threshold",
@@ -97,6 +113,8 @@ SERVICE = "inference-worker"
 #: Decimals kept of reconstructed values: float32 holds about 7 significant digits, and
 #: shorter numbers halve the size of a result message.
 RECONSTRUCTION_DECIMALS = 6
+
+D = TypeVar("D")
 
 _TASK_LIST: TypeAdapter[list[InferenceTask]] = TypeAdapter(list[InferenceTask])
 
@@ -204,34 +222,38 @@ class MetadataThresholds:
         return value
 
 
-class ContextDetectors:
-    """Context detectors per model, fitted on the channel's train split under ``data_dir``
-    (as the offline evaluation resolves it) and cached until the model's metadata changes
-    (as :class:`MetadataThresholds`).
+class TrainFitted(Generic[D]):
+    """Something fitted per model on the channel's train split under ``data_dir`` (as the
+    offline evaluation resolves it) and the model's metadata, cached until that metadata
+    changes (as :class:`MetadataThresholds`).
 
-    A model without a detector (no metadata or normalisation, no train split, or one too
-    short to fit) has its windows judged by the model alone; a warning says why, and the
-    fit is tried again after :attr:`RETRY_S`, so a data directory missing for a while
-    does not switch the detector off for the worker's life.
+    A model for which nothing can be fitted (no metadata or normalisation, no train split,
+    or one too short) gets None, with a warning saying why; the fit is tried again after
+    :attr:`RETRY_S`, so a data directory missing for a while does not switch the detector
+    off for the worker's life. Subclasses say what they fit (:meth:`fit`).
     """
 
-    #: Seconds before a model whose detector could not be fitted is tried again.
+    #: Seconds before a model whose fit failed is tried again.
     RETRY_S = 60.0
+    #: what is fitted, for the warnings
+    WHAT = "detector"
 
     def __init__(
         self,
         repository: Path,
         data_dir: Path | None,
-        config: ContextConfig,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.repository = Path(repository)
         self.data_dir = data_dir
-        self.config = config
         self.clock = clock
-        self._cache: dict[str, tuple[int, ContextDetector | None, float]] = {}
+        self._cache: dict[str, tuple[int, D | None, float]] = {}
 
-    def __call__(self, model_name: str) -> ContextDetector | None:
+    def fit(self, model_name: str, train: np.ndarray, metadata: dict[str, Any]) -> D:
+        """Fit one model's; ``ValueError`` says why it cannot be."""
+        raise NotImplementedError
+
+    def __call__(self, model_name: str) -> D | None:
         path = onnx_models_dir(self.repository) / model_name / "metadata.json"
         try:
             mtime = path.stat().st_mtime_ns
@@ -243,29 +265,88 @@ class ContextDetectors:
             kept, fitted_at = cached[1], cached[2]
             if kept is not None or now - fitted_at < self.RETRY_S:
                 return kept
-        detector = None
+        fitted: D | None = None
         try:
             metadata = read_metadata(path.parent)
+            if not metadata:
+                raise ValueError(f"no metadata.json in {path.parent}")
             channel = str(metadata.get("channel") or model_name.removeprefix("SMAP_"))
             train = load_channel(channel, self.data_dir).train
-            detector = detector_from_metadata(train, metadata, self.config)
-            if not math.isfinite(detector.threshold):
-                reason = (
-                    f"train split of {len(train)} records holds no two contexts of "
-                    f"{self.config.length} records apart"
-                )
-                if not math.isfinite(detector.hold_threshold):
-                    raise ValueError(f"{reason}, and the hold is off")
-                log.warning("%s: context judged by its hold alone (%s)", model_name, reason)
+            fitted = self.fit(model_name, train, metadata)
         except (OSError, ValueError) as error:
-            detector = None
+            fitted = None
             log.warning(
-                "%s: no context detector, windows judged by the model alone (%s)",
-                model_name,
-                describe(error),
+                "%s: no %s, windows judged without it (%s)", model_name, self.WHAT, describe(error)
             )
-        self._cache[model_name] = (mtime, detector, now)
+        self._cache[model_name] = (mtime, fitted, now)
+        return fitted
+
+
+class ContextDetectors(TrainFitted[ContextDetector]):
+    """Context detectors per model (:func:`smap_bench.model.context.detector_from_metadata`;
+    see :class:`TrainFitted`): a model without one has its windows judged by the model
+    alone."""
+
+    WHAT = "context detector"
+
+    def __init__(
+        self,
+        repository: Path,
+        data_dir: Path | None,
+        config: ContextConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(repository, data_dir, clock)
+        self.config = config
+
+    def fit(self, model_name: str, train: np.ndarray, metadata: dict[str, Any]) -> ContextDetector:
+        detector = detector_from_metadata(train, metadata, self.config)
+        if not math.isfinite(detector.threshold):
+            reason = (
+                f"train split of {len(train)} records holds no two contexts of "
+                f"{self.config.length} records apart"
+            )
+            if not math.isfinite(detector.hold_threshold):
+                raise ValueError(f"{reason}, and the hold is off")
+            log.warning("%s: context judged by its hold alone (%s)", model_name, reason)
         return detector
+
+
+class Forecasters(TrainFitted[ChannelForecaster]):
+    """The linear forecaster per model and its decision, fitted on the fit part of the
+    train split and thresholded on the whole split as the offline evaluation fits them
+    (:func:`smap_bench.model.forecaster.linear_channel_forecaster`; see
+    :class:`TrainFitted`). A channel whose fit part is too short gets a forecaster that
+    never judges (said once, when fitted)."""
+
+    WHAT = "forecaster"
+
+    def __init__(
+        self,
+        repository: Path,
+        data_dir: Path | None,
+        config: LinearForecasterConfig,
+        stride: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(repository, data_dir, clock)
+        self.config = config
+        self.stride = stride
+
+    def fit(
+        self, model_name: str, train: np.ndarray, metadata: dict[str, Any]
+    ) -> ChannelForecaster:
+        channel = str(metadata.get("channel") or model_name.removeprefix("SMAP_"))
+        block = min(self.stride, int(metadata["window"]))
+        decided = linear_channel_forecaster(channel, train, metadata, self.config, block)
+        if decided.rule is None:
+            log.warning(
+                "%s: no forecast: a fit part of %d rows is too short for %d lags",
+                model_name,
+                decided.fit_rows,
+                self.config.lags,
+            )
+        return decided
 
 
 # --------------------------------------------------------------------------------------
@@ -344,10 +425,12 @@ def score_tasks(
     stride: int,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     contexts: Callable[[str], ContextDetector | None] | None = None,
+    forecasters: Callable[[str], ChannelForecaster | None] | None = None,
 ) -> BatchOutcome:
     """Score validated tasks: one backend call per model, one result per window; with
     ``contexts``, windows that carry a context are also judged by the model's context
-    detector."""
+    detector, with ``forecasters`` windows that carry a forecast context by the
+    channel's forecaster."""
     outcome = BatchOutcome()
     by_model: dict[str, list[InferenceTask]] = {}
     for task in tasks:
@@ -366,9 +449,20 @@ def score_tasks(
                     f"{group[0].window_size}"
                 )
                 outcome.rejected.append(Rejected(t, reason, t.job_id))
-        detector = contexts(model) if contexts is not None else None
-        _score_group(model, same_shape, threshold, backend, stride, now, outcome, detector)
+        judges = _Judges(
+            contexts(model) if contexts is not None else None,
+            forecasters(model) if forecasters is not None else None,
+        )
+        _score_group(model, same_shape, threshold, backend, stride, now, outcome, judges)
     return outcome
+
+
+@dataclass(frozen=True, slots=True)
+class _Judges:
+    """What judges a model's windows beside its score (None: not served for it)."""
+
+    context: ContextDetector | None = None
+    forecaster: ChannelForecaster | None = None
 
 
 def _score_group(
@@ -379,7 +473,7 @@ def _score_group(
     stride: int,
     now: Callable[[], datetime],
     outcome: BatchOutcome,
-    detector: ContextDetector | None = None,
+    judges: _Judges = _Judges(),
 ) -> None:
     windows = np.stack([t.input_array() for t in group])
     try:
@@ -391,7 +485,7 @@ def _score_group(
     except InvalidWindowError as error:
         if len(group) > 1:  # find the window(s) at fault, score the others
             for task in group:
-                _score_group(model, [task], threshold, backend, stride, now, outcome, detector)
+                _score_group(model, [task], threshold, backend, stride, now, outcome, judges)
             return
         outcome.rejected.append(Rejected(group[0], describe(error), group[0].job_id))
         return
@@ -402,20 +496,31 @@ def _score_group(
     reconstruction = np.asarray(output.reconstruction, dtype=np.float64)
     finite = np.isfinite(scores).all(axis=1) & np.isfinite(reconstruction).all(axis=(1, 2))
     flags = windows_anomalous(np.where(finite[:, None], scores, 0.0), threshold)
+    detector = judges.context
     judgements = _context_judgements(model, group, detector)
     context_threshold = None if detector is None else _finite_or_none(detector.threshold)
     hold_threshold = None if detector is None else _finite_or_none(detector.hold_threshold)
+    forecasts = _forecast_statistics(group, judges.forecaster, stride)
+    forecast_rule = None if judges.forecaster is None else judges.forecaster.rule
+    forecast_threshold = None if forecast_rule is None else forecast_rule.static
     rounded = np.round(reconstruction, RECONSTRUCTION_DECIMALS)
     means, maxima = scores.mean(axis=1), scores.max(axis=1)
     rows = [responsible_rows(t.record_index_start, t.window_size, stride) for t in group]
     errors = batch_feature_errors(windows, reconstruction, rows)
     created = now()
     for i, task in enumerate(group):
-        judged = judgements[i]
+        judged, forecast = judgements[i], forecasts[i]
+        by_forecast = (
+            forecast is not None
+            and forecast_threshold is not None
+            and forecast > forecast_threshold
+        )
         detected_by = [
             name
             for name, flagged in zip(
-                DETECTORS, (bool(flags[i]), judged.by_distance, judged.by_hold), strict=True
+                DETECTORS,
+                (bool(flags[i]), judged.by_distance, judged.by_hold, by_forecast),
+                strict=True,
             )
             if flagged
         ]
@@ -448,6 +553,8 @@ def _score_group(
                 context_threshold=None if judged.distance is None else context_threshold,
                 context_hold=judged.hold,
                 context_hold_threshold=None if judged.hold is None else hold_threshold,
+                forecast_statistic=forecast,
+                forecast_threshold=None if forecast is None else forecast_threshold,
                 detected_by=detected_by,
                 loop=task.loop,
                 record_index_start=task.record_index_start,
@@ -522,6 +629,24 @@ def _context_judgements(
     return out
 
 
+def _forecast_statistics(
+    group: list[InferenceTask], decided: ChannelForecaster | None, stride: int
+) -> list[float | None]:
+    """Each task's forecaster statistic (:func:`~smap_bench.model.forecaster.context_statistic`;
+    None: no forecaster, no forecast context, or too short a one)."""
+    if decided is None or decided.rule is None:
+        return [None] * len(group)
+    out: list[float | None] = []
+    for task in group:
+        statistic = None
+        if task.forecast_values is not None and task.forecast_masks is not None:
+            statistic = context_statistic(
+                decided, np.asarray(task.forecast_values), np.asarray(task.forecast_masks), stride
+            )
+        out.append(statistic if statistic is None or math.isfinite(statistic) else None)
+    return out
+
+
 def undelivered_tasks(
     tasks: Sequence[InferenceTask],
     results: Sequence[InferenceResult],
@@ -574,6 +699,7 @@ def score_concurrently(
     stride: int,
     pool: Executor,
     contexts: Callable[[str], ContextDetector | None] | None = None,
+    forecasters: Callable[[str], ChannelForecaster | None] | None = None,
 ) -> BatchOutcome:
     """:func:`~smap_bench.scoring.score_tasks`, one model's windows per thread of ``pool``;
     the outcomes merged in the order of the models' first windows, as ``score_tasks``
@@ -582,9 +708,13 @@ def score_concurrently(
     for task in tasks:
         by_model.setdefault(task.model_name, []).append(task)
     if len(by_model) <= 1:
-        return score_tasks(tasks, backend, thresholds, stride=stride, contexts=contexts)
+        return score_tasks(
+            tasks, backend, thresholds, stride=stride, contexts=contexts, forecasters=forecasters
+        )
     parts = pool.map(
-        lambda group: score_tasks(group, backend, thresholds, stride=stride, contexts=contexts),
+        lambda group: score_tasks(
+            group, backend, thresholds, stride=stride, contexts=contexts, forecasters=forecasters
+        ),
         by_model.values(),
     )
     merged = BatchOutcome()

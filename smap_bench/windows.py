@@ -33,11 +33,15 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = [
+    "MAX_MASK_COMMANDS",
     "PushResult",
     "Rejection",
     "Window",
     "WindowBuffer",
+    "command_masks",
+    "commands_from_masks",
     "expected_windows",
+    "first_full_context_window",
     "make_windows",
     "record_flags",
     "record_flags_from_windows",
@@ -226,6 +230,12 @@ class Window:
     #: the telemetry value (column 0) of the ``context`` records ending with the window's
     #: last, float32; None when the buffer keeps no context or holds fewer records
     context: np.ndarray | None = field(default=None, repr=False)
+    #: the telemetry value (float32) and the command mask (int64,
+    #: :func:`smap_bench.model.forecaster.command_masks`) of the last ``forecast`` records
+    #: ending with the window's last, or of all the run's records when it holds fewer;
+    #: None when the buffer keeps no forecast context
+    forecast_values: np.ndarray | None = field(default=None, repr=False)
+    forecast_masks: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,11 +287,20 @@ class WindowBuffer:
     ``context`` records, in a ring of its own, and hands it out with each window whose
     run (the consecutive records since the last gap or new loop) holds that many records:
     the history the context detector judges (:mod:`smap_bench.model.context`).
+
+    With ``forecast`` > 0 it keeps the value and the command mask of the last ``forecast``
+    records too, and hands out those of the run's last ``forecast`` records (all of them
+    while the run is shorter) with every window: what the forecaster judges
+    (:func:`smap_bench.model.forecaster.context_statistic`).
     """
 
     __slots__ = (
+        "_bits",
         "_closed_runs",
         "_count",
+        "_forecast_masks",
+        "_forecast_pos",
+        "_forecast_values",
         "_history",
         "_history_pos",
         "_last",
@@ -292,6 +311,7 @@ class WindowBuffer:
         "_times",
         "_zeros",
         "context",
+        "forecast",
         "n_features",
         "origin",
         "stride",
@@ -309,13 +329,26 @@ class WindowBuffer:
         n_features: int = 25,
         origin: int = 0,
         context: int = 0,
+        forecast: int = 0,
     ) -> None:
         _check_geometry(window_size, stride)
         if n_features < 1:
             raise ValueError(f"n_features must be at least 1, got {n_features}")
         if context < 0:
             raise ValueError(f"context must be 0 (none) or a number of records, got {context}")
+        if forecast < 0:
+            raise ValueError(f"forecast must be 0 (none) or a number of records, got {forecast}")
+        if forecast and not 1 < n_features <= MAX_MASK_COMMANDS + 1:
+            raise ValueError(
+                f"a forecast context needs 1 to {MAX_MASK_COMMANDS} command columns, "
+                f"got {n_features - 1}"
+            )
         self.context = context
+        self.forecast = forecast
+        self._forecast_values = np.zeros(2 * forecast, dtype=np.float32)
+        self._forecast_masks = np.zeros(2 * forecast, dtype=np.int64)
+        self._forecast_pos = 0
+        self._bits = (2.0 ** np.arange(max(n_features - 1, 0))).astype(np.float64)
         self._history = np.zeros(2 * context, dtype=np.float32)
         self._history_pos = 0
         self.window_size = window_size
@@ -419,6 +452,16 @@ class WindowBuffer:
             hpos = self._history_pos
             history[hpos] = history[hpos + context] = row[0]
             self._history_pos = hpos = hpos + 1 if hpos + 1 < context else 0
+        forecast = self.forecast
+        if forecast:
+            fpos = self._forecast_pos
+            commands = row[1:]
+            # 0/1 commands: a mask of their bits; any other value: -1 (not carried)
+            binary = np.count_nonzero(commands) == np.count_nonzero(commands == 1)
+            mask = int(commands.dot(self._bits)) if binary else -1
+            self._forecast_values[fpos] = self._forecast_values[fpos + forecast] = row[0]
+            self._forecast_masks[fpos] = self._forecast_masks[fpos + forecast] = mask
+            self._forecast_pos = fpos = fpos + 1 if fpos + 1 < forecast else 0
 
         first = record_index - size + 1
         if self._count >= size and (first - self.origin) % self.stride == 0:
@@ -433,11 +476,56 @@ class WindowBuffer:
                     if context and self._count >= context
                     else None
                 ),
+                **(self._forecast_context() if forecast else {}),
             )
             return PushResult(windows=(window,), gap=gap, new_loop=new_loop)
         if gap or new_loop:
             return PushResult(gap=gap, new_loop=new_loop)
         return _ACCEPTED
+
+    def _forecast_context(self) -> dict[str, np.ndarray]:
+        """The forecast context of the newest record: the run's last ``forecast`` records
+        (fewer while the run is shorter), oldest first."""
+        forecast, end = self.forecast, self._forecast_pos + self.forecast
+        start = end - min(self._count, forecast)
+        return {
+            "forecast_values": self._forecast_values[start:end].copy(),
+            "forecast_masks": self._forecast_masks[start:end].copy(),
+        }
+
+
+#: Command columns a mask can carry (bits of an integer a float64 holds exactly).
+MAX_MASK_COMMANDS = 52
+
+
+def command_masks(commands: np.ndarray) -> np.ndarray:
+    """Each record's command columns ``[n, c]`` as one integer (bit ``j``: column ``j``
+    is 1), as :class:`WindowBuffer` hands them out; -1 for a record whose commands are not
+    all 0 or 1 (a mask cannot carry it)."""
+    values = np.asarray(commands)
+    if values.ndim != 2 or values.shape[1] > MAX_MASK_COMMANDS:
+        raise ValueError(
+            f"command_masks: commands have shape {values.shape}, need (n, <= {MAX_MASK_COMMANDS})"
+        )
+    binary = ((values == 0) | (values == 1)).all(axis=1)
+    masks = (values == 1).astype(np.int64) @ (np.int64(1) << np.arange(values.shape[1]))
+    return np.where(binary, masks, -1)
+
+
+def commands_from_masks(masks: np.ndarray, n_commands: int) -> np.ndarray:
+    """The command columns ``[n, n_commands]`` (float32 0/1) of non-negative masks."""
+    bits = np.asarray(masks, dtype=np.int64)
+    if (bits < 0).any():
+        raise ValueError("commands_from_masks: a mask is negative (commands not carried)")
+    return ((bits[:, None] >> np.arange(n_commands)) & 1).astype(np.float32)
+
+
+def first_full_context_window(run_first: int, window: int, stride: int, context: int) -> int:
+    """The first window (numbered by its first record over the stride) of a run that
+    begins with window ``run_first`` to end at least ``context`` records into the run:
+    for the forecaster, with ``lags + stride`` records, the first whose newest ``stride``
+    records all have a forecast."""
+    return run_first + max(0, -(-(context - window) // stride))
 
 
 def expected_windows(n_records: int, window: int = 30, stride: int = 10) -> int:

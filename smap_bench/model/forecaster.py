@@ -1,4 +1,4 @@
-"""A telemanom-style linear forecaster of a channel's telemetry value (explored, not served).
+"""A telemanom-style linear forecaster of a channel's telemetry value.
 
 The forecaster predicts the normalised telemetry value ``v[t]`` (column 0) from its
 previous ``lags`` values, the 24 command columns at ``t`` and a constant: a ridge
@@ -13,6 +13,17 @@ TranAD's (the fit part's windows every ``train_stride`` records and the validati
 every record, with the models' ``ThresholdConfig``), and the confirmed rule over the
 stream's statistics, its floor POT's initial threshold.
 
+**Live** (``SMAP_FORECASTER=true``), a window's statistic is computed from the window
+alone (:func:`context_statistic`): the scheduler sends the value and the commands of its
+last :meth:`LinearForecasterConfig.context_records` records (the commands as one bit mask
+per record, :func:`smap_bench.windows.command_masks`), and the worker forecasts the newest
+``burn_in + stride`` of them and smooths the errors itself. The EWMA of span 10 forgets
+its start to about 4e-18 in 200 records, so the statistic equals the offline one (the
+whole split smoothed as one stream) to rounding, with no state per stream; the events
+stage confirms it under the stream rule as it confirms TranAD's, its history beginning
+with the run's first window that has a forecast
+(:func:`smap_bench.windows.first_full_context_window` of ``lags + stride`` records).
+
 Pure functions, no I/O: ``scripts/select_forecaster.py`` judges the forecaster on the
 training-only selection harness, ``scripts/explore_forecaster.py`` scores a declared
 configuration on the test splits.
@@ -21,7 +32,7 @@ configuration on the test splits.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,6 +48,7 @@ from smap_bench.model.stream_rule import (
     stream_rule_from_metadata,
 )
 from smap_bench.model.threshold import ThresholdConfig, fit_threshold
+from smap_bench.windows import commands_from_masks
 
 __all__ = [
     "EWMA_SPAN",
@@ -46,6 +58,7 @@ __all__ = [
     "LinearForecaster",
     "LinearForecasterConfig",
     "channel_forecaster",
+    "context_statistic",
     "design_rows",
     "fit_forecaster",
     "fit_part_end",
@@ -155,6 +168,9 @@ class ChannelForecaster:
     #: Smoothed errors already computed, by split (the sha256 of its bytes): an LSTM's
     #: forward passes are costly.
     memo: dict[str, np.ndarray] = field(default_factory=dict)
+    #: live: forecasts before a window's newest that its EWMA starts from
+    #: (:func:`context_statistic`)
+    burn_in: int = 200
 
     def smoothed_errors(self, split: np.ndarray) -> np.ndarray:
         """Smoothed ``|v[t] - v_hat[t]|`` of a raw ``(n, 25)`` stream (NaN for ``t < L``)."""
@@ -255,9 +271,17 @@ class LinearForecasterConfig:
     #: fewer fit rows per parameter (lags, commands, constant) than this: no forecaster
     min_rows: float = 2.0
     span: int = EWMA_SPAN  #: EWMA span of the errors
+    #: live: forecasts before a window's newest ``stride`` that its EWMA starts from
+    #: (``(1 - 2 / (span + 1)) ** burn_in`` of the start remains: 4e-18 for 200)
+    burn_in: int = 200
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def context_records(self, stride: int) -> int:
+        """Records of value and commands a live window carries: ``lags`` before each of
+        its ``burn_in + stride`` forecasts."""
+        return self.lags + self.burn_in + stride
 
 
 def linear_channel_forecaster(
@@ -280,4 +304,35 @@ def linear_channel_forecaster(
         config.ridge,
         config.min_rows,
     )
-    return channel_forecaster(channel, forecaster, train, metadata, block, config.span)
+    decided = channel_forecaster(channel, forecaster, train, metadata, block, config.span)
+    return replace(decided, burn_in=config.burn_in)
+
+
+# --------------------------------------------------------------------------------------
+# Live: a window's statistic from its context alone
+# --------------------------------------------------------------------------------------
+
+
+def context_statistic(
+    decided: ChannelForecaster, values: np.ndarray, masks: np.ndarray, stride: int
+) -> float | None:
+    """The statistic of the window whose context (the value ``[n]`` and command masks
+    ``[n]`` of its last ``n`` records, the window's own last) is given: the mean of the
+    newest ``stride`` smoothed errors, the EWMA started ``decided.burn_in`` forecasts
+    before them (or at the context's first forecast when it is shorter). None: no forecaster, fewer
+    than ``lags + stride`` records, or a record whose commands a mask could not carry."""
+    forecaster = decided.forecaster
+    lags = forecaster.lags
+    values = np.asarray(values)
+    masks = np.asarray(masks)
+    if values.shape != masks.shape or values.ndim != 1:
+        raise ValueError(f"context_statistic: values {values.shape} and masks {masks.shape} differ")
+    if decided.rule is None or len(values) < lags + stride:
+        return None
+    start = max(0, len(values) - lags - decided.burn_in - stride)
+    values, masks = values[start:], masks[start:]
+    if (masks < 0).any():
+        return None
+    stream = np.column_stack([values.astype(np.float32), commands_from_masks(masks, N_COMMANDS)])
+    errors = forecaster.errors(stream)[lags:]
+    return float(smoothed(errors, decided.span)[-stride:].mean())

@@ -101,6 +101,7 @@ def state(
         backend=OnnxBackend(repository),
         thresholds=MetadataThresholds(repository),
         contexts=None,
+        forecasters=None,
         pool=ThreadPoolExecutor(2),
         producer=producer,
         dead_letter=DeadLetter(producer, "dlq", STAGE, metrics),  # type: ignore[arg-type]

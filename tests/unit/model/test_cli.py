@@ -125,7 +125,13 @@ def test_evaluate_with_the_linear_forecaster_or_ed_in(
         reports[option] = json.loads(out.read_text())
     with_it, without = reports["--forecaster"], reports["--no-forecaster"]
     assert without["forecaster"] is None
-    assert with_it["forecaster"] == {"lags": 250, "ridge": 10.0, "min_rows": 2.0, "span": 10}
+    assert with_it["forecaster"] == {
+        "lags": 250,
+        "ridge": 10.0,
+        "min_rows": 2.0,
+        "span": 10,
+        "burn_in": 200,
+    }
     channel = with_it["runs"][0]["per_channel"][0]
     assert channel["forecaster_threshold"] > 0
     assert "forecaster_threshold" not in without["runs"][0]["per_channel"][0]
