@@ -140,6 +140,15 @@ def _delta(
     return int(after[stage].get(kind, 0.0) - before[stage].get(kind, 0.0))
 
 
+def _counted_delta(
+    after: dict[str, dict[str, float]], before: dict[str, dict[str, float]], stage: str, kind: str
+) -> int | None:
+    """:func:`_delta`, or None when the counter fell (its process restarted: what it had
+    counted before is gone, so the run's count is not known)."""
+    delta = _delta(after, before, stage, kind)
+    return None if delta < 0 else delta
+
+
 # --------------------------------------------------------------------------- detections
 
 
@@ -438,9 +447,11 @@ class LabeledReplay:
                 "per_channel": verdicts["per_channel"],
             },
             # flagged windows the events stage judged during the run, and how many of
-            # them before their whole history had arrived (patience ran out)
+            # them before their whole history had arrived (patience ran out); None when
+            # the stage restarted meanwhile (its counters began again from 0)
             "confirmation": {
-                key: _delta(after, before, "confirmation", key) for key in CONFIRMATION_COUNTERS
+                key: _counted_delta(after, before, "confirmation", key)
+                for key in CONFIRMATION_COUNTERS
             },
             "dashboard_alarms": {
                 "event": alarms["event"],

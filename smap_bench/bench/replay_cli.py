@@ -110,10 +110,13 @@ def summary_table(result: dict[str, Any]) -> Table:
         )
     confirmation = result.get("confirmation")
     if confirmation:
+        judged, incomplete = confirmation["judged"], confirmation["incomplete"]
         rows.append(
             (
                 "flagged windows judged (incomplete history)",
-                f"{confirmation['judged']} ({confirmation['incomplete']})",
+                "not known: the events stage restarted"
+                if judged is None or incomplete is None
+                else f"{judged} ({incomplete})",
             )
         )
     shown = result.get("dashboard_alarms") or {}

@@ -1,10 +1,11 @@
-"""Counting results by window as well as by message (the benchmarks' duplicates)."""
+"""Counting results by window as well as by message (the benchmarks' duplicates), and
+counters that a restart reset."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from smap_bench.bench.live import ResultTally, window_key
+from smap_bench.bench.live import ResultTally, _counted_delta, window_key
 from smap_bench.bench.load import _result_counts
 
 
@@ -89,3 +90,12 @@ def test_other_traffic_and_dead_letters_are_accounted_for() -> None:
     on_topic = {"results": 95, "windows": 95, "duplicates": 0, "other_results": 3}
     counts = _result_counts(sent=100, results=98, rejected=2, on_topic=on_topic)
     assert counts["lost"] == 0 and counts["other_traffic_results"] == 3
+
+
+def test_a_counter_that_fell_during_a_run_counts_as_not_known() -> None:
+    before = {"confirmation": {"judged": 1500.0, "incomplete": 0.0}}
+    steady = {"confirmation": {"judged": 11875.0, "incomplete": 0.0}}
+    restarted = {"confirmation": {"judged": 10.0, "incomplete": 0.0}}
+    assert _counted_delta(steady, before, "confirmation", "judged") == 10375
+    assert _counted_delta(restarted, before, "confirmation", "judged") is None
+    assert _counted_delta(restarted, before, "confirmation", "incomplete") == 0
