@@ -84,11 +84,12 @@ class Settings(BaseSettings):
     )
     # Chosen by the training-only selection harness (scripts/select_forecaster.py).
     forecaster: bool = Field(
-        default=False,
+        default=True,
         description=(
             "Linear forecaster beside TranAD (smap_bench.model.forecaster): the scheduler"
-            " sends each window's last 460 values and commands, the worker forecasts and"
-            " judges them, the events stage confirms its flags under the stream rule"
+            " sends each window's last lags + burn-in + stride (460) values and commands,"
+            " the worker forecasts and judges them, the events stage confirms its flags"
+            " under the stream rule (false: TranAD and the context detector alone)"
         ),
     )
     # Declared before any test split was scored with it (smap_bench.model.stream_rule).

@@ -301,7 +301,7 @@ def evaluate_seeds(
     does; returns the ``evaluate`` JSON (headline as mean/std over seeds, per-channel rows,
     and every seed's full pooled report under ``runs``). ``rule``: the window decision
     rule (default: the served ``settings.decision_rule``); ``forecaster``: the linear
-    forecaster or'ed in (explored, not served)."""
+    forecaster or'ed in (what ``settings.linear_forecaster`` serves)."""
     from smap_bench import evaluation
     from smap_bench.model import runner
 
@@ -428,14 +428,14 @@ def evaluate(
         ),
     ] = None,
     forecaster: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--forecaster/--no-forecaster",
-            help="Also flag windows by the linear forecaster of the telemetry value under "
-            "the confirmed rule (smap_bench.model.forecaster; chosen by the selection "
-            "harness, not served live yet)",
+            help="Also flag windows by the linear forecaster of the telemetry value "
+            "(smap_bench.model.forecaster; chosen by the training-only selection harness); "
+            "default: as the live pipeline serves it (SMAP_FORECASTER)",
         ),
-    ] = False,
+    ] = None,
 ) -> None:
     """Train (or reuse) models for each seed and score the test splits as the live pipeline
     does: windows of 30 every 10 records, event-wise metrics pooled over channels."""
@@ -470,7 +470,11 @@ def evaluate(
         rule=rule,
         horizon=horizon,
         context=context_config,
-        forecaster=LinearForecasterConfig() if forecaster else None,
+        forecaster=(
+            settings.linear_forecaster
+            if forecaster is None
+            else (LinearForecasterConfig() if forecaster else None)
+        ),
     )
     console.print(evaluation_table(report))
     if report["missing_channels"]:

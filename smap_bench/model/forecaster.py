@@ -194,10 +194,14 @@ class ChannelForecaster:
         last = min(int(judged[0]) + self.rule.config.min_history - 2, len(statistics) - 1)
         return int(last) * stride + window
 
-    def window_flags(self, split: np.ndarray, window: int, stride: int) -> np.ndarray:
-        """The forecaster's decision for each pipeline window of a split, as live: the
-        confirmed rule over its statistics, from the first window that has one (the
-        windows before it never flag)."""
+    def window_flags(
+        self, split: np.ndarray, window: int, stride: int, rule: str = "confirmed"
+    ) -> np.ndarray:
+        """The forecaster's decision for each pipeline window of a split, as live: under
+        the ``confirmed`` rule (served: the static threshold kept by the stream rule) over
+        its statistics from the first window that has one, or the ``stream`` rule alone,
+        or the ``static`` threshold alone (what the workers flag before the events stage
+        confirms); the windows before the first forecast never flag."""
         statistics = self.window_statistics(split, window, stride)
         flags = np.zeros(len(statistics), dtype=bool)
         if self.rule is None:
@@ -209,7 +213,14 @@ class ChannelForecaster:
                 raise ValueError(
                     f"{self.channel}: a window after the first forecast has no statistic"
                 )
-            flags[first:] = confirmed_flags(statistics[first:], self.rule)
+            if rule == "confirmed":
+                flags[first:] = confirmed_flags(statistics[first:], self.rule)
+            elif rule == "stream":
+                flags[first:] = self.rule.flags(statistics[first:])
+            elif rule == "static":
+                flags[first:] = statistics[first:] > self.rule.static
+            else:
+                raise ValueError(f"unknown decision rule {rule!r}")
         return flags
 
 

@@ -134,8 +134,9 @@ def evaluate_repository(
     (``static``, ``stream`` or ``confirmed``, :mod:`smap_bench.model.stream_rule`). With
     ``context``, a window is also anomalous when the context detector flags it
     (:mod:`smap_bench.model.context`; the live pipeline serves
-    ``Settings.context_detector``); with ``forecaster``, when the linear forecaster's
-    confirmed rule does (:mod:`smap_bench.model.forecaster`; explored, not served)."""
+    ``Settings.context_detector``); with ``forecaster``, when the linear forecaster does
+    under the same ``rule`` (:mod:`smap_bench.model.forecaster`; the live pipeline serves
+    ``Settings.linear_forecaster``)."""
     if rule not in RULES:
         raise ValueError(f"unknown decision rule {rule!r} (known: {', '.join(RULES)})")
     results = []
@@ -172,7 +173,7 @@ def evaluate_repository(
             extra["train_hold_max"] = detector.train_hold_max
         if forecaster is not None:
             forecaster_flags, decided = _forecaster_record_flags(
-                data, meta, forecaster, model_window, min(stride, model_window)
+                data, meta, forecaster, model_window, min(stride, model_window), rule
             )
             flags = flags | forecaster_flags
             # None: a fit part too short for a forecaster (never flags)
@@ -239,13 +240,15 @@ def _forecaster_record_flags(
     config: LinearForecasterConfig,
     window: int,
     stride: int,
+    rule: str = "confirmed",
 ) -> tuple[np.ndarray, ChannelForecaster]:
-    """Per-record flags of the linear forecaster over the test split (its confirmed rule
-    on the same windows, the test split a stream of its own from record 0, as live), fitted
-    on the train split with the model's normalisation of the value; and its decision."""
+    """Per-record flags of the linear forecaster over the test split (under decision
+    ``rule`` on the same windows, the test split a stream of its own from record 0, as
+    live), fitted on the train split with the model's normalisation of the value; and its
+    decision."""
     decided = linear_channel_forecaster(data.channel, data.train, meta, config, stride)
     starts = windows.window_starts(len(data.test), window, stride)
-    window_flags = decided.window_flags(data.test, window, stride)
+    window_flags = decided.window_flags(data.test, window, stride, rule)
     record_flags = windows.record_flags_from_windows(
         window_flags, starts, len(data.test), window, stride
     )

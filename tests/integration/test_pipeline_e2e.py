@@ -69,6 +69,7 @@ def test_live_and_offline_scores_agree(live_pipeline: Settings, replay: dict) ->
             live_pipeline.event_gap,
             rule=rule,
             context=live_pipeline.context_detector,
+            forecaster=live_pipeline.linear_forecaster,
         )
         assert skipped == []
         return pooled
