@@ -118,7 +118,7 @@ def forecast_lane(settings: Settings, config: StreamRuleConfig) -> ForecastLane 
         decided = fitted(model_name)
         return None if decided is None else decided.rule
 
-    return ForecastLane(rules, Confirmer(config.history), forecaster.lags + settings.stride)
+    return ForecastLane(rules, Confirmer(config.history))
 
 
 #: Results read back per partition at first; doubled, going further back, while some

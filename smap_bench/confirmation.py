@@ -40,13 +40,17 @@ is what that needs, as pure state (no I/O, no Kafka):
   (:meth:`Confirmer.remember`), not kept uncommitted.
 
 Only flagged windows are judged; the others are recorded (their statistic is history)
-and need nothing. A window judged on a stream's first windows (fewer than the rule's
-``min_history``) keeps the static decision, as offline.
+and need nothing. A window may arrive without a statistic (NaN: the forecaster's series
+has none for a run's first windows): it has arrived, and is no part of any history, as
+offline, where a stream's history begins with its first statistic. A window judged on a
+stream's first windows (fewer than the rule's ``min_history``) keeps the static decision,
+as offline.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,7 +63,6 @@ from smap_bench.catalog import CatalogError, channel_of_model
 from smap_bench.model.repository import read_metadata
 from smap_bench.model.stream_rule import StreamRule, StreamRuleConfig, stream_rule_from_metadata
 from smap_bench.schema import InferenceResult
-from smap_bench.windows import first_full_context_window
 
 __all__ = [
     "CONFIRMED_DETECTORS",
@@ -92,7 +95,9 @@ class Arrival(Generic[T]):
 
     stream: StreamKey
     index: int  #: the window's number in its loop (first record // stride)
-    statistic: float  #: the window statistic (the worker's mean_anomaly_score)
+    #: the window statistic (the worker's mean_anomaly_score); NaN: the window has none
+    #: in this series (it cannot be flagged then)
+    statistic: float
     flagged: bool  #: TranAD's score flags it: the stream rule must confirm
     rule: StreamRule | None  #: the channel's rule (None: the window is not flagged)
     item: T
@@ -194,7 +199,7 @@ class Confirmer(Generic[T]):
             )
         if arrival.flagged and arrival.rule is None:
             raise ValueError("confirmation: a flagged window needs its channel's rule")
-        if not np.isfinite(arrival.statistic):
+        if np.isinf(arrival.statistic) or (arrival.flagged and np.isnan(arrival.statistic)):
             raise ValueError(f"confirmation: window statistic {arrival.statistic} is not finite")
         judged = self._new_loop(arrival.stream)
         state = self._stream(arrival.stream)
@@ -259,10 +264,6 @@ class Confirmer(Generic[T]):
     def streams(self) -> int:
         return len(self._streams)
 
-    def knows(self, stream: StreamKey) -> bool:
-        """Whether ``stream`` has a history here."""
-        return stream in self._streams
-
     # -- inside --------------------------------------------------------------------------
 
     def _stream(self, key: StreamKey) -> _Stream[T] | None:
@@ -315,6 +316,7 @@ class Confirmer(Generic[T]):
         first = self._expected_from(arrival)
         known = [state.statistics[i] for i in range(first, index + 1) if i in state.statistics]
         complete = len(known) == index - first + 1
+        known = [value for value in known if not np.isnan(value)]  # windows without one
         if not complete and first < state.forgotten_below:
             # its history was forgotten (a redelivery long after): never a new alarm
             confirmed = False
@@ -383,14 +385,13 @@ class RepositoryRules:
 @dataclass(frozen=True)
 class ForecastLane:
     """What confirming the forecaster's flags needs besides TranAD's: its rule per model
-    (None: not confirmed), a confirmer of its own (its statistics are another series) and
-    the records a window needs behind it to have a statistic (``lags + stride``), which
-    set where its history begins in a run
-    (:func:`smap_bench.windows.first_full_context_window`)."""
+    (None: not confirmed) and a confirmer of its own (its statistics are another series).
+    Every result arrives in it, those without a forecast (a run's first windows) without
+    a statistic, so a flagged window waits for the same windows as TranAD's and its
+    history is the forecasts among them, as offline."""
 
     rules: Callable[[str], StreamRule | None]
     confirmer: Confirmer[_Pending]
-    context: int
 
 
 @dataclass(eq=False)
@@ -450,13 +451,8 @@ class ResultConfirmation:
 
     def reaches_back(self, stream: StreamKey) -> bool:
         """Whether every history of ``stream`` was read back far enough
-        (:meth:`Confirmer.reaches_back`; a stream without forecasts needs TranAD's only)."""
-        if not self.confirmer.reaches_back(stream):
-            return False
-        lane = self.forecaster
-        return (
-            lane is None or not lane.confirmer.knows(stream) or lane.confirmer.reaches_back(stream)
-        )
+        (:meth:`Confirmer.reaches_back`)."""
+        return all(confirmer.reaches_back(stream) for confirmer in self.confirmers)
 
     @property
     def waiting(self) -> int:
@@ -506,10 +502,11 @@ class ResultConfirmation:
             return None
         stream = (result.satellite_id, result.subsystem.value, result.loop)
         index = result.record_index_start // self.stride
-        self.confirmer.remember(stream, index, result.mean_anomaly_score, self._run_first(result))
-        if self.forecaster is not None and result.forecast_statistic is not None:
+        run_first = self._run_first(result)
+        self.confirmer.remember(stream, index, result.mean_anomaly_score, run_first)
+        if self.forecaster is not None:
             self.forecaster.confirmer.remember(
-                stream, index, result.forecast_statistic, self._forecast_first(result)
+                stream, index, _or_nan(result.forecast_statistic), run_first
             )
         return stream
 
@@ -526,24 +523,24 @@ class ResultConfirmation:
         partition: PartitionKey | None,
         offset: int | None,
     ) -> tuple[str, Arrival[_Pending]] | None:
-        """What the detector ``name``'s confirmer is given of the pending result (None:
-        nothing, the result has no statistic of it, or its flag has no rule and stands)."""
+        """What the detector ``name``'s confirmer is given of the pending result (None: no
+        forecaster lane). A flag that cannot be confirmed (no rule for the model, or a
+        forecaster flag without a statistic) stands as the worker decided (counted by
+        ``unconfirmed``), its window recorded unflagged."""
         result = pending.result
         flagged = name in _detectors(result)
         if name == "model":
-            statistic: float | None = result.mean_anomaly_score
-            rules, run_first = self.rules, self._run_first(result)
+            statistic = result.mean_anomaly_score
+            rules = self.rules
         elif self.forecaster is None:
             return None
         else:
-            statistic = result.forecast_statistic
-            rules, run_first = self.forecaster.rules, self._forecast_first(result)
-        if statistic is None:
-            return None
-        rule = rules(result.model_name) if flagged else None
+            statistic = _or_nan(result.forecast_statistic)
+            rules = self.forecaster.rules
+        rule = rules(result.model_name) if flagged and not math.isnan(statistic) else None
         if flagged and rule is None:
             self.unconfirmed += 1
-            return None
+            flagged = False
         if flagged:
             pending.waiting.add(name)
         assert result.loop is not None and result.record_index_start is not None
@@ -556,7 +553,7 @@ class ResultConfirmation:
             item=pending,
             partition=partition,
             offset=offset,
-            run_first=run_first,
+            run_first=self._run_first(result),
         )
 
     def _settled(self, name: str, judgements: list[Judgement[_Pending]]) -> list[InferenceResult]:
@@ -575,17 +572,10 @@ class ResultConfirmation:
         start = result.run_window_start
         return None if start is None else start // self.stride
 
-    def _forecast_first(self, result: InferenceResult) -> int | None:
-        """The first window of the forecaster's history in ``result``'s run: the run's
-        first with a forecast (at most the window itself: a run that began off the stride
-        grid has forecasts sooner)."""
-        run_first = self._run_first(result)
-        if run_first is None or result.record_index_start is None:
-            return None
-        first = first_full_context_window(
-            run_first, result.window_size, self.stride, self._lane().context
-        )
-        return min(first, result.record_index_start // self.stride)
+
+def _or_nan(value: float | None) -> float:
+    """A statistic, NaN for none (a window that arrived without one)."""
+    return math.nan if value is None else float(value)
 
 
 def _detectors(result: InferenceResult) -> list[str]:

@@ -41,7 +41,6 @@ __all__ = [
     "command_masks",
     "commands_from_masks",
     "expected_windows",
-    "first_full_context_window",
     "make_windows",
     "record_flags",
     "record_flags_from_windows",
@@ -518,14 +517,6 @@ def commands_from_masks(masks: np.ndarray, n_commands: int) -> np.ndarray:
     if (bits < 0).any():
         raise ValueError("commands_from_masks: a mask is negative (commands not carried)")
     return ((bits[:, None] >> np.arange(n_commands)) & 1).astype(np.float32)
-
-
-def first_full_context_window(run_first: int, window: int, stride: int, context: int) -> int:
-    """The first window (numbered by its first record over the stride) of a run that
-    begins with window ``run_first`` to end at least ``context`` records into the run:
-    for the forecaster, with ``lags + stride`` records, the first whose newest ``stride``
-    records all have a forecast."""
-    return run_first + max(0, -(-(context - window) // stride))
 
 
 def expected_windows(n_records: int, window: int = 30, stride: int = 10) -> int:

@@ -211,7 +211,9 @@ class EventPublic(BaseModel):
         default_factory=list,
         description="What flagged the event's windows: 'model' (TranAD's score), 'context'"
         " (the recent values unlike every stretch of training), 'hold' (the value held still"
-        " longer than training ever held it); empty for events stored before it was recorded",
+        " longer than training ever held it), 'forecaster' (the linear forecaster's smoothed"
+        " error, confirmed against the stream's recent windows); empty for events stored"
+        " before it was recorded",
     )
     state: AlarmState
     shelved_until: datetime | None

@@ -432,7 +432,8 @@ class LabeledReplay:
             settings.event_gap,
         )
         scored = sum(len(flags) for flags in live.values())
-        sent = _delta(after, before, "scheduler", "produced")
+        # None: the scheduler restarted during the run (its counter began again)
+        sent = _counted_delta(after, before, "scheduler", "produced")
         if results["other_results"]:
             log.warning(
                 "%d results of other satellites arrived during the replay: the stage "
@@ -466,8 +467,12 @@ class LabeledReplay:
             "windows_expected": expected,
             "windows_sent": sent,
             "windows_scored": scored,
-            # sent by the scheduler, less what other satellites' windows account for
-            "lost": max(
+            # sent by the scheduler, less what other satellites' windows account for (None:
+            # not known from the counters; split_windows_missing still says what has no
+            # result)
+            "lost": None
+            if sent is None
+            else max(
                 sent
                 - results["other_results"]
                 - scored

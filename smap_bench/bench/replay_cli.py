@@ -114,9 +114,7 @@ def summary_table(result: dict[str, Any]) -> Table:
         rows.append(
             (
                 "flagged windows judged (incomplete history)",
-                "not known: the events stage restarted"
-                if judged is None or incomplete is None
-                else f"{judged} ({incomplete})",
+                f"{_known(judged)} ({_known(incomplete)})",
             )
         )
     shown = result.get("dashboard_alarms") or {}
@@ -138,9 +136,11 @@ def summary_table(result: dict[str, Any]) -> Table:
         ("false alarms per 10k records", f"{result['false_alarms_per_10k']:.2f}"),
         (
             "windows expected / sent / scored",
-            f"{result['windows_expected']} / {result['windows_sent']} / {result['windows_scored']}",
+            f"{result['windows_expected']} / {_known(result['windows_sent'])} / "
+            f"{result['windows_scored']}",
         ),
-        ("lost / duplicates", f"{result['lost']} / {result['duplicates']}"),
+        ("lost / duplicates", f"{_known(result['lost'])} / {result['duplicates']}"),
+        ("split windows without a result", result["split_windows_missing"]),
         ("anomaly events in PostgreSQL", result.get("events", "-")),
         ("seconds (simulator / total)", f"{result['simulate_seconds']} / {result['seconds']}"),
     ]
@@ -211,3 +211,9 @@ def bench_table(result: dict[str, Any]) -> Table:
             f"{stage['cpu_percent']}% CPU, {stage['rss_mb']} MB, p50 {stage['latency_ms']} ms",
         )
     return table
+
+
+def _known(count: int | None) -> str:
+    """A count from a stage's counters; None: the stage restarted during the run (its
+    counters began again), so the run's count is not known."""
+    return "not known (stage restarted)" if count is None else str(count)

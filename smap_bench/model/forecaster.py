@@ -20,9 +20,8 @@ per record, :func:`smap_bench.windows.command_masks`), and the worker forecasts 
 ``burn_in + stride`` of them and smooths the errors itself. The EWMA of span 10 forgets
 its start to about 4e-18 in 200 records, so the statistic equals the offline one (the
 whole split smoothed as one stream) to rounding, with no state per stream; the events
-stage confirms it under the stream rule as it confirms TranAD's, its history beginning
-with the run's first window that has a forecast
-(:func:`smap_bench.windows.first_full_context_window` of ``lags + stride`` records).
+stage confirms it under the stream rule as it confirms TranAD's, on its own statistics
+(a run's first windows, which have no forecast, are no part of its history, as offline).
 
 Pure functions, no I/O: ``scripts/select_forecaster.py`` judges the forecaster on the
 training-only selection harness, ``scripts/explore_forecaster.py`` scores a declared

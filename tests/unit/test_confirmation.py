@@ -236,7 +236,11 @@ def test_a_flagged_window_needs_its_rule_and_a_finite_statistic() -> None:
     with pytest.raises(ValueError, match="rule"):
         confirmer.add(Arrival(("s", "EPS", 0), 0, 2.0, True, None, item=0))
     with pytest.raises(ValueError, match="finite"):
-        confirmer.add(Arrival(("s", "EPS", 0), 0, float("nan"), False, None, item=0))
+        confirmer.add(Arrival(("s", "EPS", 0), 0, float("nan"), True, RULE, item=0))
+    with pytest.raises(ValueError, match="finite"):
+        confirmer.add(Arrival(("s", "EPS", 0), 0, float("inf"), False, None, item=0))
+    # a window without a statistic (NaN, unflagged) has arrived and is no part of a history
+    assert confirmer.add(Arrival(("s", "EPS", 0), 0, float("nan"), False, None, item=0)) == []
     with pytest.raises(ValueError, match="negative"):
         confirmer.add(Arrival(("s", "EPS", 0), -1, 1.0, False, None, item=0))
     with pytest.raises(ValueError, match="precede"):

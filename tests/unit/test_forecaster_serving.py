@@ -32,7 +32,6 @@ from smap_bench.windows import (
     WindowBuffer,
     command_masks,
     commands_from_masks,
-    first_full_context_window,
     record_flags_from_windows,
 )
 from tests.unit.result_samples import result
@@ -45,6 +44,8 @@ T0 = datetime(2025, 11, 12, 10, 0, tzinfo=UTC)
 CONFIG = LinearForecasterConfig()
 #: A channel whose test split the forecaster flags (520 records, seed-0 models).
 CHANNEL = "D-7"
+#: The first window whose newest 10 records all have a forecast (records 0..259: 250 lags)
+FIRST_FORECAST = 23
 
 
 def _row(value: float, command: int | None = None) -> np.ndarray:
@@ -117,13 +118,6 @@ def test_a_task_carries_values_and_masks_together() -> None:
         InferenceTask.model_validate({**body, "forecast_masks": [-2] * 30})
 
 
-def test_first_full_context_window() -> None:
-    assert first_full_context_window(0, 30, 10, 260) == 23  # records 0..259: window 23
-    assert first_full_context_window(5, 30, 10, 260) == 28
-    assert first_full_context_window(0, 30, 10, 30) == 0
-    assert first_full_context_window(0, 30, 10, 10) == 0
-
-
 # -- the worker's statistic ---------------------------------------------------------------
 
 
@@ -154,7 +148,7 @@ def test_the_live_statistic_equals_the_offline_one_on_a_real_channel(
     )
     assert len(live) == len(offline)
     np.testing.assert_array_equal(np.isfinite(live), np.isfinite(offline))
-    assert np.flatnonzero(np.isfinite(live))[0] == first_full_context_window(0, 30, 10, 260)
+    assert np.flatnonzero(np.isfinite(live))[0] == FIRST_FORECAST
     judged = np.isfinite(offline)
     # the EWMA's start, 200 forecasts back, weighs (9/11)**200 = 4e-18: rounding only
     np.testing.assert_allclose(live[judged], offline[judged], rtol=1e-12, atol=0)
@@ -224,9 +218,8 @@ def test_forecasters_fit_as_the_offline_evaluation_and_the_worker_flags_by_them(
 # -- the events stage's confirmation -------------------------------------------------------
 
 
-def _lane(rule: StreamRule | None = RULE, history: int = 210, context: int = 260) -> ForecastLane:
-    """A forecaster's lane whose windows need ``context`` records behind them."""
-    return ForecastLane(lambda name: rule, Confirmer(history), context)
+def _lane(rule: StreamRule | None = RULE, history: int = 210) -> ForecastLane:
+    return ForecastLane(lambda name: rule, Confirmer(history))
 
 
 def _forecast(index: int, statistic: float | None, model: float = 1.0, **kw) -> InferenceResult:
@@ -245,9 +238,14 @@ def _forecast(index: int, statistic: float | None, model: float = 1.0, **kw) -> 
     )
 
 
-def test_the_forecasters_flags_are_confirmed_on_its_own_statistics_in_any_order() -> None:
+@pytest.mark.parametrize("run_start", [0, None], ids=["run-known", "after-a-restart"])
+def test_the_forecasters_flags_are_confirmed_on_its_own_statistics_in_any_order(
+    run_start: int | None,
+) -> None:
+    """Results out of order, with the run's start known or not (a scheduler resumed
+    mid-run): the windows without a forecast arrive too, so none waits out its patience."""
     stats = regime_statistics()
-    first = first_full_context_window(0, 30, 10, 260)
+    first = FIRST_FORECAST
     confirmation = ResultConfirmation(lambda name: RULE, 10, Confirmer(210), _lane())
     order = list(range(600))
     rng = random.Random(3)
@@ -259,7 +257,8 @@ def test_the_forecasters_flags_are_confirmed_on_its_own_statistics_in_any_order(
     for offset, index in enumerate(order):
         confirmation.seen((TOPIC, 0), offset)
         statistic = None if index < first else float(stats[index])
-        out += confirmation.offer(_forecast(index, statistic), (TOPIC, 0), offset)
+        body = _forecast(index, statistic, run_window_start=run_start)
+        out += confirmation.offer(body, (TOPIC, 0), offset)
     assert len(out) == 600 and confirmation.waiting == 0
     assert confirmation.counts.incomplete == 0
     kept = sorted(r.record_index_start // 10 for r in out if r.is_anomaly)
@@ -271,9 +270,7 @@ def test_the_forecasters_flags_are_confirmed_on_its_own_statistics_in_any_order(
 
 def test_a_window_flagged_by_both_is_decided_once_both_are_judged() -> None:
     # histories of 3 windows (under min_history): a flag is kept when above its static
-    confirmation = ResultConfirmation(
-        lambda name: RULE, 10, Confirmer(3), _lane(history=3, context=30)
-    )
+    confirmation = ResultConfirmation(lambda name: RULE, 10, Confirmer(3), _lane(history=3))
     for i in range(2):
         confirmation.offer(_forecast(i, 1.0), None, None)
     both = _forecast(3, 2.0, model=2.0)
@@ -288,7 +285,7 @@ def test_a_window_flagged_by_both_is_decided_once_both_are_judged() -> None:
         lambda name: RULE,
         10,
         Confirmer(3),
-        _lane(StreamRule(floor=1.2, static=3.0), history=3, context=30),
+        _lane(StreamRule(floor=1.2, static=3.0), history=3),
     )
     for i in range(3):
         dropped.offer(_forecast(i, 1.0), None, None)
@@ -310,15 +307,14 @@ def test_read_back_fills_the_forecasters_history_too() -> None:
     stream = ("sat1", "EPS", 0)
     for index in range(30, 40):
         confirmation.remember(_forecast(index, 1.0))
-    assert not confirmation.reaches_back(stream)  # neither history reaches window 0 / 23
+    assert not confirmation.reaches_back(stream)  # the run's first windows are not read
     for index in range(0, 30):
-        confirmation.remember(_forecast(index, None if index < 23 else 1.0))
+        confirmation.remember(_forecast(index, None if index < FIRST_FORECAST else 1.0))
     assert confirmation.reaches_back(stream)
-    # a stream without forecasts needs TranAD's history only
-    plain = ResultConfirmation(lambda name: RULE, 10, Confirmer(210), _lane())
-    for index in range(0, 10):
-        plain.remember(_forecast(index, None))
-    assert plain.reaches_back(stream)
+    # window 40, flagged, is judged at once on what was read back: windows 23..39
+    (decided,) = confirmation.offer(_forecast(40, 2.0), None, None)
+    assert decided.detected_by == ["forecaster"]
+    assert confirmation.counts.incomplete == 0
 
 
 # -- end to end on a real channel ----------------------------------------------------------
@@ -345,7 +341,7 @@ def test_served_forecaster_decisions_equal_the_offline_evaluations_on_a_real_cha
         return None if fitted is None else fitted.rule
 
     confirmation = ResultConfirmation(
-        lambda name: None, 10, Confirmer(210), ForecastLane(rules, Confirmer(210), 260)
+        lambda name: None, 10, Confirmer(210), ForecastLane(rules, Confirmer(210))
     )
     results = list(outcome.results)
     rng = random.Random(7)
