@@ -73,7 +73,8 @@ class ReplayError(RuntimeError):
 
 def stage_metrics(settings: Settings, stage: str, port: int) -> dict[str, float]:
     """Every metric family a stage serves now, summed over its samples (a counter's
-    ``_total`` samples only; no ``_created`` timestamps)."""
+    ``_total`` samples only), and under ``created`` the earliest of its counters'
+    ``_created`` timestamps: when the process began counting (a restart changes it)."""
     url = f"http://{settings.host}:{port}/metrics"
     try:
         text = httpx.get(url, timeout=3).text
@@ -82,18 +83,26 @@ def stage_metrics(settings: Settings, stage: str, port: int) -> dict[str, float]
             f"{stage} does not answer at {url} ({exc}): is the pipeline up?"
         ) from None
     totals: dict[str, float] = defaultdict(float)
+    created: list[float] = []
     for family in text_string_to_metric_families(text):
-        if family.name.endswith("_created"):
+        if family.name.endswith("_created"):  # the text format's own family of them
+            created += [sample.value for sample in family.samples]
             continue
         for sample in family.samples:
-            if family.type != "counter" or sample.name.endswith("_total"):
+            if sample.name.endswith("_created"):
+                created.append(sample.value)
+            elif family.type != "counter" or sample.name.endswith("_total"):
                 totals[family.name] += sample.value
+    if created:
+        totals["created"] = min(created)
     return dict(totals)
 
 
 def stage_counters(settings: Settings, stage: str, port: int) -> dict[str, float]:
-    """The received / produced / rejected / retried / lost totals a stage serves now."""
-    return counters_of(stage_metrics(settings, stage, port))
+    """The received / produced / rejected / retried / lost totals a stage serves now, and
+    when it began counting (``created``, :func:`stage_metrics`)."""
+    metrics = stage_metrics(settings, stage, port)
+    return counters_of(metrics) | ({"created": metrics["created"]} if "created" in metrics else {})
 
 
 def counters_of(metrics: dict[str, float]) -> dict[str, float]:
@@ -124,13 +133,14 @@ def pipeline_counters(settings: Settings) -> dict[str, dict[str, float]]:
     for index in range(settings.workers):
         port = STAGE_METRICS_PORTS["worker"] + index
         for key, value in stage_counters(settings, f"worker{index + 1}", port).items():
-            workers[key] += value
+            if key != "created":
+                workers[key] += value
     out["worker"] = dict(workers)
     events = stage_metrics(settings, "events", STAGE_METRICS_PORTS["events"])
     out["events"] = counters_of(events)
     out["confirmation"] = {
         key: events.get(name, 0.0) for key, name in CONFIRMATION_COUNTERS.items()
-    }
+    } | ({"created": events["created"]} if "created" in events else {})
     return out
 
 
@@ -143,10 +153,12 @@ def _delta(
 def _counted_delta(
     after: dict[str, dict[str, float]], before: dict[str, dict[str, float]], stage: str, kind: str
 ) -> int | None:
-    """:func:`_delta`, or None when the counter fell (its process restarted: what it had
-    counted before is gone, so the run's count is not known)."""
+    """:func:`_delta`, or None when the stage's process restarted during the run (it
+    began counting at another time, or the counter fell): what it had counted before is
+    gone, so the run's count is not known."""
     delta = _delta(after, before, stage, kind)
-    return None if delta < 0 else delta
+    restarted = after[stage].get("created") != before[stage].get("created")
+    return None if delta < 0 or restarted else delta
 
 
 # --------------------------------------------------------------------------- detections

@@ -279,10 +279,12 @@ def channel_scores(
     event_gap: int = 0,
     context: ContextConfig | None = None,
     rule: str = "static",
+    forecaster: LinearForecasterConfig | None = None,
 ) -> ChannelScores:
     """Score one channel's test split through its ONNX model (flags under decision
     ``rule`` and the event rule :func:`smap_bench.evaluation.bridge_gaps` with
-    ``event_gap``, or'ed with the context detector's under ``context``)."""
+    ``event_gap``, or'ed with the context detector's under ``context`` and the linear
+    forecaster's under ``forecaster``)."""
     data = load_channel(channel, source.path)
     meta = read_metadata(repository, channel)
     session = onnx_session(onnx_path(repository, channel))
@@ -290,5 +292,7 @@ def channel_scores(
     flags, statistic = _rule_flags(session, data, meta, channel, window, stride, rule)
     if context is not None:
         flags = flags | _context_record_flags(data, meta, context, window, stride)[0]
+    if forecaster is not None:
+        flags = flags | _forecaster_record_flags(data, meta, forecaster, window, stride, rule)[0]
     flags = evaluation.bridge_gaps(flags, event_gap)
     return ChannelScores(data, statistic, flags, threshold)

@@ -92,10 +92,14 @@ def test_other_traffic_and_dead_letters_are_accounted_for() -> None:
     assert counts["lost"] == 0 and counts["other_traffic_results"] == 3
 
 
-def test_a_counter_that_fell_during_a_run_counts_as_not_known() -> None:
-    before = {"confirmation": {"judged": 1500.0, "incomplete": 0.0}}
-    steady = {"confirmation": {"judged": 11875.0, "incomplete": 0.0}}
-    restarted = {"confirmation": {"judged": 10.0, "incomplete": 0.0}}
+def test_a_counter_of_a_stage_restarted_during_a_run_counts_as_not_known() -> None:
+    before = {"confirmation": {"judged": 1500.0, "incomplete": 0.0, "created": 100.0}}
+    steady = {"confirmation": {"judged": 11875.0, "incomplete": 0.0, "created": 100.0}}
+    fell = {"confirmation": {"judged": 10.0, "incomplete": 0.0, "created": 100.0}}
+    # a process started since: it counts from 0 again, even when it has counted more
+    later = {"confirmation": {"judged": 21995.0, "incomplete": 0.0, "created": 150.0}}
     assert _counted_delta(steady, before, "confirmation", "judged") == 10375
-    assert _counted_delta(restarted, before, "confirmation", "judged") is None
-    assert _counted_delta(restarted, before, "confirmation", "incomplete") == 0
+    assert _counted_delta(fell, before, "confirmation", "judged") is None
+    assert _counted_delta(fell, before, "confirmation", "incomplete") == 0
+    assert _counted_delta(later, before, "confirmation", "judged") is None
+    assert _counted_delta(later, before, "confirmation", "incomplete") is None
