@@ -67,7 +67,7 @@ class ConfirmationMetrics:
         counts = self.confirmation.counts
         judged = CounterMetricFamily(
             "smap_events_confirmation_windows",
-            "Windows TranAD's score (or the forecaster) flagged, judged by the stream rule",
+            "Flags (TranAD's score's and the forecaster's) judged by the stream rule",
             labels=["outcome"],
         )
         judged.add_metric(["confirmed"], counts.confirmed)

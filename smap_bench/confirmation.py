@@ -474,18 +474,16 @@ class ResultConfirmation:
         if result.loop is None or result.record_index_start is None:
             return [result]
         pending = _Pending(result)
+        # every arrival first: a window flagged by both must wait for both before either
+        # confirmer can judge it
         arrivals = [
-            arrival
-            for arrival in (
-                self._arrival(pending, "model", partition, offset),
-                self._arrival(pending, "forecaster", partition, offset),
-            )
-            if arrival is not None
+            (name, arrival)
+            for name in CONFIRMED_DETECTORS
+            if (arrival := self._arrival(pending, name, partition, offset)) is not None
         ]
         decided = [] if pending.waiting else [result]
         for name, arrival in arrivals:
-            lane = self.confirmer if name == "model" else self._lane().confirmer
-            decided += self._settled(name, lane.add(arrival))
+            decided += self._settled(name, self._confirmer_of(name).add(arrival))
         return decided
 
     def expire(self) -> list[InferenceResult]:
@@ -512,9 +510,11 @@ class ResultConfirmation:
 
     # -- inside --------------------------------------------------------------------------
 
-    def _lane(self) -> ForecastLane:
+    def _confirmer_of(self, name: str) -> Confirmer[_Pending]:
+        if name == "model":
+            return self.confirmer
         assert self.forecaster is not None
-        return self.forecaster
+        return self.forecaster.confirmer
 
     def _arrival(
         self,
@@ -522,7 +522,7 @@ class ResultConfirmation:
         name: str,
         partition: PartitionKey | None,
         offset: int | None,
-    ) -> tuple[str, Arrival[_Pending]] | None:
+    ) -> Arrival[_Pending] | None:
         """What the detector ``name``'s confirmer is given of the pending result (None: no
         forecaster lane). A flag that cannot be confirmed (no rule for the model, or a
         forecaster flag without a statistic) stands as the worker decided (counted by
@@ -544,7 +544,7 @@ class ResultConfirmation:
         if flagged:
             pending.waiting.add(name)
         assert result.loop is not None and result.record_index_start is not None
-        return name, Arrival(
+        return Arrival(
             stream=(result.satellite_id, result.subsystem.value, result.loop),
             index=result.record_index_start // self.stride,
             statistic=statistic,
