@@ -246,6 +246,15 @@ class StreamViewPublic(BaseModel):
         " confirmation): a window 1 here and 0 in detections was flagged, not confirmed",
     )
     record_index: list[SeriesData]
+    forecasts: list[SeriesData] = Field(
+        default_factory=list,
+        description="The linear forecaster's window statistic (inference_forecast_statistic:"
+        " its smoothed error over the window's newest records; empty when not served)",
+    )
+    forecast_thresholds: list[SeriesData] = Field(
+        default_factory=list,
+        description="The forecaster's static threshold per window (inference_forecast_threshold)",
+    )
     events: list[EventPublic] = Field(description="The stream's events starting up to 1 h before")
     heatmap_start: datetime | None
     heatmap_end: datetime | None

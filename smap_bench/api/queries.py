@@ -46,6 +46,8 @@ class SeriesKind(StrEnum):
     DETECTIONS = "detections"
     VERDICTS = "verdicts"
     RECORD_INDEX = "record_index"
+    FORECASTS = "forecasts"
+    FORECAST_THRESHOLDS = "forecast_thresholds"
 
 
 #: Kind -> metric name (smap_bench.metrics' schema).
@@ -57,6 +59,9 @@ METRIC_OF: dict[SeriesKind, str] = {
     SeriesKind.DETECTIONS: "anomaly_alarm",  # the served decision, not the worker's verdict
     SeriesKind.VERDICTS: "inference_anomaly_detected",  # the worker's, before confirmation
     SeriesKind.RECORD_INDEX: "record_index",
+    # the linear forecaster's window statistic and its static threshold (when served)
+    SeriesKind.FORECASTS: "inference_forecast_statistic",
+    SeriesKind.FORECAST_THRESHOLDS: "inference_forecast_threshold",
 }
 
 #: Kinds with one series per feature (label ``feature_index``).

@@ -2,7 +2,8 @@
 heatmap needs, read with two VictoriaMetrics requests and one PostgreSQL query.
 
 The timeline (telemetry of the chosen features, anomaly score, threshold, detections,
-the workers' verdicts and the satellite's record index, for the labeled ranges) is one
+the workers' verdicts, the forecaster's statistic and threshold and the satellite's
+record index, for the labeled ranges) is one
 ``/api/v1/export`` with a ``match[]`` per metric; the heatmap (every feature's telemetry
 and reconstruction over one window or event) is a second. Without an explicit heatmap
 range the window is chosen from the timeline just read: the newest flagged window,
@@ -27,6 +28,8 @@ TIMELINE_KINDS: tuple[SeriesKind, ...] = (
     SeriesKind.DETECTIONS,
     SeriesKind.VERDICTS,
     SeriesKind.RECORD_INDEX,
+    SeriesKind.FORECASTS,
+    SeriesKind.FORECAST_THRESHOLDS,
 )
 #: Heatmap kinds (all features of each).
 HEATMAP_KINDS: tuple[SeriesKind, ...] = (SeriesKind.TELEMETRY, SeriesKind.RECONSTRUCTIONS)

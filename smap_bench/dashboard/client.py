@@ -48,6 +48,8 @@ VIEW_SERIES = {
     "detections": "detections",
     "verdicts": "verdicts",
     "record_index": "record_index",
+    "forecasts": "forecasts",  # the forecaster's statistic per window (empty: not served)
+    "forecast_thresholds": "forecast_thresholds",
     "heat_input": "heat_input",
     "heat_output": "heat_output",
 }
@@ -112,11 +114,12 @@ class DashboardApi(Protocol):
     ) -> dict[str, Any]:
         """A stream's timeline and heatmap in one call: frames ``telemetry``, ``scores``,
         ``thresholds``, ``detections``, ``verdicts`` (empty from an API without them),
-        ``record_index``, ``stream_events``, ``heat_input``, ``heat_output``, and
-        ``heatmap`` (the range shown, or None). Without ``heatmap`` the newest flagged
-        window (else the newest window) is shown. ``held_heatmap``: the range whose
-        heatmap the caller holds; when the range shown is that one, ``heat_input`` and
-        ``heat_output`` are None (not sent again)."""
+        ``record_index``, ``forecasts`` and ``forecast_thresholds`` (empty when the
+        forecaster is not served, or from an API without them), ``stream_events``,
+        ``heat_input``, ``heat_output``, and ``heatmap`` (the range shown, or None).
+        Without ``heatmap`` the newest flagged window (else the newest window) is shown.
+        ``held_heatmap``: the range whose heatmap the caller holds; when the range shown
+        is that one, ``heat_input`` and ``heat_output`` are None (not sent again)."""
         ...
 
     def events(

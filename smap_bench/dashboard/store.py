@@ -44,6 +44,8 @@ STREAM_SERIES: tuple[str, ...] = (
     "detections",
     "verdicts",
     "record_index",
+    "forecasts",
+    "forecast_thresholds",
     "heat_input",
     "heat_output",
 )
@@ -152,6 +154,12 @@ class DashboardStore(pn.viewable.Viewer):
         doc="The workers' verdict per window, before the events stage's confirmation",
     )
     record_index = param.DataFrame(default=frames.empty_series())
+    forecasts = param.DataFrame(
+        default=frames.empty_series(), doc="The linear forecaster's statistic per window"
+    )
+    forecast_thresholds = param.DataFrame(
+        default=frames.empty_series(), doc="The forecaster's static threshold per window"
+    )
     stream_events = param.DataFrame(default=frames.empty_events())
     heat_input = param.DataFrame(default=frames.empty_series())
     heat_output = param.DataFrame(default=frames.empty_series())

@@ -411,11 +411,12 @@ def _figure(**params: Any) -> Any:
 
 
 class AnomalyTimeline(StoreView):
-    """Telemetry, anomaly score against threshold, detected windows (the alarms), windows
-    the workers flagged that the confirmation did not keep, events and labeled ranges of
-    the chosen stream, on one linked time axis.
+    """Telemetry, anomaly score against threshold, the linear forecaster's statistic
+    against its threshold, detected windows (the alarms), windows the workers flagged that
+    the confirmation did not keep, events and labeled ranges of the chosen stream, on one
+    linked time axis.
 
-    The two plots are Bokeh figures built once; a refresh replaces the data of their
+    The plots are Bokeh figures built once; a refresh replaces the data of their
     column sources and moves the shared time range (a few small model changes), instead
     of rebuilding plot objects (HoloViews re-ran its whole plotting pipeline per refresh,
     ~0.2 s of a core)."""
@@ -450,6 +451,8 @@ class AnomalyTimeline(StoreView):
             "telemetry": ColumnDataSource({"xs": [], "ys": [], "label": [], "color": []}),
             "score": ColumnDataSource({"time": [], "value": []}),
             "threshold": ColumnDataSource({"time": [], "value": []}),
+            "forecast": ColumnDataSource({"time": [], "value": []}),
+            "forecast_threshold": ColumnDataSource({"time": [], "value": []}),
             "spans": ColumnDataSource(
                 {
                     "start": [],
@@ -465,6 +468,7 @@ class AnomalyTimeline(StoreView):
         self.x_range = Range1d(start=0, end=1)
         self.telemetry_y = Range1d(start=0, end=1)
         self.score_y = Range1d(start=0, end=1)
+        self.forecast_y = Range1d(start=0, end=1)
         tools = "xpan,xwheel_zoom,box_zoom,reset,save"
         common = {
             "x_axis_type": "datetime",
@@ -481,7 +485,13 @@ class AnomalyTimeline(StoreView):
             y_range=self.score_y,
             **common,
         )
-        for fig in (self.telemetry_figure, self.score_figure):
+        self.forecast_figure = _figure(
+            title="Forecaster: smoothed error of the telemetry value vs its threshold",
+            y_range=self.forecast_y,
+            **{**common, "height": 160},
+        )
+        figures = (self.telemetry_figure, self.score_figure, self.forecast_figure)
+        for fig in figures:
             fig.vstrip(
                 x0="start",
                 x1="end",
@@ -522,6 +532,25 @@ class AnomalyTimeline(StoreView):
             legend_label="threshold",
         )
         self.score_figure.yaxis.axis_label = "anomaly score"
+        forecast = self.forecast_figure.line(
+            "time",
+            "value",
+            source=self.sources["forecast"],
+            color="#1f77b4",
+            line_width=1.5,
+            legend_label="forecast error",
+        )
+        self.forecast_figure.step(
+            "time",
+            "value",
+            source=self.sources["forecast_threshold"],
+            mode="after",
+            color="#d62728",
+            line_dash="dashed",
+            line_width=2,
+            legend_label="threshold",
+        )
+        self.forecast_figure.yaxis.axis_label = "forecast error"
         tooltips = [("time", "$x{%F %T}"), ("value", "$y{0.0000}")]
         self.telemetry_figure.add_tools(
             HoverTool(
@@ -534,7 +563,10 @@ class AnomalyTimeline(StoreView):
             HoverTool(renderers=[score], tooltips=tooltips, formatters={"$x": "datetime"}),
             TapTool(renderers=[score]),
         )
-        for fig in (self.telemetry_figure, self.score_figure):
+        self.forecast_figure.add_tools(
+            HoverTool(renderers=[forecast], tooltips=tooltips, formatters={"$x": "datetime"})
+        )
+        for fig in figures:
             fig.add_layout(fig.legend[0], "right")
             fig.legend.click_policy = "hide"
         self.score_figure.on_event("tap", self._on_bokeh_tap)
@@ -646,6 +678,7 @@ class AnomalyTimeline(StoreView):
                 )
                 low, high = padded_range(both, floor=0.0)
                 self.score_y.update(start=low, end=high)
+            self._redraw_forecasts()
             if self._changed("spans", spans):
                 kinds = [str(k) for k in spans["kind"]]
                 styles = [SPAN_STYLE.get(k, {}) for k in kinds]
@@ -662,6 +695,29 @@ class AnomalyTimeline(StoreView):
             title = self._title()
             if self.telemetry_figure.title.text != title:
                 self.telemetry_figure.title.text = title
+
+    def _redraw_forecasts(self) -> None:
+        """The forecaster's statistic and threshold, when their frames changed (empty
+        when the forecaster is not served)."""
+        store = self.store
+        statistic, threshold = store.forecasts, store.forecast_thresholds
+        changed = False
+        for name, frame in (("forecast", statistic), ("forecast_threshold", threshold)):
+            if self._changed(name, frame):
+                changed = True
+                self.sources[name].data = {
+                    "time": epoch_ms(frame["time"]),
+                    "value": frame["value"].to_numpy(dtype="float64"),
+                }
+        if changed:
+            both = np.concatenate(
+                [
+                    statistic["value"].to_numpy(dtype="float64"),
+                    threshold["value"].to_numpy(dtype="float64"),
+                ]
+            )
+            low, high = padded_range(both, floor=0.0)
+            self.forecast_y.update(start=low, end=high)
 
     def _title(self) -> str:
         store = self.store
@@ -708,6 +764,7 @@ class AnomalyTimeline(StoreView):
             pn.pane.HTML(self.legend_html(), margin=(0, 8)),
             pn.pane.Bokeh(self.telemetry_figure, sizing_mode="stretch_width"),
             pn.pane.Bokeh(self.score_figure, sizing_mode="stretch_width"),
+            pn.pane.Bokeh(self.forecast_figure, sizing_mode="stretch_width"),
         )
 
 

@@ -518,6 +518,9 @@ def test_a_stream_view_and_the_fleets_latest_read_back_what_victoria_holds(api: 
             worker = float(i in (19, 39))
             lines.append(prometheus_line("inference_anomaly_detected", labels, worker, ts))
             lines.append(prometheus_line("inference_threshold", labels, 0.5, ts))
+            # the forecaster's statistic and its threshold, per window
+            lines.append(prometheus_line("inference_forecast_statistic", labels, i / 100, ts))
+            lines.append(prometheus_line("inference_forecast_threshold", labels, 0.25, ts))
     with VictoriaMetrics(api.settings.victoria_url) as victoria:
         victoria.import_prometheus(lines)
     params: dict[str, Any] = {
@@ -548,6 +551,11 @@ def test_a_stream_view_and_the_fleets_latest_read_back_what_victoria_holds(api: 
         verdicts = client.get("/api/series/verdicts", params=params).json()
         assert verdicts["metric"] == "inference_anomaly_detected"
         assert [s["values"] for s in verdicts["series"]] == [[0.0, 1.0, 0.0, 1.0]]
+        assert [s["values"] for s in body["forecasts"]] == [[0.09, 0.19, 0.29, 0.39]]
+        assert [s["values"] for s in body["forecast_thresholds"]] == [[0.25] * 4]
+        forecasts = client.get("/api/series/forecasts", params=params).json()
+        assert forecasts["metric"] == "inference_forecast_statistic"
+        assert [s["values"] for s in forecasts["series"]] == [[0.09, 0.19, 0.29, 0.39]]
         # the heatmap: the newest flagged window (records 0..19 end at 19; 30 wide)
         assert body["heatmap_end"].startswith(
             datetime.fromtimestamp((base_ms + 19_500) / 1000, UTC).isoformat()[:19]

@@ -121,6 +121,19 @@ async def verdicts(victoria: VictoriaAsyncDep, params: Params) -> SeriesPublic:
     return await read_series(victoria, SeriesKind.VERDICTS, params)
 
 
+@router.get("/forecasts", response_model=SeriesPublic)
+async def forecasts(victoria: VictoriaAsyncDep, params: Params) -> SeriesPublic:
+    """The linear forecaster's statistic per window (``inference_forecast_statistic``: its
+    smoothed error over the window's newest records; none when it is not served)."""
+    return await read_series(victoria, SeriesKind.FORECASTS, params)
+
+
+@router.get("/forecast_thresholds", response_model=SeriesPublic)
+async def forecast_thresholds(victoria: VictoriaAsyncDep, params: Params) -> SeriesPublic:
+    """The forecaster's static threshold per window (``inference_forecast_threshold``)."""
+    return await read_series(victoria, SeriesKind.FORECAST_THRESHOLDS, params)
+
+
 @router.get("/record_index", response_model=SeriesPublic)
 async def record_index(victoria: VictoriaAsyncDep, params: Params) -> SeriesPublic:
     """The record index of each record of the satellite (``record_index``; the same for
@@ -209,6 +222,8 @@ async def view(
         detections=series_data(parts.get(SeriesKind.DETECTIONS, [])),
         verdicts=series_data(parts.get(SeriesKind.VERDICTS, [])),
         record_index=series_data(parts.get(SeriesKind.RECORD_INDEX, [])),
+        forecasts=series_data(parts.get(SeriesKind.FORECASTS, [])),
+        forecast_thresholds=series_data(parts.get(SeriesKind.FORECAST_THRESHOLDS, [])),
         events=events,
         heatmap_start=heat_range[0] if heat_range else None,
         heatmap_end=heat_range[1] if heat_range else None,

@@ -48,6 +48,17 @@ def test_the_timeline_carries_the_served_decision_and_the_workers_verdicts_apart
     assert parts[SeriesKind.VERDICTS][0].samples == [(T0 + 9, 1.0)]
 
 
+def test_the_timeline_carries_the_forecasters_statistic_and_threshold() -> None:
+    assert {SeriesKind.FORECASTS, SeriesKind.FORECAST_THRESHOLDS} <= set(TIMELINE_KINDS)
+    found = [
+        series("inference_forecast_statistic", [(T0 + 9, 0.3)]),
+        series("inference_forecast_threshold", [(T0 + 9, 0.2)]),
+    ]
+    parts = split_by_kind(found)
+    assert parts[SeriesKind.FORECASTS][0].samples == [(T0 + 9, 0.3)]
+    assert parts[SeriesKind.FORECAST_THRESHOLDS][0].samples == [(T0 + 9, 0.2)]
+
+
 def test_the_heatmap_default_follows_the_served_decision_not_the_verdicts() -> None:
     scores = [series("inference_anomaly_score", [(T0 + i, 0.0) for i in range(60)])]
     decided = [series("anomaly_alarm", [(T0 + 19, 1.0), (T0 + 59, 0.0)])]

@@ -123,6 +123,10 @@ class FakeApi:
             "detections": self.series("detections", satellite_id, subsystem, start, end),
             "verdicts": self.series("verdicts", satellite_id, subsystem, start, end),
             "record_index": self.series("record_index", satellite_id, subsystem, start, end),
+            "forecasts": self.series("forecasts", satellite_id, subsystem, start, end),
+            "forecast_thresholds": self.series(
+                "forecast_thresholds", satellite_id, subsystem, start, end
+            ),
             "stream_events": self.events(satellite_id=satellite_id, subsystem=subsystem),
         }
         if heatmap is None:

@@ -146,6 +146,32 @@ def test_timeline_figures_follow_each_refresh_in_place(store, api) -> None:
     assert sources["telemetry"].data["label"] == ["feature 1"]
 
 
+def test_the_forecasters_statistic_and_threshold_have_a_figure_of_their_own(store, api) -> None:
+    view = AnomalyTimeline(store=store)
+    feed(api)
+    ends = [at(i) for i in range(9, 120, 10)]
+    statistic = [0.05 * (k % 4) for k in range(len(ends))]
+    api.series_frames |= {
+        "forecasts": pd.DataFrame({"time": ends, "feature": 0, "value": statistic}),
+        "forecast_thresholds": pd.DataFrame(
+            {"time": ends, "feature": 0, "value": [0.12] * len(ends)}
+        ),
+    }
+    store.refresh_fleet()
+    store.refresh_stream()
+    sources = view.sources
+    assert sources["forecast"].data["value"].tolist() == statistic
+    assert sources["forecast"].data["time"][0] == at(9).value / 1e6
+    assert set(sources["forecast_threshold"].data["value"].tolist()) == {0.12}
+    assert view.forecast_y.start == 0.0 and view.forecast_y.end > 0.15
+    assert view.forecast_figure.x_range is view.x_range  # one time axis with the others
+    # a stream without forecasts (the forecaster not served): an empty figure, still drawn
+    api.series_frames.pop("forecasts")
+    api.series_frames.pop("forecast_thresholds")
+    store.refresh_stream()
+    assert len(sources["forecast"].data["time"]) == 0
+
+
 def test_a_click_on_the_score_figure_chooses_the_window(store) -> None:
     from bokeh.events import Tap
 
