@@ -329,8 +329,9 @@ def context_statistic(
     """The statistic of the window whose context (the value ``[n]`` and command masks
     ``[n]`` of its last ``n`` records, the window's own last) is given: the mean of the
     newest ``stride`` smoothed errors, the EWMA started ``decided.burn_in`` forecasts
-    before them (or at the context's first forecast when it is shorter). None: no forecaster, fewer
-    than ``lags + stride`` records, or a record whose commands a mask could not carry."""
+    before them (or at the context's first forecast when it is shorter). None: no
+    forecaster, fewer than ``lags + stride`` records, or a record whose commands a mask
+    could not carry."""
     forecaster = decided.forecaster
     lags = forecaster.lags
     values = np.asarray(values)
