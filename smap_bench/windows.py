@@ -230,9 +230,8 @@ class Window:
     #: last, float32; None when the buffer keeps no context or holds fewer records
     context: np.ndarray | None = field(default=None, repr=False)
     #: the telemetry value (float32) and the command mask (int64, :func:`command_masks`)
-    #: of the last ``forecast`` records
-    #: ending with the window's last, or of all the run's records when it holds fewer;
-    #: None when the buffer keeps no forecast context
+    #: of the last ``forecast`` records ending with the window's last, or of all the
+    #: run's records when it holds fewer; None when the buffer keeps no forecast context
     forecast_values: np.ndarray | None = field(default=None, repr=False)
     forecast_masks: np.ndarray | None = field(default=None, repr=False)
 
