@@ -1,18 +1,19 @@
-"""What serving the linear forecaster live would cost, for the two designs (one core).
+"""What serving the linear forecaster live costs, for the two designs (one core).
 
 - **A**: the worker forecasts each window's newest 10 values from 260 context values; the
   events stage then smooths the errors per stream, in window order (state per stream).
-- **B**: the worker forecasts 210 values from 460 context values plus each record's
-  commands (a 24-bit mask per record: the command columns are 0/1) and smooths them itself.
+- **B** (served): the worker forecasts 210 values from 460 context values plus each
+  record's commands (a 24-bit mask per record: the command columns are 0/1) and smooths
+  them itself (:func:`smap_bench.model.forecaster.context_statistic`, what the worker runs).
   The EWMA of span 10 forgets to about 4e-18 in 200 records, so each window's statistic
   needs no stream state; this script checks it against the offline statistic
   (:meth:`smap_bench.model.forecaster.ChannelForecaster.window_statistics`) on every
   window of a few channels' test splits.
 
 It also measures an inference task's JSON size and its validation with each context,
-against today's 100 values (design B's masks travel as an extra field, which the schema
-keeps without checking: a served field would cost a little more). Nothing here reads a
-label.
+against the context detector's 100 values alone (design A's values as an extra field;
+design B's as served, ``forecast_values`` and ``forecast_masks`` beside the 100). Nothing
+here reads a label.
 
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python scripts/forecaster_serving_cost.py \\
         --json docs/benchmarks/forecaster_serving_cost_1core.json
@@ -34,16 +35,15 @@ from smap_bench.data.loader import load_channel
 from smap_bench.model.forecaster import (
     ChannelForecaster,
     LinearForecasterConfig,
+    context_statistic,
     linear_channel_forecaster,
-    smoothed,
 )
 from smap_bench.model.repository import read_metadata
 from smap_bench.model.runner import data_source
 from smap_bench.schema import InferenceTask
+from smap_bench.windows import command_masks
 
 WINDOW, STRIDE = 30, 10
-#: design B's burn-in: forecasts before each window's newest 10 that the EWMA starts from
-BURN_IN = 200
 
 
 def decision(data_dir: Path, repository: Path, channel: str) -> tuple[ChannelForecaster, Any]:
@@ -54,12 +54,12 @@ def decision(data_dir: Path, repository: Path, channel: str) -> tuple[ChannelFor
     ), data
 
 
-def design_b(decided: ChannelForecaster, test: np.ndarray, end: int) -> float:
-    """Window statistic of the window ending at ``end`` from its context alone."""
-    lags = decided.forecaster.lags
-    stream = test[max(0, end - lags - BURN_IN - STRIDE) : end]
-    errors = decided.forecaster.errors(stream)[lags:]
-    return float(smoothed(errors, decided.span)[-STRIDE:].mean())
+def design_b(decided: ChannelForecaster, test: np.ndarray, masks: np.ndarray, end: int) -> float:
+    """Window statistic of the window ending at ``end`` from its context alone, as the
+    worker computes it (the scheduler's context: the last 460 values and masks)."""
+    start = max(0, end - LinearForecasterConfig().context_records(STRIDE))
+    statistic = context_statistic(decided, test[start:end, 0], masks[start:end], STRIDE)
+    return float("nan") if statistic is None else statistic
 
 
 def per_call_us(fn: Callable[[], object], repeats: int) -> float:
@@ -90,13 +90,13 @@ def main() -> None:
         "design_a_us": per_call_us(
             lambda: decided.forecaster.errors(test[end - lags - STRIDE : end])[-STRIDE:], 2000
         ),
-        "design_b_us": per_call_us(lambda: design_b(decided, test, end), 2000),
     }
-    masks = (test[:, 1:].astype(np.int64) @ (1 << np.arange(test.shape[1] - 1))).astype(int)
+    masks = command_masks(test[:, 1:])
+    report["design_b_us"] = per_call_us(lambda: design_b(decided, test, masks, end), 2000)
     for name, n_context, with_masks in (
         ("today_100", 100, False),
         ("design_a_260", lags + STRIDE, False),
-        ("design_b_460", lags + BURN_IN + STRIDE, True),
+        ("design_b_460", LinearForecasterConfig().context_records(STRIDE), True),
     ):
         body: dict[str, Any] = {
             "job_id": "j",
@@ -104,15 +104,18 @@ def main() -> None:
             "subsystem": "EPS",
             "model_name": f"SMAP_{args.channels[0]}",
             "input_data": test[end - WINDOW : end].tolist(),
-            "context": test[end - n_context : end, 0].tolist(),
+            "context": test[end - 100 : end, 0].tolist(),
             "window_start": "2026-12-07T00:00:00Z",
             "window_end": "2026-12-07T00:00:30Z",
             "loop": 0,
             "record_index_start": end - WINDOW,
             "run_window_start": 0,
         }
-        if with_masks:
-            body["context_commands"] = masks[end - n_context : end].tolist()
+        if with_masks:  # as the scheduler sends it
+            body["forecast_values"] = test[end - n_context : end, 0].tolist()
+            body["forecast_masks"] = masks[end - n_context : end].tolist()
+        elif n_context != 100:
+            body["forecast_context"] = test[end - n_context : end, 0].tolist()
         raw = json.dumps(body)
         report[f"task_bytes_{name}"] = len(raw)
         report[f"task_validate_us_{name}"] = per_call_us(
@@ -127,7 +130,8 @@ def main() -> None:
         test = data.test.astype(np.float32)
         offline = decided.window_statistics(test, WINDOW, STRIDE)
         judged = np.flatnonzero(np.isfinite(offline))
-        live = np.array([design_b(decided, test, STRIDE * k + WINDOW) for k in judged])
+        masks = command_masks(test[:, 1:])
+        live = np.array([design_b(decided, test, masks, STRIDE * k + WINDOW) for k in judged])
         relative = np.abs(live - offline[judged]) / np.maximum(offline[judged], 1e-300)
         static = decided.rule.static
         exactness[channel] = {

@@ -249,8 +249,9 @@ class TrainFitted(Generic[D]):
         self.clock = clock
         self._cache: dict[str, tuple[int, D | None, float]] = {}
 
-    def fit(self, model_name: str, train: np.ndarray, metadata: dict[str, Any]) -> D:
-        """Fit one model's; ``ValueError`` says why it cannot be."""
+    def fit(self, model_name: str, channel: str, train: np.ndarray, metadata: dict[str, Any]) -> D:
+        """Fit one model's (its channel's train split and metadata); ``ValueError`` says
+        why it cannot be."""
         raise NotImplementedError
 
     def __call__(self, model_name: str) -> D | None:
@@ -272,7 +273,7 @@ class TrainFitted(Generic[D]):
                 raise ValueError(f"no metadata.json in {path.parent}")
             channel = str(metadata.get("channel") or model_name.removeprefix("SMAP_"))
             train = load_channel(channel, self.data_dir).train
-            fitted = self.fit(model_name, train, metadata)
+            fitted = self.fit(model_name, channel, train, metadata)
         except (OSError, ValueError) as error:
             fitted = None
             log.warning(
@@ -299,7 +300,9 @@ class ContextDetectors(TrainFitted[ContextDetector]):
         super().__init__(repository, data_dir, clock)
         self.config = config
 
-    def fit(self, model_name: str, train: np.ndarray, metadata: dict[str, Any]) -> ContextDetector:
+    def fit(
+        self, model_name: str, channel: str, train: np.ndarray, metadata: dict[str, Any]
+    ) -> ContextDetector:
         detector = detector_from_metadata(train, metadata, self.config)
         if not math.isfinite(detector.threshold):
             reason = (
@@ -334,9 +337,8 @@ class Forecasters(TrainFitted[ChannelForecaster]):
         self.stride = stride
 
     def fit(
-        self, model_name: str, train: np.ndarray, metadata: dict[str, Any]
+        self, model_name: str, channel: str, train: np.ndarray, metadata: dict[str, Any]
     ) -> ChannelForecaster:
-        channel = str(metadata.get("channel") or model_name.removeprefix("SMAP_"))
         block = min(self.stride, int(metadata["window"]))
         decided = linear_channel_forecaster(channel, train, metadata, self.config, block)
         if decided.rule is None:

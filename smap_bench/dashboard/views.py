@@ -513,44 +513,17 @@ class AnomalyTimeline(StoreView):
             source=self.sources["telemetry"],
         )
         self.telemetry_figure.yaxis.axis_label = "telemetry"
-        score = self.score_figure.line(
-            "time",
-            "value",
-            source=self.sources["score"],
-            color="#333333",
-            line_width=1.5,
-            legend_label="score",
+        score = self._against_threshold(
+            self.score_figure, "score", "threshold", "#333333", "score", "anomaly score"
         )
-        self.score_figure.step(
-            "time",
-            "value",
-            source=self.sources["threshold"],
-            mode="after",
-            color="#d62728",
-            line_dash="dashed",
-            line_width=2,
-            legend_label="threshold",
+        forecast = self._against_threshold(
+            self.forecast_figure,
+            "forecast",
+            "forecast_threshold",
+            "#1f77b4",
+            "forecast error",
+            "forecast error",
         )
-        self.score_figure.yaxis.axis_label = "anomaly score"
-        forecast = self.forecast_figure.line(
-            "time",
-            "value",
-            source=self.sources["forecast"],
-            color="#1f77b4",
-            line_width=1.5,
-            legend_label="forecast error",
-        )
-        self.forecast_figure.step(
-            "time",
-            "value",
-            source=self.sources["forecast_threshold"],
-            mode="after",
-            color="#d62728",
-            line_dash="dashed",
-            line_width=2,
-            legend_label="threshold",
-        )
-        self.forecast_figure.yaxis.axis_label = "forecast error"
         tooltips = [("time", "$x{%F %T}"), ("value", "$y{0.0000}")]
         self.telemetry_figure.add_tools(
             HoverTool(
@@ -657,28 +630,15 @@ class AnomalyTimeline(StoreView):
                 shown = np.concatenate(lines["ys"]) if lines["ys"] else np.empty(0)
                 low, high = padded_range(shown)
                 self.telemetry_y.update(start=low, end=high)
-            scores_changed = self._changed("score", scores)
-            if scores_changed:
-                self.sources["score"].data = {
-                    "time": epoch_ms(scores["time"]),
-                    "value": scores["value"].to_numpy(dtype="float64"),
-                }
-            thresholds_changed = self._changed("threshold", thresholds)
-            if thresholds_changed:
-                self.sources["threshold"].data = {
-                    "time": epoch_ms(thresholds["time"]),
-                    "value": thresholds["value"].to_numpy(dtype="float64"),
-                }
-            if scores_changed or thresholds_changed:
-                both = np.concatenate(
-                    [
-                        scores["value"].to_numpy(dtype="float64"),
-                        thresholds["value"].to_numpy(dtype="float64"),
-                    ]
-                )
-                low, high = padded_range(both, floor=0.0)
-                self.score_y.update(start=low, end=high)
-            self._redraw_forecasts()
+            self._redraw_against_threshold("score", "threshold", scores, thresholds, self.score_y)
+            # the forecaster's (empty when it is not served)
+            self._redraw_against_threshold(
+                "forecast",
+                "forecast_threshold",
+                store.forecasts,
+                store.forecast_thresholds,
+                self.forecast_y,
+            )
             if self._changed("spans", spans):
                 kinds = [str(k) for k in spans["kind"]]
                 styles = [SPAN_STYLE.get(k, {}) for k in kinds]
@@ -696,13 +656,44 @@ class AnomalyTimeline(StoreView):
             if self.telemetry_figure.title.text != title:
                 self.telemetry_figure.title.text = title
 
-    def _redraw_forecasts(self) -> None:
-        """The forecaster's statistic and threshold, when their frames changed (empty
-        when the forecaster is not served)."""
-        store = self.store
-        statistic, threshold = store.forecasts, store.forecast_thresholds
+    def _against_threshold(
+        self, fig: Any, value: str, threshold: str, color: str, label: str, axis: str
+    ) -> Any:
+        """A value's line and its threshold's dashed step in ``fig`` (from the sources
+        named ``value`` and ``threshold``); returns the line's renderer."""
+        line = fig.line(
+            "time",
+            "value",
+            source=self.sources[value],
+            color=color,
+            line_width=1.5,
+            legend_label=label,
+        )
+        fig.step(
+            "time",
+            "value",
+            source=self.sources[threshold],
+            mode="after",
+            color="#d62728",
+            line_dash="dashed",
+            line_width=2,
+            legend_label="threshold",
+        )
+        fig.yaxis.axis_label = axis
+        return line
+
+    def _redraw_against_threshold(
+        self,
+        value: str,
+        threshold: str,
+        values: pd.DataFrame,
+        thresholds: pd.DataFrame,
+        y_range: Any,
+    ) -> None:
+        """New data for the ``value`` and ``threshold`` sources whose frames changed, and
+        a y range showing both (from 0)."""
         changed = False
-        for name, frame in (("forecast", statistic), ("forecast_threshold", threshold)):
+        for name, frame in ((value, values), (threshold, thresholds)):
             if self._changed(name, frame):
                 changed = True
                 self.sources[name].data = {
@@ -712,12 +703,12 @@ class AnomalyTimeline(StoreView):
         if changed:
             both = np.concatenate(
                 [
-                    statistic["value"].to_numpy(dtype="float64"),
-                    threshold["value"].to_numpy(dtype="float64"),
+                    values["value"].to_numpy(dtype="float64"),
+                    thresholds["value"].to_numpy(dtype="float64"),
                 ]
             )
             low, high = padded_range(both, floor=0.0)
-            self.forecast_y.update(start=low, end=high)
+            y_range.update(start=low, end=high)
 
     def _title(self) -> str:
         store = self.store
