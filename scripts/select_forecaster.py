@@ -48,6 +48,16 @@ noisier, or carrying a slow excursion, all inside the train range, after the fir
 kinds and from the same generator, so their copies are unchanged) and reports every row
 three times: the first four kinds (the earlier runs' rows, reproduced), the contextual
 kinds, and all eight, the criterion of such a run.
+
+``--warm-up static silent seeded`` judges what decides a stream's first windows
+(:func:`cold_start_folds`): the harness's rows above judge each held-out half at the end
+of a stream that began with the train split, so the forecaster's stream rule never warms
+up there. A live stream starts cold: its first forecast comes 250 records in, and its
+stream rule lets the static threshold decide its first 29 windows. These rows start the
+stream 250 records before the validation tail, under the served confirmed rule, with the
+static warm-up (served), a silent one, or the history seeded with the training statistics
+before the stream. The criterion, declared before the first run: the [all] rows'
+``f1_at_2880``, mean over injection seeds 0-2; a tie keeps the served warm-up.
 """
 
 from __future__ import annotations
@@ -81,6 +91,12 @@ from smap_bench.model.lstm_forecaster import LSTMForecaster
 from smap_bench.model.repository import read_metadata
 from smap_bench.model.rethreshold import _session, onnx_scorer
 from smap_bench.model.runner import data_source
+from smap_bench.model.stream_rule import (
+    StreamRule,
+    StreamRuleConfig,
+    confirmed_flags,
+    stream_rule_from_metadata,
+)
 from smap_bench.model.threshold import ThresholdConfig, fit_threshold
 
 log = logging.getLogger("select_forecaster")
@@ -216,6 +232,30 @@ def read_lstm_forecasters(path: Path) -> dict[str, LSTMForecaster]:
     return {channel: forecaster for channel, (forecaster, _) in kept.items()}
 
 
+def judged_series(
+    material: selection.ChannelMaterial,
+    index: int,
+    judged_half: np.ndarray,
+    seed: int,
+    low: float,
+    high: float,
+    kinds: tuple[str, ...],
+) -> list[np.ndarray]:
+    """Fold ``index``'s clean half and its injected copies, re-created with the harness's
+    generator in its order and checked against the harness's own ranges."""
+    rng = selection.injection_rng(material.channel, seed, index)
+    series_list = [judged_half]
+    for kind, item in zip(kinds, material.folds[index].injected, strict=True):
+        series, anomaly = selection.inject(judged_half, kind, rng, low, high)
+        if anomaly != item.anomaly:
+            raise RuntimeError(
+                f"{material.channel} fold {index} {kind}: re-created injection {anomaly}"
+                f" differs from the harness's {item.anomaly}"
+            )
+        series_list.append(series)
+    return series_list
+
+
 def forecaster_folds(
     material: selection.ChannelMaterial,
     train: np.ndarray,
@@ -269,18 +309,8 @@ def forecaster_folds(
             value = np.inf
         else:
             value = fit_threshold(fit_stat if fit_stat.size else other[:0], other, served).value
-        # the harness's injected copies: same generator, same order
-        rng = selection.injection_rng(channel, seed, index)
         fold = material.folds[index]
-        series_list = [judged_half]
-        for kind, item in zip(kinds, fold.injected, strict=True):
-            series, anomaly = selection.inject(judged_half, kind, rng, low, high)
-            if anomaly != item.anomaly:
-                raise RuntimeError(
-                    f"{channel} fold {index} {kind}: re-created injection {anomaly} differs"
-                    f" from the harness's {item.anomaly}"
-                )
-            series_list.append(series)
+        series_list = judged_series(material, index, judged_half, seed, low, high, kinds)
         decided = []
         for series in series_list:
             stream = np.concatenate([train[:lo], series])
@@ -302,6 +332,95 @@ def forecaster_folds(
             decided.append(statistic > value)
         folds.append(ForecasterFold(float(value), decided[0], decided[1:]))
     return folds, forecaster.fitted
+
+
+# --------------------------------------------------------------------------------------
+# The forecaster's warm-up: a stream judged from a cold start
+# --------------------------------------------------------------------------------------
+
+#: Warm-ups judged by ``--warm-up``: what decides a cold stream's first windows (the
+#: stream rule's ``warm_up``, and whether the rule is seeded with training statistics).
+WARM_UP_VARIANTS: dict[str, tuple[str, bool]] = {
+    "static": ("static", False),  # served: the static threshold until min_history
+    "silent": ("silent", False),  # no forecaster alarm until min_history
+    "seeded": ("static", True),  # the history filled with the training statistics before
+}
+
+
+def cold_start_folds(
+    material: selection.ChannelMaterial,
+    train: np.ndarray,
+    settings: ChannelSettings,
+    grid: Grid,
+    served: ThresholdConfig,
+    seed: int,
+    variant: str,
+    kinds: tuple[str, ...] = selection.KINDS,
+) -> list[ForecasterFold]:
+    """The forecaster's decisions on both folds of one channel under the served confirmed
+    rule, each judged half reached by a stream that starts cold ``lags`` records before the
+    validation tail (rounded to the stride grid), as a live stream starts: its first
+    forecast at the tail's first record, the stream rule's history its own statistics
+    only (the fold's threshold and floor as :func:`forecaster_folds` fits them), and
+    ``variant`` (:data:`WARM_UP_VARIANTS`) deciding while that history is short.
+
+    Fold A's half is the stream's first 20-28 windows, all warm-up; fold B's follows
+    half A (clean), so its windows have a history of the stream's own."""
+    warm_up, seeded = WARM_UP_VARIANTS[variant]
+    channel = material.channel
+    train = np.asarray(train, dtype=np.float32)
+    n_validation = round(len(train) * settings.validation_fraction)
+    n_fit = len(train) - n_validation
+    half = n_validation // 2
+    bounds = [(n_fit, n_fit + half), (n_fit + half, len(train))]
+    forecaster = fit_forecaster(
+        train[:n_fit], settings.offset, settings.scale, grid.lags, grid.ridge, grid.min_rows
+    )
+    clean_errors = smoothed(forecaster.errors(train), grid.smooth)
+    fit_stat = window_statistics(clean_errors[:n_fit], WINDOW, settings.train_stride, STRIDE)
+    fit_stat = fit_stat[np.isfinite(fit_stat)]
+    low, high = float(train[:, 0].min()), float(train[:, 0].max())
+    folds = []
+    for index, (lo, hi) in enumerate(bounds):
+        fold = material.folds[index]
+        other_lo, other_hi = bounds[1 - index]
+        other = window_statistics(clean_errors[other_lo:other_hi], WINDOW, 1, STRIDE)
+        other = other[np.isfinite(other)]
+        if not forecaster.fitted or other.size == 0:
+            empty = np.zeros(len(fold.clean.starts), dtype=bool)
+            folds.append(ForecasterFold(np.inf, empty, [empty.copy() for _ in fold.injected]))
+            continue
+        threshold = fit_threshold(fit_stat if fit_stat.size else other[:0], other, served)
+        lead = -(-(lo - (n_fit - grid.lags)) // STRIDE) * STRIDE  # cold start to lo
+        start = lo - lead
+        if start < 0:
+            raise RuntimeError(f"{channel} fold {index}: no room for a cold start")
+        training = window_statistics(clean_errors[:start], WINDOW, STRIDE, STRIDE)
+        rule = stream_rule_from_metadata(
+            channel,
+            {"threshold": threshold.value, "threshold_parameters": threshold.parameters},
+            StreamRuleConfig(warm_up=warm_up),
+        )
+        if seeded:
+            rule = StreamRule(rule.floor, rule.static, rule.config, training[np.isfinite(training)])
+        series_list = judged_series(material, index, train[lo:hi], seed, low, high, kinds)
+        decided = []
+        for series in series_list:
+            stream = np.concatenate([train[start:lo], series])
+            errors = smoothed(forecaster.errors(stream), grid.smooth)
+            statistic = window_statistics(errors, WINDOW, STRIDE, STRIDE)
+            first = int(np.flatnonzero(np.isfinite(statistic))[0])
+            flags = np.zeros(len(statistic), dtype=bool)
+            flags[first:] = confirmed_flags(statistic[first:], rule)
+            judged = flags[lead // STRIDE :]
+            if len(judged) != len(fold.clean.starts):
+                raise RuntimeError(
+                    f"{channel} fold {index}: {len(judged)} cold-start windows,"
+                    f" the harness has {len(fold.clean.starts)}"
+                )
+            decided.append(judged)
+        folds.append(ForecasterFold(threshold.value, decided[0], decided[1:]))
+    return folds
 
 
 # --------------------------------------------------------------------------------------
@@ -407,7 +526,12 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 
 def compare(
-    repository: Path, seed: int, event_gap: int, grids: list[Grid], contextual: bool = False
+    repository: Path,
+    seed: int,
+    event_gap: int,
+    grids: list[Grid],
+    contextual: bool = False,
+    warm_ups: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The served rule alone, and each forecaster configuration alone and or'ed with it;
     with ``contextual``, the contextual kinds are injected too and every row is reported
@@ -470,6 +594,23 @@ def compare(
                 unfitted.append(material.channel)
         add(f"forecaster {grid.label}", decisions, False)
         add(f"served OR forecaster {grid.label}", decisions, True)
+        for variant in warm_ups if grid.lstm is None else ():
+            cold = {
+                material.channel: cold_start_folds(
+                    material,
+                    served.trains[material.channel],
+                    served.settings[material.channel],
+                    grid,
+                    served.threshold,
+                    seed,
+                    variant,
+                    kinds,
+                )
+                for material in served.material
+            }
+            label = f"{grid.label} cold start, warm-up {variant}"
+            add(f"forecaster {label}", cold, False)
+            add(f"served OR forecaster {label}", cold, True)
         seconds = time.monotonic() - started
         info[grid.label] = {"unfitted_channels": unfitted, "seconds": round(seconds, 1)}
         log.info("%s: %.1fs, unfitted %s", grid.label, seconds, unfitted)
@@ -558,6 +699,13 @@ def main() -> None:
         help="inject the contextual kinds too and report every row per kind group",
     )
     parser.add_argument(
+        "--warm-up",
+        nargs="*",
+        default=[],
+        choices=list(WARM_UP_VARIANTS),
+        help="also judge each linear row from a cold start under these warm-ups",
+    )
+    parser.add_argument(
         "--summarise",
         type=Path,
         nargs="+",
@@ -584,7 +732,9 @@ def main() -> None:
             lags = next(iter(read_lstm_forecasters(args.lstm).values())).lags
             grids.append(Grid(lags, float("nan"), args.lstm_smooth, args.min_rows, args.lstm))
         event_gap = get_settings().event_gap
-        output = compare(args.repository, args.seed, event_gap, grids, args.contextual)
+        output = compare(
+            args.repository, args.seed, event_gap, grids, args.contextual, tuple(args.warm_up)
+        )
         lines = [
             f"{label:60} f1@{RATE} {row[f'f1_at_{RATE}']:.4f} recall {row['recall']:.4f} "
             f"({row['detected']}/{row['injected']}) fp {row['false_positives']:3d} "

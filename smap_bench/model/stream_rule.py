@@ -30,8 +30,13 @@ included), mean ``mu`` and standard deviation ``sd``:
    value falls by at least ``prune`` (a fraction) separates the runs kept from those
    taken for normal. The window is anomalous when its own run is kept.
 
-Until the stream holds ``min_history`` windows, the static rule decides (there is not
-yet a history to judge against). A statistic that is NaN or infinite raises
+Until the stream holds ``min_history`` windows, its warm-up (``warm_up``) decides: the
+static rule (``static``, served: there is not yet a history to judge against), or nothing
+(``silent``: no alarm until the stream rule can judge). A rule may carry a *seed*: the
+statistics of training windows that precede every stream, newest last; a stream shorter
+than ``history`` is judged on the newest of them followed by its own, so the stream rule
+judges from the first window (the seed fills the history; the stream's own windows push
+it out). A statistic that is NaN or infinite raises
 ``ValueError`` (the inference backends refuse windows holding NaN or infinity, so a
 finite model gives only finite statistics).
 
@@ -50,7 +55,10 @@ excursions that stand out are. The context detector's flags (:mod:`.context`) ar
 confirmed: a stretch unlike training, or a value held still, is anomalous however the
 score behaves. The rule reuses the stream rule's published hyperparameters unchanged;
 the selection harness (:mod:`.selection`) cannot judge it, since its held-out halves are
-shorter than one history. Live, the events stage confirms (:mod:`smap_bench.confirmation`),
+shorter than one history. What decides a stream's first windows was judged there for the
+linear forecaster, from a cold start (``scripts/select_forecaster.py --warm-up``): the
+static warm-up and a seeded history tie, a silent warm-up loses, so ``static`` is served
+and no rule is seeded. Live, the events stage confirms (:mod:`smap_bench.confirmation`),
 since the stream's windows meet there in order; the worker judges each window alone.
 """
 
@@ -67,8 +75,12 @@ import numpy as np
 #: the static threshold confirmed by the stream rule (served).
 RULES: tuple[str, ...] = ("static", "stream", "confirmed")
 
+#: What decides a stream's windows before it holds ``min_history`` of them.
+WARM_UPS: tuple[str, ...] = ("static", "silent")
+
 __all__ = [
     "RULES",
+    "WARM_UPS",
     "StreamRule",
     "StreamRuleConfig",
     "StreamState",
@@ -90,6 +102,9 @@ class StreamRuleConfig:
     z_max: float = 12.0
     z_step: float = 0.5
     prune: float = 0.13
+    #: what decides while the history is shorter than ``min_history``: the static
+    #: threshold (``static``) or nothing (``silent``)
+    warm_up: str = "static"
 
     def __post_init__(self) -> None:
         if self.history < 2 or not 2 <= self.min_history <= self.history:
@@ -104,6 +119,10 @@ class StreamRuleConfig:
             )
         if not 0 <= self.prune < 1:
             raise ValueError(f"stream rule: prune must be in [0, 1), got {self.prune}")
+        if self.warm_up not in WARM_UPS:
+            raise ValueError(
+                f"stream rule: unknown warm-up {self.warm_up!r} (known: {list(WARM_UPS)})"
+            )
 
     def zs(self) -> np.ndarray:
         count = round((self.z_max - self.z_min) / self.z_step) + 1
@@ -182,12 +201,22 @@ class StreamRule:
     each one's decision; the state it updates is the stream's :class:`StreamState`.
     """
 
-    def __init__(self, floor: float, static: float, config: StreamRuleConfig | None = None):
+    def __init__(
+        self,
+        floor: float,
+        static: float,
+        config: StreamRuleConfig | None = None,
+        seed: Iterable[float] = (),
+    ):
         if not (np.isfinite(floor) and np.isfinite(static)):
             raise ValueError(f"stream rule: floor {floor} and static {static} must be finite")
         self.floor = float(floor)
         self.static = float(static)
         self.config = config or StreamRuleConfig()
+        #: training statistics before every stream, newest last (at most ``history``)
+        self.seed = np.asarray(list(seed), dtype=np.float64)[-self.config.history :]
+        if self.seed.ndim != 1 or not np.isfinite(self.seed).all():
+            raise ValueError("stream rule: the seed must be finite window statistics")
 
     def judge(self, history: np.ndarray) -> bool:
         """Judge the newest window of ``history`` (its stream's statistics in window order,
@@ -200,8 +229,11 @@ class StreamRule:
                 f"stream rule: history of {values.size} windows, at most {self.config.history}"
             )
         value = float(values[-1])
+        missing = self.config.history - values.size
+        if missing > 0 and self.seed.size:
+            values = np.concatenate([self.seed[-missing:], values])
         if values.size < self.config.min_history:
-            return value > self.static
+            return self.config.warm_up == "static" and value > self.static
         if value <= self.floor:
             return False
         eps = dynamic_epsilon(values, self.config)

@@ -43,6 +43,47 @@ def test_the_static_threshold_decides_until_the_history_is_long_enough() -> None
     assert flags[3] and not flags[5]
 
 
+def test_a_silent_warm_up_raises_no_alarm_until_the_history_is_long_enough() -> None:
+    stats = np.full(20, 1.0)
+    stats[3] = 2.0  # above static in the warm-up: the static warm-up alarms, silent does not
+    stats[15] = 2.0
+    static = stream_flags(stats, 0.5, 1.8, StreamRuleConfig(history=50, min_history=10))
+    silent = stream_flags(
+        stats, 0.5, 1.8, StreamRuleConfig(history=50, min_history=10, warm_up="silent")
+    )
+    assert static[3] and not silent[3]
+    assert silent[15] and static[15]  # after the warm-up both are the stream rule
+    assert silent.sum() == 1
+
+
+def test_a_seeded_rule_judges_a_stream_s_first_window_against_its_seed() -> None:
+    config = StreamRuleConfig(history=50, min_history=10)
+    seed = _noise(50, seed=4, level=1.0, spread=0.05)
+    raised = np.full(12, 1.9)  # a stream that starts above static and stays there
+    unseeded = StreamRule(0.5, 1.8, config).flags(raised)
+    seeded = StreamRule(0.5, 1.8, config, seed=seed).flags(raised)
+    assert unseeded[:9].all()  # the static warm-up alarms on every window
+    assert seeded[0]  # against the seed's quiet history the raised start stands out
+    # a stream like its seed: nothing stands out, from its first window
+    assert not StreamRule(0.5, 1.8, config, seed=seed).flags(_noise(12, seed=5)).any()
+
+
+def test_a_seed_fills_only_what_the_stream_has_not_and_keeps_its_newest() -> None:
+    config = StreamRuleConfig(history=20, min_history=5)
+    rule = StreamRule(0.5, 1.8, config, seed=np.arange(100.0))
+    assert rule.seed.tolist() == list(range(80, 100))  # at most one history, newest last
+    stream = _noise(30, seed=6)
+    spike = stream.copy()
+    spike[25] = 3.0
+    # once the stream holds a whole history, the seed plays no part
+    assert (rule.flags(spike)[20:] == StreamRule(0.5, 1.8, config).flags(spike)[20:]).all()
+
+
+def test_a_seed_must_be_finite() -> None:
+    with pytest.raises(ValueError, match="seed"):
+        StreamRule(0.5, 1.8, seed=[1.0, float("nan")])
+
+
 def test_a_raised_regime_alarms_at_its_start_but_not_throughout() -> None:
     stats = np.concatenate([_noise(200, seed=1), _noise(400, seed=2, level=2.0)])
     flags = stream_flags(stats, floor=1.2, static=1.5)
@@ -108,6 +149,7 @@ def test_a_non_finite_statistic_is_refused() -> None:
         {"z_min": 0.0},
         {"z_step": 0.0},
         {"prune": 1.0},
+        {"warm_up": "none"},
     ],
 )
 def test_config_refuses_impossible_settings(kwargs: dict[str, float]) -> None:
