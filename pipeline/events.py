@@ -37,11 +37,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from pydantic import ValidationError
 
 from smap_bench.config import Settings, get_settings
-from smap_bench.confirmation import Confirmer, ForecastLane, RepositoryRules, ResultConfirmation
+from smap_bench.confirmation import (
+    Confirmer,
+    ForecastLane,
+    RepositoryRules,
+    ResultConfirmation,
+    ResultRules,
+)
 from smap_bench.event_store import EventsHandler, EventStore
 from smap_bench.kafka import consumer_config
 from smap_bench.metrics import VictoriaMetrics
-from smap_bench.model.stream_rule import StreamRule, StreamRuleConfig
+from smap_bench.model.stream_rule import StreamRuleConfig
 from smap_bench.schema import InferenceResult, decode
 from smap_bench.stage import (
     STAGE_METRICS_PORTS,
@@ -104,21 +110,12 @@ def confirmation_for(settings: Settings) -> ResultConfirmation | None:
 
 
 def forecast_lane(settings: Settings, config: StreamRuleConfig) -> ForecastLane | None:
-    """What confirms the forecaster's flags when it is served (``SMAP_FORECASTER``): its
-    rules fitted on each channel's train split as the workers fit them, so the stage
-    judges by the floor and threshold the workers flag by (None: not served)."""
-    forecaster = settings.linear_forecaster
-    if forecaster is None:
+    """What confirms the forecaster's flags when it is served (``SMAP_FORECASTER``): the
+    rule each result carries (the floor and threshold the worker flagged it by), under
+    the stream rule's ``config`` (None: not served)."""
+    if not settings.forecaster:
         return None
-    from smap_bench.scoring import Forecasters  # loads pandas: only when served
-
-    fitted = Forecasters(settings.model_repository, settings.data_dir, forecaster, settings.stride)
-
-    def rules(model_name: str) -> StreamRule | None:
-        decided = fitted(model_name)
-        return None if decided is None else decided.rule
-
-    return ForecastLane(rules, Confirmer(config.history))
+    return ForecastLane(ResultRules(config), Confirmer(config.history))
 
 
 #: Results read back per partition at first; doubled, going further back, while some

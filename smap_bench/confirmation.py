@@ -74,6 +74,7 @@ __all__ = [
     "PartitionKey",
     "RepositoryRules",
     "ResultConfirmation",
+    "ResultRules",
     "StreamKey",
     "judged_result",
 ]
@@ -382,15 +383,37 @@ class RepositoryRules:
         return self._rules[model_name]
 
 
+class ResultRules:
+    """The forecaster's stream rule of a result, from the rule the worker judged it by
+    (``forecast_floor`` and ``forecast_threshold``), so the events stage confirms by the
+    floor and threshold the workers flag by without fitting a forecaster itself (None: a
+    result that does not carry them, whose flag then stands as the worker decided). One
+    rule per model and pair, built once."""
+
+    def __init__(self, config: StreamRuleConfig | None = None) -> None:
+        self.config = config or StreamRuleConfig()
+        self._rules: dict[tuple[str, float, float], StreamRule] = {}
+
+    def __call__(self, result: InferenceResult) -> StreamRule | None:
+        floor, static = result.forecast_floor, result.forecast_threshold
+        if floor is None or static is None:
+            return None
+        key = (result.model_name, float(floor), float(static))
+        rule = self._rules.get(key)
+        if rule is None:
+            rule = self._rules[key] = StreamRule(floor, static, self.config)
+        return rule
+
+
 @dataclass(frozen=True)
 class ForecastLane:
-    """What confirming the forecaster's flags needs besides TranAD's: its rule per model
-    (None: not confirmed) and a confirmer of its own (its statistics are another series).
-    Every result arrives in it, those without a forecast (a run's first windows) without
-    a statistic, so a flagged window waits for the same windows as TranAD's and its
-    history is the forecasts among them, as offline."""
+    """What confirming the forecaster's flags needs besides TranAD's: its rule for a
+    result (None: not confirmed; :class:`ResultRules`, served) and a confirmer of its own
+    (its statistics are another series). Every result arrives in it, those without a
+    forecast (a run's first windows) without a statistic, so a flagged window waits for
+    the same windows as TranAD's and its history is the forecasts among them, as offline."""
 
-    rules: Callable[[str], StreamRule | None]
+    rules: Callable[[InferenceResult], StreamRule | None]
     confirmer: Confirmer[_Pending]
 
 
@@ -529,15 +552,17 @@ class ResultConfirmation:
         ``unconfirmed``), its window recorded unflagged."""
         result = pending.result
         flagged = name in _detectors(result)
+        rule: StreamRule | None = None
         if name == "model":
             statistic = result.mean_anomaly_score
-            rules = self.rules
+            if flagged:
+                rule = self.rules(result.model_name)
         elif self.forecaster is None:
             return None
         else:
             statistic = _or_nan(result.forecast_statistic)
-            rules = self.forecaster.rules
-        rule = rules(result.model_name) if flagged and not math.isnan(statistic) else None
+            if flagged and not math.isnan(statistic):
+                rule = self.forecaster.rules(result)
         if flagged and rule is None:
             self.unconfirmed += 1
             flagged = False

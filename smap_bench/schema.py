@@ -287,6 +287,9 @@ class InferenceResult(Message):
     #: not judged; the events stage confirms a flag under the stream rule)
     forecast_statistic: FiniteFloat | None = None
     forecast_threshold: FiniteFloat | None = None
+    #: the floor of the forecaster's stream rule (POT's initial threshold of its training
+    #: statistics): with ``forecast_threshold``, the rule the events stage confirms by
+    forecast_floor: FiniteFloat | None = None
     #: the detectors that flagged the window, in :data:`DETECTORS` order (empty: normal;
     #: None: a producer that does not say)
     detected_by: list[DetectorName] | None = None
@@ -310,6 +313,8 @@ class InferenceResult(Message):
             raise ValueError(
                 f"detected_by {self.detected_by} does not fit is_anomaly {self.is_anomaly}"
             )
+        if self.forecast_floor is not None and self.forecast_threshold is None:
+            raise ValueError("forecast_floor needs the forecast_threshold it goes with")
         return self
 
 

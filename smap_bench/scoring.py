@@ -505,6 +505,7 @@ def _score_group(
     forecasts = _forecast_statistics(group, judges.forecaster, stride)
     forecast_rule = None if judges.forecaster is None else judges.forecaster.rule
     forecast_threshold = None if forecast_rule is None else forecast_rule.static
+    forecast_floor = None if forecast_rule is None else forecast_rule.floor
     rounded = np.round(reconstruction, RECONSTRUCTION_DECIMALS)
     means, maxima = scores.mean(axis=1), scores.max(axis=1)
     rows = [responsible_rows(t.record_index_start, t.window_size, stride) for t in group]
@@ -557,6 +558,7 @@ def _score_group(
                 context_hold_threshold=None if judged.hold is None else hold_threshold,
                 forecast_statistic=forecast,
                 forecast_threshold=None if forecast is None else forecast_threshold,
+                forecast_floor=None if forecast is None else forecast_floor,
                 detected_by=detected_by,
                 loop=task.loop,
                 record_index_start=task.record_index_start,

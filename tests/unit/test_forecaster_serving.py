@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from smap_bench.confirmation import Confirmer, ForecastLane, ResultConfirmation
+from smap_bench.confirmation import Confirmer, ForecastLane, ResultConfirmation, ResultRules
 from smap_bench.data.loader import load_channel
 from smap_bench.inference.onnx_backend import OnnxBackend
 from smap_bench.model.forecaster import (
@@ -206,9 +206,11 @@ def test_forecasters_fit_as_the_offline_evaluation_and_the_worker_flags_by_them(
     for r in outcome.results:
         if r.forecast_statistic is None:
             assert r.record_index_start is not None and r.record_index_start < 230
-            assert r.forecast_threshold is None and not r.is_anomaly
+            assert r.forecast_threshold is None and r.forecast_floor is None
+            assert not r.is_anomaly
             continue
         assert r.forecast_threshold == decided.rule.static
+        assert r.forecast_floor == decided.rule.floor  # the rule the events stage confirms by
         assert r.detected_by == (
             ["forecaster"] if r.forecast_statistic > r.forecast_threshold else []
         )
@@ -219,7 +221,7 @@ def test_forecasters_fit_as_the_offline_evaluation_and_the_worker_flags_by_them(
 
 
 def _lane(rule: StreamRule | None = RULE, history: int = 210) -> ForecastLane:
-    return ForecastLane(lambda name: rule, Confirmer(history))
+    return ForecastLane(lambda result: rule, Confirmer(history))
 
 
 def _forecast(index: int, statistic: float | None, model: float = 1.0, **kw) -> InferenceResult:
@@ -232,6 +234,7 @@ def _forecast(index: int, statistic: float | None, model: float = 1.0, **kw) -> 
         update={
             "forecast_statistic": statistic,
             "forecast_threshold": threshold,
+            "forecast_floor": None if statistic is None else RULE.floor,
             "run_window_start": 0,
             **kw,
         }
@@ -302,6 +305,30 @@ def test_a_forecaster_flag_without_a_rule_stands_and_is_counted() -> None:
     assert confirmation.unconfirmed == 1
 
 
+def test_the_served_lane_confirms_by_the_rule_each_result_carries() -> None:
+    rules = ResultRules()
+    flagged = _forecast(30, 2.0)
+    rule = rules(flagged)
+    assert rule is not None and (rule.floor, rule.static) == (RULE.floor, RULE.static)
+    assert rules(_forecast(31, 2.5)) is rule  # built once per model and pair
+    other = rules(_forecast(32, 2.0, forecast_floor=0.5))
+    assert other is not None and other is not rule and other.floor == 0.5
+    # a result that does not carry the rule (an older worker): its flag stands, counted
+    confirmation = ResultConfirmation(
+        lambda name: RULE, 10, Confirmer(210), ForecastLane(rules, Confirmer(210))
+    )
+    bare = _forecast(30, 2.0, forecast_floor=None)
+    assert confirmation.offer(bare, None, None) == [bare]
+    assert confirmation.unconfirmed == 1
+
+
+def test_a_forecast_floor_without_its_threshold_is_refused() -> None:
+    body = _forecast(30, 2.0).model_dump(mode="json")
+    body["forecast_threshold"] = None
+    with pytest.raises(ValidationError, match="forecast_floor"):
+        InferenceResult.model_validate(body)
+
+
 def test_read_back_fills_the_forecasters_history_too() -> None:
     confirmation = ResultConfirmation(lambda name: RULE, 10, Confirmer(210), _lane())
     stream = ("sat1", "EPS", 0)
@@ -336,12 +363,9 @@ def test_served_forecaster_decisions_equal_the_offline_evaluations_on_a_real_cha
     )
     assert outcome.rejected == [] and len(outcome.results) == len(tasks)
 
-    def rules(name: str) -> StreamRule | None:
-        fitted = forecasters(name)
-        return None if fitted is None else fitted.rule
-
+    # the events stage's lane as served: each result's own rule, no forecaster fitted
     confirmation = ResultConfirmation(
-        lambda name: None, 10, Confirmer(210), ForecastLane(rules, Confirmer(210))
+        lambda name: None, 10, Confirmer(210), ForecastLane(ResultRules(), Confirmer(210))
     )
     results = list(outcome.results)
     rng = random.Random(7)
