@@ -236,6 +236,7 @@ def run(
             sleep=stop.event.wait,
             confirmation=confirmation,
             write=victoria.import_prometheus,
+            batch_size=batch_size,
         )
         log.info(
             "%s: group %s, %s -> PostgreSQL + %s, rule %s, metrics on %s",

@@ -25,7 +25,9 @@ is what that needs, as pure state (no I/O, no Kafka):
   the stage started) must not hold an alarm back for ever: a waiting window is judged on
   what has arrived once ``patience`` later windows of its stream have arrived, or
   ``patience_s`` seconds after it came (:meth:`Confirmer.expire`), and counted as judged
-  on an incomplete history.
+  on an incomplete history. The seconds count up to the stage's last poll that found
+  it caught up (the events stage's ``tick``), not while the stage was busy or behind: a
+  history window produced just after its flagged one is still unread then.
 - **Redeliveries.** A flagged window judged before keeps its first decision (remembered
   ten histories long); one redelivered after that, or of a loop already forgotten, is
   not confirmed: a stale redelivery never raises a new alarm.
@@ -219,9 +221,14 @@ class Confirmer(Generic[T]):
         self._forget_old(state)
         return judged
 
-    def expire(self) -> list[Judgement[T]]:
-        """Judge the windows that waited longer than ``patience_s``; forget idle streams."""
-        now = self._clock()
+    def now(self) -> float:
+        """A reading of the clock that patience is counted by."""
+        return self._clock()
+
+    def expire(self, as_of: float | None = None) -> list[Judgement[T]]:
+        """Judge the windows that had waited ``patience_s`` by ``as_of`` (a reading of
+        :meth:`now`; default: now); forget idle streams."""
+        now = self._clock() if as_of is None else as_of
         judged: list[Judgement[T]] = []
         for key, state in list(self._streams.items()):
             for index in sorted(state.waiting):
@@ -509,11 +516,16 @@ class ResultConfirmation:
             decided += self._settled(name, self._confirmer_of(name).add(arrival))
         return decided
 
-    def expire(self) -> list[InferenceResult]:
-        """The results whose patience ran out, decided on what had arrived."""
-        decided = self._settled("model", self.confirmer.expire())
+    def now(self) -> float:
+        """A reading of the confirmers' clock (what :meth:`expire` takes)."""
+        return self.confirmer.now()
+
+    def expire(self, as_of: float | None = None) -> list[InferenceResult]:
+        """The results whose patience had run out by ``as_of`` (default: now), decided
+        on what had arrived."""
+        decided = self._settled("model", self.confirmer.expire(as_of))
         if self.forecaster is not None:
-            decided += self._settled("forecaster", self.forecaster.confirmer.expire())
+            decided += self._settled("forecaster", self.forecaster.confirmer.expire(as_of))
         return decided
 
     def remember(self, result: InferenceResult) -> StreamKey | None:

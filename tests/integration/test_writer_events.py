@@ -647,3 +647,48 @@ def test_events_confirm_flagged_windows_in_order_across_a_restart(isolated: Isol
         assert read_back and int(read_back.group(1)) >= 210
     finally:
         assert events.stop() == 0
+
+
+def test_a_flag_whose_history_window_never_comes_is_decided_once_patience_runs_out(
+    isolated: Isolated,
+) -> None:
+    """A history window dead-lettered upstream never reaches the events stage: its
+    flagged successor waits, then is judged on what came, once the stage has been caught
+    up for the patience (10 s), and counted as judged on an incomplete history."""
+    s, sat, t0 = isolated.settings, isolated.satellite_id, isolated.t0
+    rule = stream_rule_from_metadata("SMAP_E-1", read_metadata(s.model_repository, "E-1"))
+    flagged_at, missing = 5, 3
+
+    def window(i: int) -> tuple[str, bytes]:
+        flagged = i == flagged_at
+        statistic = rule.static * 2.0 if flagged else rule.floor * 0.5
+        body = result(
+            10 * i,
+            satellite_id=sat,
+            t0=t0,
+            anomalous=flagged,
+            scores=[statistic] * 30,
+            detected_by=["model"] if flagged else [],
+        )
+        return sat, encode(body)
+
+    args = ["--group", f"{s.topic_results}-events"]
+    events = Service("pipeline.events", args, isolated.env, isolated.logs / "events.log")
+    try:
+        produce(s, s.topic_results, [window(i) for i in range(flagged_at + 1) if i != missing])
+        wait_for("5 results taken in", lambda: events.counter("received") >= flagged_at)
+        started = time.monotonic()
+        rows = wait_for("the flagged window's event", lambda: event_rows(s, sat, 1), timeout=40)
+        waited = time.monotonic() - started
+        # under min_history the static threshold decides: the window is an alarm
+        span = span_of(result(10 * flagged_at, satellite_id=sat, t0=t0, anomalous=True), 10)
+        assert span is not None
+        assert [(r["start"], r["end"]) for r in rows] == [
+            (span.start_record_index, span.end_record_index)
+        ]
+        assert waited >= 5.0  # it waited for window 3 (patience 10 s from its arrival)
+        metrics = httpx.get(f"http://127.0.0.1:{events.metrics_port}/metrics", timeout=2).text
+        assert re.search(r"^smap_events_confirmation_incomplete_total 1\.0$", metrics, re.M)
+        assert re.search(r"^smap_events_confirmation_waiting 0\.0$", metrics, re.M)
+    finally:
+        assert events.stop() == 0

@@ -279,3 +279,35 @@ def test_a_window_whose_patience_ran_out_is_written_by_the_tick() -> None:
     assert len(store.book.events) == 1
     handler.tick()  # nothing left to decide: nothing written again
     assert len(victoria.written) == 2
+
+
+def test_patience_does_not_run_out_while_the_stage_is_busy_with_a_batch() -> None:
+    now = [0.0]
+    store, victoria = MemoryStore(), MemoryVictoria()
+    handler = confirming_handler(store, victoria, clock=lambda: now[0])
+    handler.handle([normal(0, 0), flagged(2, 2.0, 1)])  # polled at 0 s
+    now[0] = 12.0  # storing that batch took 12 s (the database was slow)
+    handler.tick()  # as of the poll, window 2 had waited 0 s: it still waits
+    assert victoria.alarms() == [(end_ms(0), 0)]
+    handler.handle([normal(1, 2)])  # its history came in the next poll
+    handler.tick()
+    assert victoria.alarms()[1:] == [(end_ms(10), 0), (end_ms(20), 1)]
+    assert handler.confirmation is not None
+    assert handler.confirmation.counts.incomplete == 0
+
+
+def test_patience_does_not_run_out_while_the_stage_is_behind_the_topic() -> None:
+    now = [0.0]
+    store, victoria = MemoryStore(), MemoryVictoria()
+    handler = confirming_handler(store, victoria, clock=lambda: now[0])
+    handler.batch_size = 2
+    handler.handle([normal(0, 0), flagged(2, 2.0, 1)])  # a full batch: more to read
+    now[0] = 11.0
+    handler.tick()
+    assert victoria.alarms() == [(end_ms(0), 0)]  # behind: window 1 may be in the backlog
+    handler.handle([normal(3, 2)])  # a short batch at 11 s: caught up, window 1 not there
+    assert victoria.alarms()[1:] == [(end_ms(30), 0)]  # window 2 still waits
+    handler.tick()
+    assert victoria.alarms()[1:] == [(end_ms(30), 0), (end_ms(20), 1)]
+    assert handler.confirmation is not None
+    assert handler.confirmation.counts.incomplete == 1
