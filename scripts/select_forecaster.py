@@ -58,6 +58,9 @@ stream 250 records before the validation tail, under the served confirmed rule, 
 static warm-up (served), a silent one, or the history seeded with the training statistics
 before the stream. The criterion, declared before the first run: the [all] rows'
 ``f1_at_2880``, mean over injection seeds 0-2; a tie keeps the served warm-up.
+``stream`` and ``stream-seeded`` judge the forecaster by the stream rule alone
+(telemanom's way: the floor, no static threshold beside it) on the same cold streams,
+under the same criterion.
 """
 
 from __future__ import annotations
@@ -338,12 +341,16 @@ def forecaster_folds(
 # The forecaster's warm-up: a stream judged from a cold start
 # --------------------------------------------------------------------------------------
 
-#: Warm-ups judged by ``--warm-up``: what decides a cold stream's first windows (the
-#: stream rule's ``warm_up``, and whether the rule is seeded with training statistics).
-WARM_UP_VARIANTS: dict[str, tuple[str, bool]] = {
-    "static": ("static", False),  # served: the static threshold until min_history
-    "silent": ("silent", False),  # no forecaster alarm until min_history
-    "seeded": ("static", True),  # the history filled with the training statistics before
+#: Rules judged by ``--warm-up`` on a cold stream: the decision (the served ``confirmed``
+#: rule, or the ``stream`` rule alone, telemanom's way: the floor and no static threshold
+#: beside it), what decides its first windows (the stream rule's ``warm_up``), and whether
+#: the rule is seeded with the training statistics before the stream.
+WARM_UP_VARIANTS: dict[str, tuple[str, str, bool]] = {
+    "static": ("confirmed", "static", False),  # served: the static threshold to min_history
+    "silent": ("confirmed", "silent", False),  # no forecaster alarm until min_history
+    "seeded": ("confirmed", "static", True),  # the history filled with training's first
+    "stream": ("stream", "static", False),  # the stream rule alone
+    "stream-seeded": ("stream", "static", True),  # the stream rule alone, seeded
 }
 
 
@@ -357,16 +364,16 @@ def cold_start_folds(
     variant: str,
     kinds: tuple[str, ...] = selection.KINDS,
 ) -> list[ForecasterFold]:
-    """The forecaster's decisions on both folds of one channel under the served confirmed
-    rule, each judged half reached by a stream that starts cold ``lags`` records before the
-    validation tail (rounded to the stride grid), as a live stream starts: its first
-    forecast at the tail's first record, the stream rule's history its own statistics
-    only (the fold's threshold and floor as :func:`forecaster_folds` fits them), and
-    ``variant`` (:data:`WARM_UP_VARIANTS`) deciding while that history is short.
+    """The forecaster's decisions on both folds of one channel under ``variant``'s rule
+    (:data:`WARM_UP_VARIANTS`), each judged half reached by a stream that starts cold
+    ``lags`` records before the validation tail (rounded to the stride grid), as a live
+    stream starts: its first forecast at the tail's first record, the stream rule's
+    history its own statistics only (the fold's threshold and floor as
+    :func:`forecaster_folds` fits them), unless the variant seeds it.
 
     Fold A's half is the stream's first 20-28 windows, all warm-up; fold B's follows
     half A (clean), so its windows have a history of the stream's own."""
-    warm_up, seeded = WARM_UP_VARIANTS[variant]
+    decision, warm_up, seeded = WARM_UP_VARIANTS[variant]
     channel = material.channel
     train = np.asarray(train, dtype=np.float32)
     n_validation = round(len(train) * settings.validation_fraction)
@@ -411,7 +418,10 @@ def cold_start_folds(
             statistic = window_statistics(errors, WINDOW, STRIDE, STRIDE)
             first = int(np.flatnonzero(np.isfinite(statistic))[0])
             flags = np.zeros(len(statistic), dtype=bool)
-            flags[first:] = confirmed_flags(statistic[first:], rule)
+            if decision == "confirmed":
+                flags[first:] = confirmed_flags(statistic[first:], rule)
+            else:
+                flags[first:] = rule.flags(statistic[first:])
             judged = flags[lead // STRIDE :]
             if len(judged) != len(fold.clean.starts):
                 raise RuntimeError(
