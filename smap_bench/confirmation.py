@@ -27,7 +27,9 @@ is what that needs, as pure state (no I/O, no Kafka):
   ``patience_s`` seconds after it came (:meth:`Confirmer.expire`), and counted as judged
   on an incomplete history. The seconds count up to the stage's last poll that found
   it caught up (the events stage's ``tick``), not while the stage was busy or behind: a
-  history window produced just after its flagged one is still unread then.
+  history window produced just after its flagged one is still unread then. A stage that
+  stays behind decides its waiting windows by the ``patience`` windows alone until it
+  catches up.
 - **Redeliveries.** A flagged window judged before keeps its first decision (remembered
   ten histories long); one redelivered after that, or of a loop already forgotten, is
   not confirmed: a stale redelivery never raises a new alarm.
