@@ -236,7 +236,6 @@ def run(
             sleep=stop.event.wait,
             confirmation=confirmation,
             write=victoria.import_prometheus,
-            batch_size=batch_size,
         )
         log.info(
             "%s: group %s, %s -> PostgreSQL + %s, rule %s, metrics on %s",
@@ -258,7 +257,7 @@ def run(
                 metrics=metrics,
                 batch_size=batch_size,
                 poll_timeout_s=max_wait_ms / 1000.0,
-                on_tick=handler.tick,
+                on_progress=handler.tick,
                 commit_offsets=handler.commit_offsets if confirmation is not None else None,
                 consumer_overrides={"max.poll.interval.ms": MAX_POLL_INTERVAL_MS},
             )

@@ -371,8 +371,9 @@ def cold_start_folds(
     history its own statistics only (the fold's threshold and floor as
     :func:`forecaster_folds` fits them), unless the variant seeds it.
 
-    Fold A's half is the stream's first 20-28 windows, all warm-up; fold B's follows
-    half A (clean), so its windows have a history of the stream's own."""
+    Fold A's half follows the stream's first two forecast windows, so its first 27
+    windows (20-28 in all) are judged in the warm-up; fold B's follows half A (clean),
+    so its windows have a history of the stream's own."""
     decision, warm_up, seeded = WARM_UP_VARIANTS[variant]
     channel = material.channel
     train = np.asarray(train, dtype=np.float32)

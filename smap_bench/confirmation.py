@@ -25,11 +25,11 @@ is what that needs, as pure state (no I/O, no Kafka):
   the stage started) must not hold an alarm back for ever: a waiting window is judged on
   what has arrived once ``patience`` later windows of its stream have arrived, or
   ``patience_s`` seconds after it came (:meth:`Confirmer.expire`), and counted as judged
-  on an incomplete history. The seconds count up to the stage's last poll that found
-  it caught up (the events stage's ``tick``), not while the stage was busy or behind: a
-  history window produced just after its flagged one is still unread then. A stage that
-  stays behind decides its waiting windows by the ``patience`` windows alone until it
-  catches up.
+  on an incomplete history. The seconds count up to the stage's last poll, and run out
+  only once that poll found the window's partition read to its end (the events stage's
+  ``tick``): while the stage is busy with a batch or behind the topic, a history window
+  produced just after its flagged one may be unread. A window waits at most
+  ``ceiling_s`` (six times the patience) however much of its partition is unread.
 - **Redeliveries.** A flagged window judged before keeps its first decision (remembered
   ten histories long); one redelivered after that, or of a loop already forgotten, is
   not confirmed: a stale redelivery never raises a new alarm.
@@ -158,6 +158,7 @@ class Confirmer(Generic[T]):
         *,
         patience: int | None = None,
         patience_s: float = 10.0,
+        ceiling_s: float | None = None,
         idle_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -166,6 +167,8 @@ class Confirmer(Generic[T]):
         self.history = history
         self.patience = history if patience is None else patience
         self.patience_s = patience_s
+        #: how long a window waits however much of its partition is unread
+        self.ceiling_s = 6 * patience_s if ceiling_s is None else ceiling_s
         self.idle_s = idle_s
         self._clock = clock
         self._streams: dict[StreamKey, _Stream[T]] = {}
@@ -227,14 +230,22 @@ class Confirmer(Generic[T]):
         """A reading of the clock that patience is counted by."""
         return self._clock()
 
-    def expire(self, as_of: float | None = None) -> list[Judgement[T]]:
+    def expire(
+        self, as_of: float | None = None, caught_up: frozenset[PartitionKey] | None = None
+    ) -> list[Judgement[T]]:
         """Judge the windows that had waited ``patience_s`` by ``as_of`` (a reading of
-        :meth:`now`; default: now); forget idle streams."""
+        :meth:`now`; default: now) and whose partition is among those read to their end
+        (``caught_up``; None: all, and a window without a position counts as read), or
+        ``ceiling_s`` whatever their partition; forget idle streams."""
         now = self._clock() if as_of is None else as_of
         judged: list[Judgement[T]] = []
         for key, state in list(self._streams.items()):
             for index in sorted(state.waiting):
-                if now - state.waiting[index].since >= self.patience_s:
+                waiting = state.waiting[index]
+                waited = now - waiting.since
+                partition = waiting.arrival.partition
+                read = caught_up is None or partition is None or partition in caught_up
+                if waited >= (self.patience_s if read else self.ceiling_s):
                     judged.append(self._judge(state, index))
             if not state.waiting and now - state.last_seen >= self.idle_s:
                 del self._streams[key]
@@ -397,10 +408,11 @@ class ResultRules:
     (``forecast_floor`` and ``forecast_threshold``), so the events stage confirms by the
     floor and threshold the workers flag by without fitting a forecaster itself (None: a
     result that does not carry them, whose flag then stands as the worker decided). One
-    rule per model and pair, built once."""
+    rule per model and pair, built once (the last ``keep`` pairs kept)."""
 
-    def __init__(self, config: StreamRuleConfig | None = None) -> None:
+    def __init__(self, config: StreamRuleConfig | None = None, keep: int = 4096) -> None:
         self.config = config or StreamRuleConfig()
+        self.keep = keep
         self._rules: dict[tuple[str, float, float], StreamRule] = {}
 
     def __call__(self, result: InferenceResult) -> StreamRule | None:
@@ -410,6 +422,8 @@ class ResultRules:
         key = (result.model_name, float(floor), float(static))
         rule = self._rules.get(key)
         if rule is None:
+            if len(self._rules) >= self.keep:  # a producer sending ever new pairs
+                del self._rules[next(iter(self._rules))]
             rule = self._rules[key] = StreamRule(floor, static, self.config)
         return rule
 
@@ -522,12 +536,16 @@ class ResultConfirmation:
         """A reading of the confirmers' clock (what :meth:`expire` takes)."""
         return self.confirmer.now()
 
-    def expire(self, as_of: float | None = None) -> list[InferenceResult]:
-        """The results whose patience had run out by ``as_of`` (default: now), decided
-        on what had arrived."""
-        decided = self._settled("model", self.confirmer.expire(as_of))
+    def expire(
+        self, as_of: float | None = None, caught_up: frozenset[PartitionKey] | None = None
+    ) -> list[InferenceResult]:
+        """The results whose patience had run out by ``as_of`` (default: now; both
+        confirmers count by the model confirmer's clock), decided on what had arrived
+        (:meth:`Confirmer.expire`)."""
+        decided = self._settled("model", self.confirmer.expire(as_of, caught_up))
         if self.forecaster is not None:
-            decided += self._settled("forecaster", self.forecaster.confirmer.expire(as_of))
+            lane = self.forecaster.confirmer
+            decided += self._settled("forecaster", lane.expire(as_of, caught_up))
         return decided
 
     def remember(self, result: InferenceResult) -> StreamKey | None:

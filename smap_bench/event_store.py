@@ -299,7 +299,6 @@ class EventsHandler:
         max_backoff_s: float = 5.0,
         confirmation: ResultConfirmation | None = None,
         write: Callable[[list[str]], object] | None = None,
-        batch_size: int | None = None,
     ) -> None:
         self._apply = apply
         self._write = write
@@ -315,11 +314,9 @@ class EventsHandler:
         self.totals = ApplyCounts()
         #: ``anomaly_alarm`` samples accepted by VictoriaMetrics so far.
         self.alarms_written = 0
-        #: the most messages a poll returns (a full batch: the stage is behind)
-        self.batch_size = batch_size
         #: the confirmation's clock when the batch handled since the last tick was
-        #: polled, and whether the poll was full (None: no batch, the poll came back empty)
-        self._polled: tuple[float, bool] | None = None
+        #: polled (None: no batch, the poll came back empty)
+        self._polled: float | None = None
 
     def decide(self, batch: Sequence[KafkaMessage]) -> Decided:
         """The windows the batch decided; bad results go to the dead-letter topic."""
@@ -378,22 +375,18 @@ class EventsHandler:
         partition, offset = position if position is not None else (None, None)
         return self.confirmation.offer(result, partition, offset)
 
-    def tick(self) -> None:
-        """After every poll: store and write the windows whose patience ran out by the
-        time of that poll, if it found the stage caught up (a batch short of
-        ``batch_size``, or none). A window's patience never runs out while the stage was
-        busy with a batch or behind the topic: its history may be in what is unread."""
+    def tick(self, caught_up: frozenset[tuple[str, int]] | None = None) -> None:
+        """After every poll (the stage's ``on_progress``): store and write the windows
+        whose patience ran out, counted up to that poll, and only for windows of the
+        partitions it had read to their end (``caught_up``; None: all of them). Time spent
+        handling a batch, or while a window's partition still held unread results, does
+        not run a window's patience out: its history may be in what is unread."""
         if self.confirmation is None:
             return
         polled, self._polled = self._polled, None
-        if polled is None:  # the poll came back empty: caught up now
-            as_of = self.confirmation.now()
-        elif polled[1]:  # a full batch: behind, more is waiting to be read
-            return
-        else:
-            as_of = polled[0]
+        as_of = self.confirmation.now() if polled is None else polled
         decided = Decided([], [], [])
-        for item in self.confirmation.expire(as_of):
+        for item in self.confirmation.expire(as_of, caught_up):
             self._add(decided, item, None, None)
         self._store(decided._replace(origins=[]))  # no stage latency for a late decision
 
@@ -410,8 +403,7 @@ class EventsHandler:
         """Decide, store and write the batch; returns once PostgreSQL and VictoriaMetrics
         have both taken it."""
         if self.confirmation is not None:
-            full = self.batch_size is not None and len(batch) >= self.batch_size
-            self._polled = (self.confirmation.now(), full)
+            self._polled = self.confirmation.now()
         self._store(self.decide(batch))
 
     def _store(self, decided: Decided) -> None:

@@ -145,6 +145,20 @@ def test_a_waiting_window_is_judged_once_its_patience_in_seconds_runs_out() -> N
     assert confirmer.waiting == 0
 
 
+def test_patience_runs_out_as_of_a_time_and_only_for_partitions_read_to_their_end() -> None:
+    now = [0.0]
+    stats = regime_statistics()
+    confirmer: Confirmer[int] = Confirmer(210, patience_s=10.0, clock=lambda: now[0])
+    now[0] = 5.0
+    run(confirmer, [i for i in range(121) if i != 100], stats)  # window 120 waits from 5 s
+    now[0] = 30.0
+    assert confirmer.expire(as_of=4.0) == []  # as of a time before it came: no wait at all
+    assert confirmer.expire(as_of=14.0) == []
+    assert confirmer.expire(caught_up=frozenset({(TOPIC, 1)})) == []  # its partition unread
+    (judged,) = confirmer.expire(as_of=15.0, caught_up=frozenset({(TOPIC, 0)}))
+    assert (judged.item, judged.complete) == (120, False)
+
+
 def test_a_new_loop_judges_and_forgets_the_loops_before_the_one_it_follows() -> None:
     stats = regime_statistics()
     confirmer: Confirmer[int] = Confirmer(210)

@@ -79,6 +79,17 @@ def test_a_seed_fills_only_what_the_stream_has_not_and_keeps_its_newest() -> Non
     assert (rule.flags(spike)[20:] == StreamRule(0.5, 1.8, config).flags(spike)[20:]).all()
 
 
+def test_a_short_stream_is_judged_after_the_newest_of_its_seed() -> None:
+    config = StreamRuleConfig(history=20, min_history=5)
+    # the seed's older half is loud, its newer half quiet
+    seed = np.concatenate([_noise(10, seed=7, level=5.0, spread=0.5), _noise(10, seed=8)])
+    stream = _noise(10, seed=9)
+    stream[-1] = 3.0  # stands out against the quiet half, not against the loud one
+    rule = StreamRule(0.5, 1.8, config, seed=seed)
+    assert rule.judge(stream)  # judged on seed[-10:] (quiet) followed by the stream
+    assert not StreamRule(0.5, 1.8, config, seed=seed[:10]).judge(stream)
+
+
 def test_a_seed_must_be_finite() -> None:
     with pytest.raises(ValueError, match="seed"):
         StreamRule(0.5, 1.8, seed=[1.0, float("nan")])
