@@ -85,6 +85,12 @@ class ConfirmationMetrics:
             value=counts.incomplete,
         )
         yield CounterMetricFamily(
+            "smap_events_confirmation_late_history",
+            "Windows that arrived after a flagged window they are history of was judged"
+            " without them (late, not lost)",
+            value=counts.late,
+        )
+        yield CounterMetricFamily(
             "smap_events_unconfirmed",
             "Flagged windows of models without a stream rule, kept as the worker decided",
             value=self.confirmation.unconfirmed,

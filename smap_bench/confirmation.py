@@ -128,6 +128,9 @@ class ConfirmationCounts:
     judged: int = 0
     confirmed: int = 0
     incomplete: int = 0  #: judged before its whole history had arrived
+    #: windows that arrived after a flagged window whose history they belong to was
+    #: judged without them (late, not lost: the patience was too short for them)
+    late: int = 0
 
 
 @dataclass
@@ -147,6 +150,8 @@ class _Stream(Generic[T]):
     forgotten_below: int = 0  #: statistics of windows below this index were dropped
     #: the first window of the newest window's run, where known (what a read-back needs)
     newest_run_first: int | None = None
+    #: flagged windows judged on an incomplete history: when (the clock), by index
+    given_up: dict[int, float] = field(default_factory=dict)
 
 
 class Confirmer(Generic[T]):
@@ -214,6 +219,8 @@ class Confirmer(Generic[T]):
         if state is None:  # a loop already forgotten: its flagged window is not confirmed
             return [*judged, *self._judge_alone(arrival)]
         state.last_seen = self._clock()
+        if state.given_up and arrival.index not in state.statistics:
+            self._late(arrival, state)
         state.statistics.setdefault(arrival.index, float(arrival.statistic))
         state.newest = max(state.newest, arrival.index)
         if arrival.flagged and arrival.index in state.decided:
@@ -344,7 +351,25 @@ class Confirmer(Generic[T]):
         else:
             confirmed = arrival.rule.confirms(np.asarray(known, dtype=np.float64))
         state.decided[index] = (confirmed, complete)
+        if not complete:
+            state.given_up[index] = self._clock()
         return self._count(Judgement(arrival.item, confirmed, complete))
+
+    def _late(self, arrival: Arrival[T], state: _Stream[T]) -> None:
+        """Count (and log) ``arrival`` if a flagged window whose history it belongs to was
+        judged without it."""
+        after = [j for j in state.given_up if self._history_from(j) <= arrival.index < j]
+        if after:
+            self.counts.late += 1
+            first = min(after)
+            log.warning(
+                "confirmation: window %d of %s arrived %.1f s after window %d was judged"
+                " without it",
+                arrival.index,
+                arrival.stream,
+                self._clock() - state.given_up[first],
+                first,
+            )
 
     def _judge_alone(self, arrival: Arrival[T]) -> list[Judgement[T]]:
         """A flagged window of a loop already forgotten: its history is gone, so it is
@@ -372,6 +397,8 @@ class Confirmer(Generic[T]):
             decided_from = oldest - 10 * (self.history + self.patience)
             for index in [i for i in state.decided if i < decided_from]:
                 del state.decided[index]
+            for index in [i for i in state.given_up if i < keep_from]:
+                del state.given_up[index]
 
 
 # --------------------------------------------------------------------------------------
@@ -512,6 +539,7 @@ class ResultConfirmation:
             total.judged += confirmer.counts.judged
             total.confirmed += confirmer.counts.confirmed
             total.incomplete += confirmer.counts.incomplete
+            total.late += confirmer.counts.late
         return total
 
     def offer(

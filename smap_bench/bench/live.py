@@ -119,6 +119,7 @@ def counters_of(metrics: dict[str, float]) -> dict[str, float]:
 CONFIRMATION_COUNTERS = {
     "judged": "smap_events_confirmation_windows",
     "incomplete": "smap_events_confirmation_incomplete",
+    "late": "smap_events_confirmation_late_history",
 }
 
 

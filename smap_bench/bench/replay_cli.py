@@ -111,10 +111,11 @@ def summary_table(result: dict[str, Any]) -> Table:
     confirmation = result.get("confirmation")
     if confirmation:
         judged, incomplete = confirmation["judged"], confirmation["incomplete"]
+        late = confirmation.get("late")
         rows.append(
             (
-                "flagged windows judged (incomplete history)",
-                f"{_known(judged)} ({_known(incomplete)})",
+                "flagged windows judged (incomplete history, its windows late)",
+                f"{_known(judged)} ({_known(incomplete)}, {_known(late)})",
             )
         )
     shown = result.get("dashboard_alarms") or {}

@@ -133,6 +133,19 @@ def test_a_window_that_never_comes_costs_patience_then_an_incomplete_judgement()
     assert confirmer.counts.incomplete == 1
 
 
+def test_a_history_window_that_comes_after_its_flag_was_judged_is_counted_late() -> None:
+    stats = regime_statistics()
+    confirmer: Confirmer[int] = Confirmer(210, patience=5)
+    run(confirmer, [i for i in range(126) if i != 100], stats)  # 120 judged without 100
+    assert (confirmer.counts.incomplete, confirmer.counts.late) == (1, 0)
+    run(confirmer, [124], stats)  # a redelivery of a window that was there: not late
+    assert confirmer.counts.late == 0
+    run(confirmer, [100], stats)  # late, not lost
+    assert confirmer.counts.late == 1
+    run(confirmer, [130], stats)  # after the flag: no history of a window given up on
+    assert confirmer.counts.late == 1
+
+
 def test_a_waiting_window_is_judged_once_its_patience_in_seconds_runs_out() -> None:
     now = [0.0]
     stats = regime_statistics()
