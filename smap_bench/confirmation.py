@@ -23,7 +23,9 @@ is what that needs, as pure state (no I/O, no Kafka):
   whole history.
 - **Patience.** A window of the history that never comes (dead-lettered, or from before
   the stage started) must not hold an alarm back for ever: a waiting window is judged on
-  what has arrived once ``patience`` later windows of its stream have arrived, or
+  what has arrived once ``patience`` later windows of its stream have arrived and it
+  has waited ``grace_s`` (a stream's windows formed in a burst, a backlog caught up,
+  reach the topic hundreds of windows out of order within a fraction of a second), or
   ``patience_s`` seconds after it came (:meth:`Confirmer.expire`), and counted as judged
   on an incomplete history. The seconds count up to the stage's last poll, and run out
   only once that poll found the window's partition read to its end (the events stage's
@@ -164,6 +166,7 @@ class Confirmer(Generic[T]):
         patience: int | None = None,
         patience_s: float = 10.0,
         ceiling_s: float | None = None,
+        grace_s: float = 2.0,
         idle_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -171,6 +174,8 @@ class Confirmer(Generic[T]):
             raise ValueError(f"confirmation: history must be at least 1 window, got {history}")
         self.history = history
         self.patience = history if patience is None else patience
+        #: how long a window waits before ``patience`` later windows can judge it
+        self.grace_s = grace_s
         self.patience_s = patience_s
         #: how long a window waits however much of its partition is unread
         self.ceiling_s = 6 * patience_s if ceiling_s is None else ceiling_s
@@ -332,9 +337,13 @@ class Confirmer(Generic[T]):
 
     def _ready(self, state: _Stream[T]) -> list[Judgement[T]]:
         judged = []
+        now = self._clock()
         for index in sorted(state.waiting):
-            arrival = state.waiting[index].arrival
-            if self._complete(state, arrival) or state.newest - index >= self.patience:
+            waiting = state.waiting[index]
+            outrun = state.newest - index >= self.patience
+            if self._complete(state, waiting.arrival) or (
+                outrun and now - waiting.since >= self.grace_s
+            ):
                 judged.append(self._judge(state, index))
         return judged
 

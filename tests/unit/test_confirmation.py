@@ -125,7 +125,7 @@ def test_a_flagged_window_waits_for_its_history_and_holds_back_the_commit() -> N
 
 def test_a_window_that_never_comes_costs_patience_then_an_incomplete_judgement() -> None:
     stats = regime_statistics()
-    confirmer: Confirmer[int] = Confirmer(210, patience=5)
+    confirmer: Confirmer[int] = Confirmer(210, patience=5, grace_s=0.0)
     decided = run(confirmer, [i for i in range(125) if i != 100], stats)
     assert decided == {}  # 120 waits for 100
     decided = run(confirmer, [125], stats)  # five windows later
@@ -133,9 +133,29 @@ def test_a_window_that_never_comes_costs_patience_then_an_incomplete_judgement()
     assert confirmer.counts.incomplete == 1
 
 
+def test_a_burst_out_of_order_is_waited_for_by_the_grace_not_judged_by_count() -> None:
+    """A backlog caught up forms a stream's windows in a burst: two workers put window 125
+    on the topic before window 100, a fraction of a second apart. Within ``grace_s`` the
+    count does not judge window 120; its history comes, and it is judged complete."""
+    now = [0.0]
+    stats = regime_statistics()
+    confirmer: Confirmer[int] = Confirmer(210, patience=5, clock=lambda: now[0])
+    assert run(confirmer, [i for i in range(126) if i != 100], stats) == {}
+    now[0] = 0.3
+    decided = run(confirmer, [100], stats)
+    assert [(i, j.complete) for i, j in decided.items()] == [(120, True)]
+    assert (confirmer.counts.incomplete, confirmer.counts.late) == (0, 0)
+    # a window that does not come: the count judges once the grace has passed
+    stats[200] = RULE.static * 2
+    run(confirmer, [i for i in range(126, 206) if i != 150], stats)
+    now[0] = 3.0
+    decided = run(confirmer, [206], stats)
+    assert [(i, j.complete) for i, j in decided.items()] == [(200, False)]
+
+
 def test_a_history_window_that_comes_after_its_flag_was_judged_is_counted_late() -> None:
     stats = regime_statistics()
-    confirmer: Confirmer[int] = Confirmer(210, patience=5)
+    confirmer: Confirmer[int] = Confirmer(210, patience=5, grace_s=0.0)
     run(confirmer, [i for i in range(126) if i != 100], stats)  # 120 judged without 100
     assert (confirmer.counts.incomplete, confirmer.counts.late) == (1, 0)
     run(confirmer, [124], stats)  # a redelivery of a window that was there: not late
@@ -218,7 +238,7 @@ def test_a_stream_that_joins_mid_loop_waits_for_no_window_before_its_run() -> No
     it comes, on a complete history, exactly as the offline rule judges the stream from
     window 40 on. Without saying so, each waits until its patience runs out."""
     stats = regime_statistics()
-    confirmer: Confirmer[int] = Confirmer(210, patience=5)
+    confirmer: Confirmer[int] = Confirmer(210, patience=5, grace_s=0.0)
     joined = list(range(40, len(stats)))
     decided = run(confirmer, joined, stats, run_first=40)
     expected = confirmed_flags(stats[40:], RULE)
@@ -228,7 +248,7 @@ def test_a_stream_that_joins_mid_loop_waits_for_no_window_before_its_run() -> No
     }
     assert confirmer.counts.incomplete == 0 and confirmer.waiting == 0
 
-    unknown: Confirmer[int] = Confirmer(210, patience=5)
+    unknown: Confirmer[int] = Confirmer(210, patience=5, grace_s=0.0)
     assert run(unknown, list(range(40, 125)), stats) == {}  # 120 waits for windows 0..39
     assert [(i, j.complete) for i, j in run(unknown, [125], stats).items()] == [(120, False)]
 
