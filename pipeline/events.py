@@ -263,7 +263,7 @@ def run(
                 metrics=metrics,
                 batch_size=batch_size,
                 poll_timeout_s=max_wait_ms / 1000.0,
-                on_progress=handler.tick,
+                on_tick=handler.tick,
                 commit_offsets=handler.commit_offsets if confirmation is not None else None,
                 consumer_overrides={"max.poll.interval.ms": MAX_POLL_INTERVAL_MS},
             )

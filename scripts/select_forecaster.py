@@ -100,7 +100,7 @@ from smap_bench.model.stream_rule import (
     confirmed_flags,
     stream_rule_from_metadata,
 )
-from smap_bench.model.threshold import ThresholdConfig, fit_threshold
+from smap_bench.model.threshold import Threshold, ThresholdConfig, fit_threshold
 
 log = logging.getLogger("select_forecaster")
 
@@ -259,6 +259,74 @@ def judged_series(
     return series_list
 
 
+@dataclass
+class PreparedFolds:
+    """What both folds of one channel share: the train split cut as
+    :func:`~smap_bench.model.selection.channel_material` cuts it, the forecaster fitted on
+    its fit part, its errors over the whole split (raw, and smoothed: the clean stream),
+    and the fit-part window statistics each fold's threshold is fitted with."""
+
+    train: np.ndarray
+    n_fit: int
+    bounds: list[tuple[int, int]]  #: each fold's judged half, as (first, end) records
+    forecaster: LinearForecaster | LSTMForecaster
+    raw_errors: np.ndarray
+    clean_errors: np.ndarray
+    fit_stat: np.ndarray  #: fit-part windows as TranAD's threshold sees them
+    low: float  #: the train split's range of the value (what injections are sized by)
+    high: float
+
+    def threshold(self, index: int, served: ThresholdConfig) -> Threshold | None:
+        """Fold ``index``'s threshold: the fit part's windows and the *other* half's, every
+        record, with the served configuration (None: no forecaster, or no such windows)."""
+        other_lo, other_hi = self.bounds[1 - index]
+        other = window_statistics(self.clean_errors[other_lo:other_hi], WINDOW, 1, STRIDE)
+        other = other[np.isfinite(other)]
+        if not self.forecaster.fitted or other.size == 0:
+            return None
+        return fit_threshold(self.fit_stat if self.fit_stat.size else other[:0], other, served)
+
+
+def prepare_folds(
+    train: np.ndarray,
+    settings: ChannelSettings,
+    grid: Grid,
+    fitted: LSTMForecaster | None = None,
+) -> PreparedFolds:
+    """:class:`PreparedFolds` of one channel (``fitted``: an LSTM forecaster fitted on the
+    same fit part, in the ridge's place)."""
+    train = np.asarray(train, dtype=np.float32)
+    n_validation = round(len(train) * settings.validation_fraction)
+    n_fit = len(train) - n_validation
+    half = n_validation // 2
+    forecaster: LinearForecaster | LSTMForecaster
+    if fitted is not None:
+        assert (fitted.offset, fitted.span, fitted.lags) == (
+            settings.offset,
+            settings.scale,
+            grid.lags,
+        )
+        forecaster = fitted
+    else:
+        forecaster = fit_forecaster(
+            train[:n_fit], settings.offset, settings.scale, grid.lags, grid.ridge, grid.min_rows
+        )
+    raw_errors = forecaster.errors(train)
+    clean_errors = smoothed(raw_errors, grid.smooth)
+    fit_stat = window_statistics(clean_errors[:n_fit], WINDOW, settings.train_stride, STRIDE)
+    return PreparedFolds(
+        train=train,
+        n_fit=n_fit,
+        bounds=[(n_fit, n_fit + half), (n_fit + half, len(train))],
+        forecaster=forecaster,
+        raw_errors=raw_errors,
+        clean_errors=clean_errors,
+        fit_stat=fit_stat[np.isfinite(fit_stat)],
+        low=float(train[:, 0].min()),
+        high=float(train[:, 0].max()),
+    )
+
+
 def forecaster_folds(
     material: selection.ChannelMaterial,
     train: np.ndarray,
@@ -272,48 +340,16 @@ def forecaster_folds(
     """The forecaster's decisions on both folds of one channel, and whether it was fitted
     (``fitted``: an LSTM forecaster fitted on the same fit part, in the ridge's place)."""
     channel = material.channel
-    train = np.asarray(train, dtype=np.float32)
-    n_validation = round(len(train) * settings.validation_fraction)
-    fit_part, tail = train[:-n_validation], train[-n_validation:]
-    n_fit = len(fit_part)
-    half = len(tail) // 2
-    halves = [tail[:half], tail[half:]]
-    bounds = [(n_fit, n_fit + half), (n_fit + half, len(train))]
-    forecaster: LinearForecaster | LSTMForecaster
-    if fitted is not None:
-        assert (fitted.offset, fitted.span, fitted.lags) == (
-            settings.offset,
-            settings.scale,
-            grid.lags,
-        ), channel
-        forecaster = fitted
-    else:
-        forecaster = fit_forecaster(
-            fit_part,
-            settings.offset,
-            settings.scale,
-            grid.lags,
-            grid.ridge,
-            grid.min_rows,
-        )
-    raw_errors = forecaster.errors(train)
-    clean_errors = smoothed(raw_errors, grid.smooth)  # every train record
-    # fit-part windows as TranAD's threshold sees them (train_stride)
-    fit_stat = window_statistics(clean_errors[:n_fit], WINDOW, settings.train_stride, STRIDE)
-    fit_stat = fit_stat[np.isfinite(fit_stat)]
-    low, high = float(train[:, 0].min()), float(train[:, 0].max())
+    prepared = prepare_folds(train, settings, grid, fitted)
+    train, forecaster = prepared.train, prepared.forecaster
     folds = []
-    for index, judged_half in enumerate(halves):
-        lo = bounds[index][0]
-        other_lo, other_hi = bounds[1 - index]
-        other = window_statistics(clean_errors[other_lo:other_hi], WINDOW, 1, STRIDE)
-        other = other[np.isfinite(other)]
-        if not forecaster.fitted or other.size == 0:
-            value = np.inf
-        else:
-            value = fit_threshold(fit_stat if fit_stat.size else other[:0], other, served).value
+    for index, (lo, hi) in enumerate(prepared.bounds):
+        threshold = prepared.threshold(index, served)
+        value = np.inf if threshold is None else threshold.value
         fold = material.folds[index]
-        series_list = judged_series(material, index, judged_half, seed, low, high, kinds)
+        series_list = judged_series(
+            material, index, train[lo:hi], seed, prepared.low, prepared.high, kinds
+        )
         decided = []
         for series in series_list:
             stream = np.concatenate([train[:lo], series])
@@ -323,7 +359,7 @@ def forecaster_folds(
                 # (an error depends on its record's lags only; before lo, the clean ones)
                 begin = max(lo - forecaster.lags, 0)
                 judged = forecaster.errors(stream[begin:])[lo - begin :]
-                raw = np.concatenate([raw_errors[:lo], judged])
+                raw = np.concatenate([prepared.raw_errors[:lo], judged])
                 errors = smoothed(raw, grid.smooth)[lo:]
             statistic = window_statistics(errors, WINDOW, STRIDE, STRIDE)
             if len(statistic) != len(fold.clean.starts):
@@ -376,30 +412,17 @@ def cold_start_folds(
     so its windows have a history of the stream's own."""
     decision, warm_up, seeded = WARM_UP_VARIANTS[variant]
     channel = material.channel
-    train = np.asarray(train, dtype=np.float32)
-    n_validation = round(len(train) * settings.validation_fraction)
-    n_fit = len(train) - n_validation
-    half = n_validation // 2
-    bounds = [(n_fit, n_fit + half), (n_fit + half, len(train))]
-    forecaster = fit_forecaster(
-        train[:n_fit], settings.offset, settings.scale, grid.lags, grid.ridge, grid.min_rows
-    )
-    clean_errors = smoothed(forecaster.errors(train), grid.smooth)
-    fit_stat = window_statistics(clean_errors[:n_fit], WINDOW, settings.train_stride, STRIDE)
-    fit_stat = fit_stat[np.isfinite(fit_stat)]
-    low, high = float(train[:, 0].min()), float(train[:, 0].max())
+    prepared = prepare_folds(train, settings, grid)
+    train, forecaster, clean_errors = prepared.train, prepared.forecaster, prepared.clean_errors
     folds = []
-    for index, (lo, hi) in enumerate(bounds):
+    for index, (lo, hi) in enumerate(prepared.bounds):
         fold = material.folds[index]
-        other_lo, other_hi = bounds[1 - index]
-        other = window_statistics(clean_errors[other_lo:other_hi], WINDOW, 1, STRIDE)
-        other = other[np.isfinite(other)]
-        if not forecaster.fitted or other.size == 0:
+        threshold = prepared.threshold(index, served)
+        if threshold is None:
             empty = np.zeros(len(fold.clean.starts), dtype=bool)
             folds.append(ForecasterFold(np.inf, empty, [empty.copy() for _ in fold.injected]))
             continue
-        threshold = fit_threshold(fit_stat if fit_stat.size else other[:0], other, served)
-        lead = -(-(lo - (n_fit - grid.lags)) // STRIDE) * STRIDE  # cold start to lo
+        lead = -(-(lo - (prepared.n_fit - grid.lags)) // STRIDE) * STRIDE  # cold start to lo
         start = lo - lead
         if start < 0:
             raise RuntimeError(f"{channel} fold {index}: no room for a cold start")
@@ -411,7 +434,9 @@ def cold_start_folds(
         )
         if seeded:
             rule = StreamRule(rule.floor, rule.static, rule.config, training[np.isfinite(training)])
-        series_list = judged_series(material, index, train[lo:hi], seed, low, high, kinds)
+        series_list = judged_series(
+            material, index, train[lo:hi], seed, prepared.low, prepared.high, kinds
+        )
         decided = []
         for series in series_list:
             stream = np.concatenate([train[start:lo], series])

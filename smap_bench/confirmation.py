@@ -27,11 +27,9 @@ is what that needs, as pure state (no I/O, no Kafka):
   has waited ``grace_s`` (a stream's windows formed in a burst, a backlog caught up,
   reach the topic hundreds of windows out of order within a fraction of a second), or
   ``patience_s`` seconds after it came (:meth:`Confirmer.expire`), and counted as judged
-  on an incomplete history. The seconds count up to the stage's last poll, and run out
-  only once that poll found the window's partition read to its end (the events stage's
-  ``tick``): while the stage is busy with a batch or behind the topic, a history window
-  produced just after its flagged one may be unread. A window waits at most
-  ``ceiling_s`` (six times the patience) however much of its partition is unread.
+  on an incomplete history. The seconds count up to the stage's last poll (the events
+  stage's ``tick``): the time spent handling a batch does not count, since a history
+  window produced just after its flagged one may be in the next poll.
 - **Redeliveries.** A flagged window judged before keeps its first decision (remembered
   ten histories long); one redelivered after that, or of a loop already forgotten, is
   not confirmed: a stale redelivery never raises a new alarm.
@@ -165,7 +163,6 @@ class Confirmer(Generic[T]):
         *,
         patience: int | None = None,
         patience_s: float = 10.0,
-        ceiling_s: float | None = None,
         grace_s: float = 2.0,
         idle_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
@@ -177,8 +174,6 @@ class Confirmer(Generic[T]):
         #: how long a window waits before ``patience`` later windows can judge it
         self.grace_s = grace_s
         self.patience_s = patience_s
-        #: how long a window waits however much of its partition is unread
-        self.ceiling_s = 6 * patience_s if ceiling_s is None else ceiling_s
         self.idle_s = idle_s
         self._clock = clock
         self._streams: dict[StreamKey, _Stream[T]] = {}
@@ -242,22 +237,14 @@ class Confirmer(Generic[T]):
         """A reading of the clock that patience is counted by."""
         return self._clock()
 
-    def expire(
-        self, as_of: float | None = None, caught_up: frozenset[PartitionKey] | None = None
-    ) -> list[Judgement[T]]:
+    def expire(self, as_of: float | None = None) -> list[Judgement[T]]:
         """Judge the windows that had waited ``patience_s`` by ``as_of`` (a reading of
-        :meth:`now`; default: now) and whose partition is among those read to their end
-        (``caught_up``; None: all, and a window without a position counts as read), or
-        ``ceiling_s`` whatever their partition; forget idle streams."""
+        :meth:`now`; default: now); forget idle streams."""
         now = self._clock() if as_of is None else as_of
         judged: list[Judgement[T]] = []
         for key, state in list(self._streams.items()):
             for index in sorted(state.waiting):
-                waiting = state.waiting[index]
-                waited = now - waiting.since
-                partition = waiting.arrival.partition
-                read = caught_up is None or partition is None or partition in caught_up
-                if waited >= (self.patience_s if read else self.ceiling_s):
+                if now - state.waiting[index].since >= self.patience_s:
                     judged.append(self._judge(state, index))
             if not state.waiting and now - state.last_seen >= self.idle_s:
                 del self._streams[key]
@@ -573,16 +560,13 @@ class ResultConfirmation:
         """A reading of the confirmers' clock (what :meth:`expire` takes)."""
         return self.confirmer.now()
 
-    def expire(
-        self, as_of: float | None = None, caught_up: frozenset[PartitionKey] | None = None
-    ) -> list[InferenceResult]:
+    def expire(self, as_of: float | None = None) -> list[InferenceResult]:
         """The results whose patience had run out by ``as_of`` (default: now; both
         confirmers count by the model confirmer's clock), decided on what had arrived
         (:meth:`Confirmer.expire`)."""
-        decided = self._settled("model", self.confirmer.expire(as_of, caught_up))
+        decided = self._settled("model", self.confirmer.expire(as_of))
         if self.forecaster is not None:
-            lane = self.forecaster.confirmer
-            decided += self._settled("forecaster", lane.expire(as_of, caught_up))
+            decided += self._settled("forecaster", self.forecaster.confirmer.expire(as_of))
         return decided
 
     def remember(self, result: InferenceResult) -> StreamKey | None:

@@ -375,18 +375,16 @@ class EventsHandler:
         partition, offset = position if position is not None else (None, None)
         return self.confirmation.offer(result, partition, offset)
 
-    def tick(self, caught_up: frozenset[tuple[str, int]] | None = None) -> None:
-        """After every poll (the stage's ``on_progress``): store and write the windows
-        whose patience ran out, counted up to that poll, and only for windows of the
-        partitions it had read to their end (``caught_up``; None: all of them). Time spent
-        handling a batch, or while a window's partition still held unread results, does
-        not run a window's patience out: its history may be in what is unread."""
+    def tick(self) -> None:
+        """After every poll: store and write the windows whose patience ran out, counted
+        up to that poll (the time spent handling its batch does not count: a history
+        window produced just after its flagged one may be in the next poll)."""
         if self.confirmation is None:
             return
         polled, self._polled = self._polled, None
         as_of = self.confirmation.now() if polled is None else polled
         decided = Decided([], [], [])
-        for item in self.confirmation.expire(as_of, caught_up):
+        for item in self.confirmation.expire(as_of):
             self._add(decided, item, None, None)
         self._store(decided._replace(origins=[]))  # no stage latency for a late decision
 

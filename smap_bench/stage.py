@@ -34,7 +34,6 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
-    KafkaException,
     Message,
     Producer,
     TopicPartition,
@@ -300,7 +299,6 @@ def run_kafka_stage(
     keep_topic: Callable[[str], bool] | None = None,
     batch_wait_s: float = 0.0,
     commit_every_s: float | None = None,
-    on_progress: Callable[[frozenset[tuple[str, int]]], None] | None = None,
 ) -> None:
     """Consume ``topics`` as group ``stage`` until stopped, at least once.
 
@@ -310,8 +308,7 @@ def run_kafka_stage(
     rather than losing it. With a :class:`StageProducer`, Kafka's refusals are looked at
     too: a transient one (broker away) stops the stage uncommitted, a permanent one (the
     message itself refused) is counted in ``metrics`` as lost and the stage goes on. ``on_tick``
-    runs after every poll, batch or not (timers, periodic flushes); ``on_progress`` too,
-    given the partitions read to their end (:func:`caught_up_partitions`).
+    runs after every poll, batch or not (timers, periodic flushes).
 
     Batches (:func:`next_batch`): a batch is handed on as soon as its first message is
     there, with whatever else has already been fetched (up to ``batch_size``), waiting
@@ -361,8 +358,6 @@ def run_kafka_stage(
                     log.warning("%s: consumer error: %s", stage, error)
             if good:
                 handle(good)
-            if on_progress is not None:
-                on_progress(caught_up_partitions(consumer))
             if on_tick is not None:
                 on_tick()
             if batch:
@@ -435,27 +430,6 @@ class Committer:
             self.consumer.commit(asynchronous=False)
         else:
             self.consumer.commit(offsets=offsets, asynchronous=False)
-
-
-def caught_up_partitions(consumer: Consumer) -> frozenset[tuple[str, int]]:
-    """The (topic, partition) pairs assigned to ``consumer`` that it has read to their
-    end: its position at or past the high watermark the last fetch reported. Local
-    state only, no broker round trip; a partition with no position yet (nothing read
-    since it was assigned) or no known watermark is not among them."""
-    try:
-        assignment = consumer.assignment()
-        positions = consumer.position(assignment) if assignment else []
-    except KafkaException:
-        return frozenset()
-    out = set()
-    for part in positions:
-        try:
-            _low, high = consumer.get_watermark_offsets(part, cached=True)
-        except KafkaException:
-            continue
-        if part.offset >= 0 and high >= 0 and part.offset >= high:
-            out.add((part.topic, part.partition))
-    return frozenset(out)
 
 
 def next_batch(

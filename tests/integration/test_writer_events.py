@@ -654,8 +654,7 @@ def test_a_flag_whose_history_window_never_comes_is_decided_once_patience_runs_o
 ) -> None:
     """Liveness, in the real stage: a history window dead-lettered upstream never reaches
     the events stage, and its flagged successor is judged on what came once its patience
-    (10 s) ran out with its partition read to its end (not at the 60 s ceiling), counted
-    as judged on an incomplete history."""
+    (10 s) ran out, counted as judged on an incomplete history."""
     s, sat, t0 = isolated.settings, isolated.satellite_id, isolated.t0
     rule = stream_rule_from_metadata("SMAP_E-1", read_metadata(s.model_repository, "E-1"))
     flagged_at, missing = 5, 3

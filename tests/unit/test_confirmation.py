@@ -178,7 +178,7 @@ def test_a_waiting_window_is_judged_once_its_patience_in_seconds_runs_out() -> N
     assert confirmer.waiting == 0
 
 
-def test_patience_runs_out_as_of_a_time_and_only_for_partitions_read_to_their_end() -> None:
+def test_patience_runs_out_as_of_a_time() -> None:
     now = [0.0]
     stats = regime_statistics()
     confirmer: Confirmer[int] = Confirmer(210, patience_s=10.0, clock=lambda: now[0])
@@ -187,8 +187,7 @@ def test_patience_runs_out_as_of_a_time_and_only_for_partitions_read_to_their_en
     now[0] = 30.0
     assert confirmer.expire(as_of=4.0) == []  # as of a time before it came: no wait at all
     assert confirmer.expire(as_of=14.0) == []
-    assert confirmer.expire(caught_up=frozenset({(TOPIC, 1)})) == []  # its partition unread
-    (judged,) = confirmer.expire(as_of=15.0, caught_up=frozenset({(TOPIC, 0)}))
+    (judged,) = confirmer.expire(as_of=15.0)
     assert (judged.item, judged.complete) == (120, False)
 
 

@@ -294,32 +294,3 @@ def test_patience_does_not_run_out_while_the_stage_is_busy_with_a_batch() -> Non
     assert victoria.alarms()[1:] == [(end_ms(10), 0), (end_ms(20), 1)]
     assert handler.confirmation is not None
     assert handler.confirmation.counts.incomplete == 0
-
-
-def test_patience_does_not_run_out_while_the_window_s_partition_is_unread() -> None:
-    now = [0.0]
-    store, victoria = MemoryStore(), MemoryVictoria()
-    handler = confirming_handler(store, victoria, clock=lambda: now[0])
-    handler.handle([normal(0, 0), flagged(2, 2.0, 1)])
-    now[0] = 11.0
-    handler.tick(frozenset({(TOPIC, 1)}))  # another partition read to its end, not its own
-    assert victoria.alarms() == [(end_ms(0), 0)]  # window 1 may be in what is unread
-    handler.handle([normal(3, 2)])  # 11 s: its partition read to its end, window 1 not there
-    assert victoria.alarms()[1:] == [(end_ms(30), 0)]  # window 2 still waits
-    handler.tick(frozenset({(TOPIC, 0)}))
-    assert victoria.alarms()[1:] == [(end_ms(30), 0), (end_ms(20), 1)]
-    assert handler.confirmation is not None
-    assert handler.confirmation.counts.incomplete == 1
-
-
-def test_a_window_waits_no_longer_than_the_ceiling_however_much_is_unread() -> None:
-    now = [0.0]
-    store, victoria = MemoryStore(), MemoryVictoria()
-    handler = confirming_handler(store, victoria, clock=lambda: now[0])
-    handler.handle([normal(0, 0), flagged(2, 2.0, 1)])
-    now[0] = 59.0
-    handler.tick(frozenset())  # never read to its end (the stage stays behind)
-    assert victoria.alarms() == [(end_ms(0), 0)]
-    now[0] = 60.0  # six times the patience
-    handler.tick(frozenset())
-    assert victoria.alarms() == [(end_ms(0), 0), (end_ms(20), 1)]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, TopicPartition
+from confluent_kafka import TopicPartition
 
-from smap_bench.stage import Committer, caught_up_partitions, next_batch
+from smap_bench.stage import Committer, next_batch
 
 
 class FakeConsumer:
@@ -80,30 +80,3 @@ def test_with_a_period_commits_are_asynchronous_spaced_and_the_last_one_waited_f
     assert [(o[0].offset, a) for o, a in consumer.commits] == [(5, True), (9, False)]  # type: ignore[index]
     committer.final()
     assert len(consumer.commits) == 2
-
-
-class _ReadConsumer:
-    """A consumer's local view: its assignment, positions and last-fetched watermarks."""
-
-    def __init__(self, positions: dict[int, int], highs: dict[int, int]) -> None:
-        self.positions, self.highs = positions, highs
-
-    def assignment(self) -> list[TopicPartition]:
-        return [TopicPartition("results", p) for p in self.positions]
-
-    def position(self, parts: list[TopicPartition]) -> list[TopicPartition]:
-        return [TopicPartition(p.topic, p.partition, self.positions[p.partition]) for p in parts]
-
-    def get_watermark_offsets(self, part: TopicPartition, cached: bool) -> tuple[int, int]:
-        assert cached  # local state only: no broker round trip per poll
-        return 0, self.highs[part.partition]
-
-
-def test_caught_up_partitions_are_those_read_to_the_last_fetched_high_watermark() -> None:
-    consumer = _ReadConsumer(
-        positions={0: 40, 1: 39, 2: OFFSET_INVALID, 3: 12},
-        highs={0: 40, 1: 40, 2: 7, 3: OFFSET_INVALID},
-    )
-    # 1: one result unread; 2: nothing read since assigned; 3: no watermark known yet
-    assert caught_up_partitions(consumer) == frozenset({("results", 0)})  # type: ignore[arg-type]
-    assert caught_up_partitions(_ReadConsumer({}, {})) == frozenset()  # type: ignore[arg-type]
