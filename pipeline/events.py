@@ -13,8 +13,10 @@ grid never disagree, and nothing is lost), and a redelivered window changes noth
 results go to the dead-letter topic.
 
 Under the confirmed decision rule (``SMAP_DECISION_RULE=confirmed``, served), a window
-that TranAD's score flags joins an event only when the stream rule confirms it against
-its stream's recent windows (:mod:`smap_bench.confirmation`): the stage keeps each
+that TranAD's score (or the forecaster) flags joins an event only when the stream rule
+confirms it against its stream's recent windows (:mod:`smap_bench.confirmation`), by the
+floor and threshold the result carries (the worker's, from the model's metadata: the
+stage reads no model repository and no data): the stage keeps each
 stream's recent window statistics, holds a flagged window until its history has
 arrived, and commits no offset past a window still waiting. On start it reads back the
 results before its committed offsets (history only, nothing written) so that the
@@ -40,7 +42,6 @@ from smap_bench.config import Settings, get_settings
 from smap_bench.confirmation import (
     Confirmer,
     ForecastLane,
-    RepositoryRules,
     ResultConfirmation,
     ResultRules,
 )
@@ -92,7 +93,7 @@ class ConfirmationMetrics:
         )
         yield CounterMetricFamily(
             "smap_events_unconfirmed",
-            "Flagged windows of models without a stream rule, kept as the worker decided",
+            "Flagged windows whose result carries no stream rule, kept as the worker decided",
             value=self.confirmation.unconfirmed,
         )
         yield GaugeMetricFamily(
@@ -108,7 +109,7 @@ def confirmation_for(settings: Settings) -> ResultConfirmation | None:
         return None
     config = StreamRuleConfig()
     return ResultConfirmation(
-        RepositoryRules(settings.model_repository, config),
+        ResultRules("model", config),
         settings.stride,
         Confirmer(config.history),
         forecast_lane(settings, config),
@@ -121,7 +122,7 @@ def forecast_lane(settings: Settings, config: StreamRuleConfig) -> ForecastLane 
     the stream rule's ``config`` (None: not served)."""
     if not settings.forecaster:
         return None
-    return ForecastLane(ResultRules(config), Confirmer(config.history))
+    return ForecastLane(ResultRules("forecaster", config), Confirmer(config.history))
 
 
 #: Results read back per partition at first; doubled, going further back, while some

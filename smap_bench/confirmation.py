@@ -43,6 +43,14 @@ is what that needs, as pure state (no I/O, no Kafka):
   that were all judged; the history they form is read back on start
   (:meth:`Confirmer.remember`), not kept uncommitted.
 
+- **Rules.** A flagged window is judged by the rule its result carries
+  (:class:`ResultRules`): the floor and static threshold the worker flagged it by, read
+  from the model's metadata when it scored the window. The events stage needs no model
+  repository, and a model retrained while the stack runs is confirmed by its new
+  threshold from the first window the worker scored with it, as it was flagged. A
+  result that carries no rule (a producer that does not send the floor) has its flag
+  stand as the worker decided, counted as unconfirmed.
+
 Only flagged windows are judged; the others are recorded (their statistic is history)
 and need nothing. A window may arrive without a statistic (NaN: the forecaster's series
 has none for a run's first windows): it has arrived, and is no part of any history, as
@@ -58,25 +66,22 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Generic, TypeVar
 
 import numpy as np
 
-from smap_bench.catalog import CatalogError, channel_of_model
-from smap_bench.model.repository import read_metadata
-from smap_bench.model.stream_rule import StreamRule, StreamRuleConfig, stream_rule_from_metadata
+from smap_bench.model.stream_rule import StreamRule, StreamRuleConfig
 from smap_bench.schema import InferenceResult
 
 __all__ = [
     "CONFIRMED_DETECTORS",
+    "RULE_FIELDS",
     "Arrival",
     "ConfirmationCounts",
     "Confirmer",
     "ForecastLane",
     "Judgement",
     "PartitionKey",
-    "RepositoryRules",
     "ResultConfirmation",
     "ResultRules",
     "StreamKey",
@@ -402,44 +407,37 @@ class Confirmer(Generic[T]):
 # --------------------------------------------------------------------------------------
 
 
-class RepositoryRules:
-    """Each model's stream rule from its metadata.json in the model repository, read once
-    (None, with one warning, for a model without usable metadata: its windows keep the
-    worker's decision)."""
-
-    def __init__(self, repository: Path, config: StreamRuleConfig | None = None) -> None:
-        self.repository = repository
-        self.config = config or StreamRuleConfig()
-        self._rules: dict[str, StreamRule | None] = {}
-
-    def __call__(self, model_name: str) -> StreamRule | None:
-        if model_name not in self._rules:
-            try:
-                channel = channel_of_model(model_name)
-                metadata = read_metadata(self.repository, channel)
-                self._rules[model_name] = stream_rule_from_metadata(
-                    model_name, metadata, self.config
-                )
-            except (CatalogError, FileNotFoundError, ValueError) as error:
-                log.warning("confirmation: %s is not confirmed (%s)", model_name, error)
-                self._rules[model_name] = None
-        return self._rules[model_name]
+#: Per confirmed detector, the result fields that carry the rule the worker flagged a
+#: window by: (floor, static threshold).
+RULE_FIELDS: dict[str, tuple[str, str]] = {
+    "model": ("threshold_floor", "threshold"),
+    "forecaster": ("forecast_floor", "forecast_threshold"),
+}
 
 
 class ResultRules:
-    """The forecaster's stream rule of a result, from the rule the worker judged it by
-    (``forecast_floor`` and ``forecast_threshold``), so the events stage confirms by the
-    floor and threshold the workers flag by without fitting a forecaster itself (None: a
-    result that does not carry them, whose flag then stands as the worker decided). One
-    rule per model and pair, built once (the last ``keep`` pairs kept)."""
+    """The stream rule of a result for one detector (``model``: TranAD's score,
+    ``forecaster``: the forecaster's statistic), built from the rule the worker flagged
+    it by (:data:`RULE_FIELDS`: ``threshold_floor`` and ``threshold``, or
+    ``forecast_floor`` and ``forecast_threshold``). The events stage so confirms by the
+    floor and threshold the workers flag by, the ones of a model retrained meanwhile
+    included, without a model repository or a forecaster of its own (None: a result that
+    does not carry them, whose flag then stands as the worker decided). One rule per
+    model and pair, built once (the last ``keep`` pairs kept)."""
 
-    def __init__(self, config: StreamRuleConfig | None = None, keep: int = 4096) -> None:
+    def __init__(
+        self, detector: str, config: StreamRuleConfig | None = None, keep: int = 4096
+    ) -> None:
+        if detector not in RULE_FIELDS:
+            raise ValueError(f"no rule fields for detector {detector!r}: {sorted(RULE_FIELDS)}")
+        self.detector = detector
         self.config = config or StreamRuleConfig()
         self.keep = keep
+        self._fields = RULE_FIELDS[detector]
         self._rules: dict[tuple[str, float, float], StreamRule] = {}
 
     def __call__(self, result: InferenceResult) -> StreamRule | None:
-        floor, static = result.forecast_floor, result.forecast_threshold
+        floor, static = (getattr(result, name) for name in self._fields)
         if floor is None or static is None:
             return None
         key = (result.model_name, float(floor), float(static))
@@ -486,11 +484,12 @@ class ResultConfirmation:
     only when confirmed on the forecaster's, each by its own stream rule; a window flagged
     by both is decided once both are judged (``is_anomaly`` follows). Results it cannot
     place (no loop or record index) pass through as the worker decided them, and so does
-    a flag of a model without a rule (``unconfirmed``)."""
+    a flag whose result carries no rule (``unconfirmed``; ``rules`` gives a result's
+    rule, :class:`ResultRules` served)."""
 
     def __init__(
         self,
-        rules: Callable[[str], StreamRule | None],
+        rules: Callable[[InferenceResult], StreamRule | None],
         stride: int,
         confirmer: Confirmer[_Pending],
         forecaster: ForecastLane | None = None,
@@ -600,7 +599,7 @@ class ResultConfirmation:
         offset: int | None,
     ) -> Arrival[_Pending] | None:
         """What the detector ``name``'s confirmer is given of the pending result (None: no
-        forecaster lane). A flag that cannot be confirmed (no rule for the model, or a
+        forecaster lane). A flag that cannot be confirmed (no rule in the result, or a
         forecaster flag without a statistic) stands as the worker decided (counted by
         ``unconfirmed``), its window recorded unflagged."""
         result = pending.result
@@ -609,7 +608,7 @@ class ResultConfirmation:
         if name == "model":
             statistic = result.mean_anomaly_score
             if flagged:
-                rule = self.rules(result.model_name)
+                rule = self.rules(result)
         elif self.forecaster is None:
             return None
         else:

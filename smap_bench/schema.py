@@ -276,6 +276,10 @@ class InferenceResult(Message):
     status: str
     job_id: str = Field(min_length=1)
     threshold: FiniteFloat | None = None
+    #: the floor of TranAD's stream rule (POT's initial threshold of its training window
+    #: statistics): with ``threshold``, the rule the events stage confirms a model flag by
+    #: (None: the worker's model metadata has none, so its flags stand unconfirmed)
+    threshold_floor: FiniteFloat | None = None
     #: the context detector's distance and threshold (None: the window was not judged)
     context_distance: FiniteFloat | None = None
     context_threshold: FiniteFloat | None = None
@@ -313,6 +317,8 @@ class InferenceResult(Message):
             raise ValueError(
                 f"detected_by {self.detected_by} does not fit is_anomaly {self.is_anomaly}"
             )
+        if self.threshold_floor is not None and self.threshold is None:
+            raise ValueError("threshold_floor needs the threshold it goes with")
         if self.forecast_floor is not None and self.forecast_threshold is None:
             raise ValueError("forecast_floor needs the forecast_threshold it goes with")
         return self

@@ -89,6 +89,7 @@ __all__ = [
     "Forecasters",
     "MetadataThresholds",
     "Rejected",
+    "ScoreThreshold",
     "TrainFitted",
     "batch_feature_errors",
     "feature_errors",
@@ -97,6 +98,7 @@ __all__ = [
     "responsible_rows",
     "score_concurrently",
     "score_tasks",
+    "score_threshold_from_metadata",
     "threshold_from_metadata",
     "undelivered_tasks",
     "warm_up",
@@ -189,26 +191,48 @@ def threshold_from_metadata(model_name: str, metadata: dict[str, Any]) -> float:
     return float(value)
 
 
-def load_threshold(repository: Path, model_name: str) -> float:
-    """The threshold of ``model_name`` from ``<repository>/onnx/<model>/metadata.json``."""
+@dataclass(frozen=True, slots=True)
+class ScoreThreshold:
+    """What a model's windows are judged by: its threshold on the window statistic and
+    the floor of its stream rule (POT's initial threshold of its training statistics,
+    ``threshold_parameters.pot_initial``; None: metadata without one). The result carries
+    both, so the events stage confirms a flag by the rule the worker flagged it by."""
+
+    value: float
+    floor: float | None = None
+
+
+def score_threshold_from_metadata(model_name: str, metadata: dict[str, Any]) -> ScoreThreshold:
+    """A model's :class:`ScoreThreshold` from its metadata.json (``ValueError`` without a
+    finite threshold; a floor that is missing or not finite is None)."""
+    value = threshold_from_metadata(model_name, metadata)
+    floor = (metadata.get("threshold_parameters") or {}).get("pot_initial")
+    if isinstance(floor, bool) or not isinstance(floor, int | float) or not np.isfinite(floor):
+        return ScoreThreshold(value)
+    return ScoreThreshold(value, float(floor))
+
+
+def load_threshold(repository: Path, model_name: str) -> ScoreThreshold:
+    """The threshold (and floor) of ``model_name`` from
+    ``<repository>/onnx/<model>/metadata.json``."""
     model_dir = onnx_models_dir(repository) / model_name
     if not (model_dir / "metadata.json").is_file():
         raise ValueError(f"{model_name}: no metadata.json in {model_dir}")
-    return threshold_from_metadata(model_name, read_metadata(model_dir))
+    return score_threshold_from_metadata(model_name, read_metadata(model_dir))
 
 
 class MetadataThresholds:
     """Thresholds read from the repository, cached per model until its metadata changes.
 
-    One ``stat`` per model and call: a retrained model's new threshold is used without
-    restarting the worker.
+    One ``stat`` per model and call: a retrained model's new threshold (and floor) is used
+    without restarting the worker, and the results say which one judged them.
     """
 
     def __init__(self, repository: Path) -> None:
         self.repository = Path(repository)
-        self._cache: dict[str, tuple[int, float]] = {}
+        self._cache: dict[str, tuple[int, ScoreThreshold]] = {}
 
-    def __call__(self, model_name: str) -> float:
+    def __call__(self, model_name: str) -> ScoreThreshold:
         path = onnx_models_dir(self.repository) / model_name / "metadata.json"
         try:
             mtime = path.stat().st_mtime_ns
@@ -422,7 +446,7 @@ def parse_tasks(payload: Any) -> tuple[list[InferenceTask], list[Rejected]]:
 def score_tasks(
     tasks: Sequence[InferenceTask],
     backend: InferenceBackend,
-    thresholds: Callable[[str], float],
+    thresholds: Callable[[str], ScoreThreshold],
     *,
     stride: int,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -470,7 +494,7 @@ class _Judges:
 def _score_group(
     model: str,
     group: list[InferenceTask],
-    threshold: float,
+    threshold: ScoreThreshold,
     backend: InferenceBackend,
     stride: int,
     now: Callable[[], datetime],
@@ -497,7 +521,7 @@ def _score_group(
     scores = np.asarray(output.score, dtype=np.float64)
     reconstruction = np.asarray(output.reconstruction, dtype=np.float64)
     finite = np.isfinite(scores).all(axis=1) & np.isfinite(reconstruction).all(axis=(1, 2))
-    flags = windows_anomalous(np.where(finite[:, None], scores, 0.0), threshold)
+    flags = windows_anomalous(np.where(finite[:, None], scores, 0.0), threshold.value)
     detector = judges.context
     judgements = _context_judgements(model, group, detector)
     context_threshold = None if detector is None else _finite_or_none(detector.threshold)
@@ -551,7 +575,8 @@ def _score_group(
                 service=SERVICE,
                 status="success",
                 job_id=task.job_id,
-                threshold=threshold,
+                threshold=threshold.value,
+                threshold_floor=threshold.floor,
                 context_distance=judged.distance,
                 context_threshold=None if judged.distance is None else context_threshold,
                 context_hold=judged.hold,
@@ -699,7 +724,7 @@ def warm_up(
 def score_concurrently(
     tasks: list[InferenceTask],
     backend: InferenceBackend,
-    thresholds: Callable[[str], float],
+    thresholds: Callable[[str], ScoreThreshold],
     stride: int,
     pool: Executor,
     contexts: Callable[[str], ContextDetector | None] | None = None,

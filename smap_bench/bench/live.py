@@ -120,13 +120,15 @@ CONFIRMATION_COUNTERS = {
     "judged": "smap_events_confirmation_windows",
     "incomplete": "smap_events_confirmation_incomplete",
     "late": "smap_events_confirmation_late_history",
+    "unconfirmed": "smap_events_unconfirmed",
 }
 
 
 def pipeline_counters(settings: Settings) -> dict[str, dict[str, float]]:
     """Counters of the scheduler, of every worker (summed as ``worker``), of the events
-    stage and of its confirmation (``confirmation``: flagged windows judged, and judged on
-    an incomplete history)."""
+    stage and of its confirmation (``confirmation``: flagged windows judged, judged on an
+    incomplete history, history windows late, and flags left as the worker decided for
+    want of a rule in their result)."""
     out = {
         "scheduler": stage_counters(settings, "scheduler", STAGE_METRICS_PORTS["scheduler"]),
     }
@@ -460,9 +462,10 @@ class LabeledReplay:
                 "event": verdicts["event"],
                 "per_channel": verdicts["per_channel"],
             },
-            # flagged windows the events stage judged during the run, and how many of
-            # them before their whole history had arrived (patience ran out); None when
-            # the stage restarted meanwhile (its counters began again from 0)
+            # flagged windows the events stage judged during the run, how many of them
+            # before their whole history had arrived (patience ran out), late history
+            # windows, and flags whose result carried no rule; None when the stage
+            # restarted meanwhile (its counters began again from 0)
             "confirmation": {
                 key: _counted_delta(after, before, "confirmation", key)
                 for key in CONFIRMATION_COUNTERS

@@ -118,6 +118,8 @@ def summary_table(result: dict[str, Any]) -> Table:
                 f"{_known(judged)} ({_known(incomplete)}, {_known(late)})",
             )
         )
+        unconfirmed = _known(confirmation.get("unconfirmed"))
+        rows.append(("flags without a rule in their result", unconfirmed))
     shown = result.get("dashboard_alarms") or {}
     if shown.get("event"):
         alarms = shown["event"]

@@ -87,6 +87,8 @@ def test_live_and_offline_scores_agree(live_pipeline: Settings, replay: dict) ->
     # every flagged window was judged on its whole history (none waited out its patience)
     assert replay["confirmation"]["judged"] > 0
     assert replay["confirmation"]["incomplete"] == 0
+    # every flag was judged by the rule its result carried (the workers send the floor)
+    assert replay["confirmation"]["unconfirmed"] == 0
     assert counts(replay["dashboard_alarms"]) == counts(served)
 
 

@@ -299,7 +299,8 @@ def test_writer_and_events_round_trip(isolated: Isolated) -> None:
         assert first_event["top_features"][0]["mse"] == pytest.approx(0.9)
         assert all(r["history"] == ["open"] for r in store_rows)
         # The events stage writes its decision on every window it decided, normal ones too,
-        # on the worker's series labels and timestamps: every window here was confirmed.
+        # on the worker's series labels and timestamps: every flag here stands (these results
+        # carry no floor, so no stream rule: counted unconfirmed).
         alarm_match = f'anomaly_alarm{{satellite_id="{sat}"}}'
         with VictoriaMetrics(s.victoria_url) as victoria:
             alarms = wait_for(
@@ -596,6 +597,8 @@ def test_events_confirm_flagged_windows_in_order_across_a_restart(isolated: Isol
             anomalous=flagged,
             scores=[stats[i]] * 30,
             detected_by=["model"] if flagged else [],
+            threshold=rule.static,
+            threshold_floor=rule.floor,  # the rule the worker flagged by, carried
         )
         return sat, encode(body)
 
@@ -669,6 +672,8 @@ def test_a_flag_whose_history_window_never_comes_is_decided_once_patience_runs_o
             anomalous=flagged,
             scores=[statistic] * 30,
             detected_by=["model"] if flagged else [],
+            threshold=rule.static,
+            threshold_floor=rule.floor,
         )
         return sat, encode(body)
 

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from smap_bench.anomaly_events import InMemoryEvents, span_of
 from smap_bench.confirmation import (
     Arrival,
     Confirmer,
     Judgement,
-    RepositoryRules,
     ResultConfirmation,
+    ResultRules,
     judged_result,
 )
 from smap_bench.event_store import EventsHandler
 from smap_bench.model.stream_rule import StreamRule, StreamRuleConfig, confirmed_flags
-from smap_bench.schema import encode
+from smap_bench.schema import InferenceResult, encode
 from smap_bench.stage import StageMetrics
 from tests.unit.result_samples import FakeDeadLetter, FakeMessage, result
 from tests.unit.test_event_store import MemoryStore
@@ -301,7 +300,7 @@ def flat_scores(value: float) -> list[float]:
 
 
 def test_results_keep_only_the_detectors_that_stand() -> None:
-    confirmation = ResultConfirmation(lambda name: RULE, 10, Confirmer(210))
+    confirmation = ResultConfirmation(lambda _: RULE, 10, Confirmer(210))
     stats = regime_statistics()
     out = []
     for index in range(301):  # window 300 starts the raised regime: confirmed
@@ -331,7 +330,7 @@ def test_results_keep_only_the_detectors_that_stand() -> None:
 
 
 def test_results_of_models_without_a_rule_and_without_a_position_pass_through() -> None:
-    confirmation = ResultConfirmation(lambda name: None, 10, Confirmer(210))
+    confirmation = ResultConfirmation(lambda _: None, 10, Confirmer(210))
     flagged = result(0, anomalous=True, detected_by=["model"])
     assert confirmation.offer(flagged, None, None) == [flagged]
     assert confirmation.unconfirmed == 1
@@ -340,29 +339,60 @@ def test_results_of_models_without_a_rule_and_without_a_position_pass_through() 
 
 
 def test_a_producer_that_does_not_say_what_flagged_is_judged_as_the_model() -> None:
-    confirmation = ResultConfirmation(lambda name: RULE, 10, Confirmer(210))
+    confirmation = ResultConfirmation(lambda _: RULE, 10, Confirmer(210))
     (decided,) = confirmation.offer(result(0, anomalous=True, scores=flat_scores(2.0)), None, None)
     assert decided.detected_by == ["model"]  # window 0: the static rule decides
     judged = judged_result(Judgement(result(0, anomalous=True), confirmed=False, complete=True))
     assert judged.detected_by == [] and not judged.is_anomaly
 
 
-def test_repository_rules_come_from_metadata_and_a_missing_model_has_none(tmp_path: Path) -> None:
-    folder = tmp_path / "onnx" / "SMAP_E-1"
-    folder.mkdir(parents=True)
-    metadata = {"threshold": 1.5, "threshold_parameters": {"pot_initial": 1.2}}
-    (folder / "metadata.json").write_text(json.dumps(metadata))
-    rules = RepositoryRules(tmp_path, StreamRuleConfig())
-    rule = rules("SMAP_E-1")
+def test_the_served_rules_are_the_ones_each_result_carries() -> None:
+    """TranAD's rule from the result's ``threshold_floor`` and ``threshold``: built once
+    per model and pair, a retrained model's new pair a new rule, a result without a floor
+    none (its flag stands, counted)."""
+    rules = ResultRules("model", StreamRuleConfig())
+    carried = result(0, anomalous=True, threshold=1.5, threshold_floor=1.2)
+    rule = rules(carried)
     assert rule is not None and (rule.static, rule.floor) == (1.5, 1.2)
-    assert rules("SMAP_E-2") is None
-    assert rules("not-a-model") is None
+    assert rules(result(10, threshold=1.5, threshold_floor=1.2)) is rule
+    retrained = rules(result(20, threshold=1.8, threshold_floor=1.2))
+    assert retrained is not None and retrained is not rule and retrained.static == 1.8
+    assert rules(result(0, model_name="SMAP_E-2", threshold=1.5, threshold_floor=1.2)) is not rule
+    assert rules(result(0, threshold=1.5)) is None
+    # the forecaster's fields are another detector's: not TranAD's rule
+    assert ResultRules("forecaster")(carried) is None
+    with pytest.raises(ValueError, match="no rule fields for detector 'context'"):
+        ResultRules("context")
+    confirmation = ResultConfirmation(rules, 10, Confirmer(210))
+    bare = result(0, anomalous=True, detected_by=["model"], threshold=1.5)
+    assert confirmation.offer(bare, None, None) == [bare]
+    assert confirmation.unconfirmed == 1
+    # judged by the carried threshold (under min_history the static one decides): 1.6
+    # stands against 1.5, not against 1.8
+    for start, threshold, kept in ((10, 1.5, True), (20, 1.8, False)):
+        flagged = result(
+            start,
+            anomalous=True,
+            detected_by=["model"],
+            scores=flat_scores(1.6),
+            threshold=threshold,
+            threshold_floor=1.2,
+        )
+        (judged,) = confirmation.offer(flagged, None, None)
+        assert judged.is_anomaly is kept
+
+
+def test_a_threshold_floor_without_its_threshold_is_refused() -> None:
+    body = result(0, threshold=1.5, threshold_floor=1.2).model_dump(mode="json")
+    body["threshold"] = None
+    with pytest.raises(ValidationError, match="threshold_floor"):
+        InferenceResult.model_validate(body)
 
 
 def test_the_events_handler_stores_only_confirmed_windows_and_commits_behind_waiting() -> None:
     store = MemoryStore()
     metrics = StageMetrics("events")
-    confirmation = ResultConfirmation(lambda name: RULE, 10, Confirmer(210))
+    confirmation = ResultConfirmation(lambda _: RULE, 10, Confirmer(210))
     handler = EventsHandler(
         store.apply,
         metrics,

@@ -19,7 +19,7 @@ from smap_bench.model.repository import read_metadata
 from smap_bench.model.runner import _context_record_flags
 from smap_bench.scheduling import Position, WindowScheduler
 from smap_bench.schema import InferenceTask, deterministic_job_id
-from smap_bench.scoring import ContextDetectors, MetadataThresholds, score_tasks
+from smap_bench.scoring import ContextDetectors, MetadataThresholds, ScoreThreshold, score_tasks
 from smap_bench.windows import WindowBuffer, record_flags_from_windows, window_starts
 
 from .test_scheduling import TOPIC, features, record
@@ -271,8 +271,8 @@ class _ModelNeverFlags:
     """The served threshold for every model: out of the model's reach, so a window's
     decision is the context's alone."""
 
-    def __call__(self, model_name: str) -> float:
-        return 1e9
+    def __call__(self, model_name: str) -> ScoreThreshold:
+        return ScoreThreshold(1e9)
 
 
 @pytest.mark.parametrize("channel", ["T-1", "P-1"])

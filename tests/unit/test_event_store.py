@@ -246,7 +246,7 @@ def confirming_handler(
 ) -> EventsHandler:
     # history of 3 windows (under min_history): a flagged window is kept when above 1.5
     confirmation = ResultConfirmation(
-        lambda name: StreamRule(floor=1.2, static=1.5), 10, Confirmer(3, clock=clock)
+        lambda _: StreamRule(floor=1.2, static=1.5), 10, Confirmer(3, clock=clock)
     )
     handler, _ = make_handler(store, write=victoria.write, confirmation=confirmation)
     return handler

@@ -27,7 +27,7 @@ from smap_bench.model.runner import _forecaster_record_flags
 from smap_bench.model.stream_rule import StreamRule, confirmed_flags
 from smap_bench.scheduling import Position, WindowScheduler
 from smap_bench.schema import InferenceResult, InferenceTask, deterministic_job_id
-from smap_bench.scoring import Forecasters, score_tasks
+from smap_bench.scoring import Forecasters, ScoreThreshold, score_tasks
 from smap_bench.windows import (
     WindowBuffer,
     command_masks,
@@ -185,8 +185,8 @@ def _tasks(split: np.ndarray, forecast: int, channel: str = CHANNEL) -> list[Inf
 class _ModelNeverFlags:
     """A threshold out of the model's reach: a window's flags are the forecaster's alone."""
 
-    def __call__(self, model_name: str) -> float:
-        return 1e9
+    def __call__(self, model_name: str) -> ScoreThreshold:
+        return ScoreThreshold(1e9)
 
 
 def test_forecasters_fit_as_the_offline_evaluation_and_the_worker_flags_by_them(
@@ -221,7 +221,7 @@ def test_forecasters_fit_as_the_offline_evaluation_and_the_worker_flags_by_them(
 
 
 def _lane(rule: StreamRule | None = RULE, history: int = 210) -> ForecastLane:
-    return ForecastLane(lambda result: rule, Confirmer(history))
+    return ForecastLane(lambda _: rule, Confirmer(history))
 
 
 def _forecast(index: int, statistic: float | None, model: float = 1.0, **kw) -> InferenceResult:
@@ -249,7 +249,7 @@ def test_the_forecasters_flags_are_confirmed_on_its_own_statistics_in_any_order(
     mid-run): the windows without a forecast arrive too, so none waits out its patience."""
     stats = regime_statistics()
     first = FIRST_FORECAST
-    confirmation = ResultConfirmation(lambda name: RULE, 10, Confirmer(210), _lane())
+    confirmation = ResultConfirmation(lambda _: RULE, 10, Confirmer(210), _lane())
     order = list(range(600))
     rng = random.Random(3)
     for block in range(0, 600, 40):  # results overtake each other within 40 windows
@@ -273,7 +273,7 @@ def test_the_forecasters_flags_are_confirmed_on_its_own_statistics_in_any_order(
 
 def test_a_window_flagged_by_both_is_decided_once_both_are_judged() -> None:
     # histories of 3 windows (under min_history): a flag is kept when above its static
-    confirmation = ResultConfirmation(lambda name: RULE, 10, Confirmer(3), _lane(history=3))
+    confirmation = ResultConfirmation(lambda _: RULE, 10, Confirmer(3), _lane(history=3))
     for i in range(2):
         confirmation.offer(_forecast(i, 1.0), None, None)
     both = _forecast(3, 2.0, model=2.0)
@@ -285,7 +285,7 @@ def test_a_window_flagged_by_both_is_decided_once_both_are_judged() -> None:
     assert confirmation.waiting == 0
     # the forecaster's flag dropped by its own rule (a higher static): the model's stands
     dropped = ResultConfirmation(
-        lambda name: RULE,
+        lambda _: RULE,
         10,
         Confirmer(3),
         _lane(StreamRule(floor=1.2, static=3.0), history=3),
@@ -299,14 +299,14 @@ def test_a_window_flagged_by_both_is_decided_once_both_are_judged() -> None:
 
 
 def test_a_forecaster_flag_without_a_rule_stands_and_is_counted() -> None:
-    confirmation = ResultConfirmation(lambda name: RULE, 10, Confirmer(210), _lane(None))
+    confirmation = ResultConfirmation(lambda _: RULE, 10, Confirmer(210), _lane(None))
     flagged = _forecast(30, 2.0)
     assert confirmation.offer(flagged, None, None) == [flagged]
     assert confirmation.unconfirmed == 1
 
 
 def test_the_served_lane_confirms_by_the_rule_each_result_carries() -> None:
-    rules = ResultRules()
+    rules = ResultRules("forecaster")
     flagged = _forecast(30, 2.0)
     rule = rules(flagged)
     assert rule is not None and (rule.floor, rule.static) == (RULE.floor, RULE.static)
@@ -315,7 +315,7 @@ def test_the_served_lane_confirms_by_the_rule_each_result_carries() -> None:
     assert other is not None and other is not rule and other.floor == 0.5
     # a result that does not carry the rule (an older worker): its flag stands, counted
     confirmation = ResultConfirmation(
-        lambda name: RULE, 10, Confirmer(210), ForecastLane(rules, Confirmer(210))
+        lambda _: RULE, 10, Confirmer(210), ForecastLane(rules, Confirmer(210))
     )
     bare = _forecast(30, 2.0, forecast_floor=None)
     assert confirmation.offer(bare, None, None) == [bare]
@@ -330,7 +330,7 @@ def test_a_forecast_floor_without_its_threshold_is_refused() -> None:
 
 
 def test_read_back_fills_the_forecasters_history_too() -> None:
-    confirmation = ResultConfirmation(lambda name: RULE, 10, Confirmer(210), _lane())
+    confirmation = ResultConfirmation(lambda _: RULE, 10, Confirmer(210), _lane())
     stream = ("sat1", "EPS", 0)
     for index in range(30, 40):
         confirmation.remember(_forecast(index, 1.0))
@@ -365,7 +365,7 @@ def test_served_forecaster_decisions_equal_the_offline_evaluations_on_a_real_cha
 
     # the events stage's lane as served: each result's own rule, no forecaster fitted
     confirmation = ResultConfirmation(
-        lambda name: None, 10, Confirmer(210), ForecastLane(ResultRules(), Confirmer(210))
+        lambda _: None, 10, Confirmer(210), ForecastLane(ResultRules("forecaster"), Confirmer(210))
     )
     results = list(outcome.results)
     rng = random.Random(7)

@@ -24,12 +24,14 @@ from smap_bench.scheduling import encode_tasks
 from smap_bench.schema import InferenceResult, InferenceTask, deterministic_job_id
 from smap_bench.scoring import (
     MetadataThresholds,
+    ScoreThreshold,
     batch_feature_errors,
     feature_errors,
     load_threshold,
     parse_tasks,
     responsible_rows,
     score_tasks,
+    score_threshold_from_metadata,
     threshold_from_metadata,
     window_is_anomalous,
     windows_anomalous,
@@ -52,9 +54,13 @@ def repository(tmp_path: Path) -> Path:
 
 
 def set_threshold(repository: Path, model: str, value: Any) -> None:
+    set_metadata(repository, model, threshold=value)
+
+
+def set_metadata(repository: Path, model: str, **fields: Any) -> None:
     path = repository / "onnx" / model / "metadata.json"
     metadata = json.loads(path.read_text())
-    metadata["threshold"] = value
+    metadata.update(fields)
     path.write_text(json.dumps(metadata))
     stat = path.stat()  # make the change visible to an mtime cache within one tick
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
@@ -144,11 +150,30 @@ def test_threshold_from_metadata_forms_and_errors() -> None:
             threshold_from_metadata("M", bad)
 
 
+def test_the_floor_beside_the_threshold_is_none_when_metadata_has_no_usable_one() -> None:
+    with_floor = {"threshold": 0.25, "threshold_parameters": {"pot_initial": 0.2}}
+    assert score_threshold_from_metadata("M", with_floor) == ScoreThreshold(0.25, 0.2)
+    for parameters in (
+        None,
+        {},
+        {"pot_initial": None},
+        {"pot_initial": True},
+        {"pot_initial": float("nan")},
+        {"pot_initial": "0.2"},
+    ):
+        metadata = {"threshold": 0.25, "threshold_parameters": parameters}
+        assert score_threshold_from_metadata("M", metadata) == ScoreThreshold(0.25, None)
+    with pytest.raises(ValueError, match="no finite threshold"):
+        score_threshold_from_metadata("M", {"threshold_parameters": {"pot_initial": 0.2}})
+
+
 def test_thresholds_are_read_cached_and_refreshed(repository: Path) -> None:
     thresholds = MetadataThresholds(repository)
-    assert thresholds("SMAP_T-1") == load_threshold(repository, "SMAP_T-1") == 0.5
+    assert thresholds("SMAP_T-1") == load_threshold(repository, "SMAP_T-1") == ScoreThreshold(0.5)
     set_threshold(repository, "SMAP_T-1", {"value": 0.75})
-    assert thresholds("SMAP_T-1") == 0.75
+    assert thresholds("SMAP_T-1") == ScoreThreshold(0.75)
+    set_metadata(repository, "SMAP_T-1", threshold_parameters={"pot_initial": 0.6})
+    assert thresholds("SMAP_T-1") == ScoreThreshold(0.75, floor=0.6)  # the stream rule's floor
     with pytest.raises(ValueError, match=r"SMAP_T-9: no metadata\.json"):
         thresholds("SMAP_T-9")
 
@@ -162,7 +187,12 @@ def test_score_tasks_gives_one_full_result_per_window(repository: Path) -> None:
     direct = backend.infer("SMAP_T-1", np.stack([t.input_array() for t in tasks[:4]]))
     stats = window_statistic(direct.score)
     threshold = float(np.median(stats))  # two windows above, two not
-    set_threshold(repository, "SMAP_T-1", threshold)
+    set_metadata(
+        repository,
+        "SMAP_T-1",
+        threshold=threshold,
+        threshold_parameters={"pot_initial": threshold / 2},
+    )
 
     outcome = score_tasks(tasks, backend, MetadataThresholds(repository), stride=10)
     assert outcome.rejected == [] and outcome.deferred == []
@@ -178,6 +208,7 @@ def test_score_tasks_gives_one_full_result_per_window(repository: Path) -> None:
         assert result.mean_anomaly_score == pytest.approx(float(direct.score[i].mean()))
         assert result.max_anomaly_score == pytest.approx(float(direct.score[i].max()))
         assert result.threshold == threshold and result.window_size == 30
+        assert result.threshold_floor == threshold / 2  # the rule the events stage confirms by
         assert (result.loop, result.record_index_start, result.channel) == (
             1,
             task.record_index_start,
@@ -193,6 +224,7 @@ def test_score_tasks_gives_one_full_result_per_window(repository: Path) -> None:
         expected = ((task.input_array()[rows] - direct.reconstruction[i][rows]) ** 2).mean(axis=0)
         np.testing.assert_allclose(result.feature_errors, expected, rtol=1e-5, atol=1e-9)
     assert outcome.results[4].model_name == "SMAP_T-2" and outcome.results[4].threshold == 0.5
+    assert outcome.results[4].threshold_floor is None  # its metadata has no floor
 
 
 def test_bad_tasks_are_rejected_with_reasons(repository: Path) -> None:
