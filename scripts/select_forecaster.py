@@ -61,11 +61,24 @@ before the stream. The criterion, declared before the first run: the [all] rows'
 ``stream`` and ``stream-seeded`` judge the forecaster by the stream rule alone
 (telemanom's way: the floor, no static threshold beside it) on the same cold streams,
 under the same criterion.
+
+``--level-margin 0.25 0.5 1`` judges the context detector's level check
+(:class:`~smap_bench.model.context.LevelBounds`: a window is anomalous when the level or
+the spread of its context, the mean and standard deviation of the value over the 100
+records up to its last, lies outside the range the train contexts clear of the judged
+half span, widened by the margin times that range's width) beside the served detector,
+alone and or'ed with the linear forecaster. Declared before the first run (session 15):
+the criterion is the ``served, level M OR forecaster L=250 ridge=10 ewma=10 [all]`` rows'
+``f1_at_2880`` against ``served OR forecaster L=250 ridge=10 ewma=10 [all]``, mean over
+injection seeds 0-2 (seed-0 models); the best margin is adopted only when it beats the
+served row's mean, and a tie keeps the served detector. Whatever this gives, the test
+splits are then scored once with the best margin and reported, not used to choose.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import json
@@ -140,10 +153,14 @@ def load_train(data_dir: Path, channel: str) -> np.ndarray:
 
 
 def served_material(
-    repository: Path, seed: int, kinds: tuple[str, ...] = selection.KINDS
+    repository: Path,
+    seed: int,
+    kinds: tuple[str, ...] = selection.KINDS,
+    contexts: tuple[ContextConfig, ...] = (SERVED_CONTEXT,),
 ) -> Served:
-    """Score every channel's train split with its served model and the served context,
-    with one injected copy per kind of ``kinds`` per fold."""
+    """Score every channel's train split with its served model and the context
+    detector under each of ``contexts`` (the served one first), with one injected copy
+    per kind of ``kinds`` per fold."""
     source = data_source(get_settings().data_dir)
     if source.path is None:
         raise RuntimeError("no SMAP data directory: the selection needs the train splits")
@@ -176,7 +193,7 @@ def served_material(
                     train_stride=config.train_stride,
                     validation_fraction=config.validation_fraction,
                     kinds=kinds,
-                    contexts=[SERVED_CONTEXT],
+                    contexts=list(contexts),
                 )
             )
         except ValueError as exc:
@@ -471,9 +488,11 @@ def judge(
     use_served: bool,
     event_gap: int,
     kinds: tuple[str, ...] = selection.KINDS,
+    context: ContextConfig = SERVED_CONTEXT,
 ) -> dict[str, Any]:
-    """Pooled held-out counts of the served rule, the forecaster, or both or'ed, over
-    the injected copies of ``kinds`` (and every clean half)."""
+    """Pooled held-out counts of the served rule (TranAD's threshold or'ed with the
+    context detector under ``context``), the forecaster, or both or'ed, over the
+    injected copies of ``kinds`` (and every clean half)."""
     statistic = selection.STATISTICS["mean"]
     detected = injected = fps = records = 0
     by_kind: dict[str, int] = {}
@@ -491,9 +510,7 @@ def judge(
             for j, item in enumerate(items):
                 window_flags = np.zeros(len(item.starts), dtype=bool)
                 if use_served:
-                    window_flags = (statistic(item.scores) > value) | item.context_flags[
-                        SERVED_CONTEXT
-                    ]
+                    window_flags = (statistic(item.scores) > value) | item.context_flags[context]
                 if extra is not None:
                     window_flags = window_flags | extra[j]
                 flags = evaluation.bridge_gaps(
@@ -568,14 +585,20 @@ def compare(
     grids: list[Grid],
     contextual: bool = False,
     warm_ups: tuple[str, ...] = (),
+    level_margins: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """The served rule alone, and each forecaster configuration alone and or'ed with it;
     with ``contextual``, the contextual kinds are injected too and every row is reported
-    per kind group (:data:`GROUPS`)."""
+    per kind group (:data:`GROUPS`); with ``level_margins``, the served rule with the
+    context detector's level check at each margin too, alone and or'ed with each linear
+    forecaster."""
     kinds = selection.ALL_KINDS if contextual else selection.KINDS
     groups = GROUPS if contextual else {"": selection.KINDS}
     started = time.monotonic()
-    served = served_material(repository, seed, kinds)
+    levels = {
+        margin: dataclasses.replace(SERVED_CONTEXT, level_margin=margin) for margin in level_margins
+    }
+    served = served_material(repository, seed, kinds, (SERVED_CONTEXT, *levels.values()))
     log.info("served material: %.0fs", time.monotonic() - started)
     reference = selection.judge(
         selection.Candidate("mean", served.threshold),
@@ -602,14 +625,27 @@ def compare(
     )
     rows: dict[str, dict[str, Any]] = {}
 
-    def add(label: str, decisions: dict[str, list[ForecasterFold]] | None, use: bool) -> None:
+    def add(
+        label: str,
+        decisions: dict[str, list[ForecasterFold]] | None,
+        use: bool,
+        context: ContextConfig = SERVED_CONTEXT,
+    ) -> None:
         for group, group_kinds in groups.items():
             key = f"{label} [{group}]" if group else label
             rows[key] = judge(
-                served.material, served.threshold, decisions, use, event_gap, group_kinds
+                served.material,
+                served.threshold,
+                decisions,
+                use,
+                event_gap,
+                group_kinds,
+                context,
             )
 
     add("served", None, True)
+    for margin, config in levels.items():
+        add(f"served, level {margin:g}", None, True, config)
     info = {}
     for grid in grids:
         started = time.monotonic()
@@ -630,6 +666,8 @@ def compare(
                 unfitted.append(material.channel)
         add(f"forecaster {grid.label}", decisions, False)
         add(f"served OR forecaster {grid.label}", decisions, True)
+        for margin, config in levels.items() if grid.lstm is None else ():
+            add(f"served, level {margin:g} OR forecaster {grid.label}", decisions, True, config)
         for variant in warm_ups if grid.lstm is None else ():
             cold = {
                 material.channel: cold_start_folds(
@@ -655,6 +693,7 @@ def compare(
         "seed": seed,
         "event_gap": event_gap,
         "served_context": SERVED_CONTEXT.to_dict(),
+        "level_margins": list(level_margins),
         "criterion": f"f1_at_{RATE}" + (" of the [all] rows" if contextual else ""),
         "kinds": list(kinds),
         "channels": [m.channel for m in served.material],
@@ -742,6 +781,13 @@ def main() -> None:
         help="also judge each linear row from a cold start under these warm-ups",
     )
     parser.add_argument(
+        "--level-margin",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also judge the served rule with the context's level check at these margins",
+    )
+    parser.add_argument(
         "--summarise",
         type=Path,
         nargs="+",
@@ -769,7 +815,13 @@ def main() -> None:
             grids.append(Grid(lags, float("nan"), args.lstm_smooth, args.min_rows, args.lstm))
         event_gap = get_settings().event_gap
         output = compare(
-            args.repository, args.seed, event_gap, grids, args.contextual, tuple(args.warm_up)
+            args.repository,
+            args.seed,
+            event_gap,
+            grids,
+            args.contextual,
+            tuple(args.warm_up),
+            tuple(args.level_margin),
         )
         lines = [
             f"{label:60} f1@{RATE} {row[f'f1_at_{RATE}']:.4f} recall {row['recall']:.4f} "

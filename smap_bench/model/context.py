@@ -67,12 +67,15 @@ __all__ = [
     "FIT_STRIDE",
     "ContextConfig",
     "ContextDetector",
+    "LevelBounds",
     "context_distances",
+    "context_moments",
     "contexts_ending_at",
     "detector_from_metadata",
     "fit_context_detector",
     "held_out_context_flags",
     "hold_counts",
+    "level_bounds",
     "longest_holds",
     "value_normalisation",
 ]
@@ -95,6 +98,8 @@ class ContextConfig:
     min_distance: float = 0.05
     hold_factor: float = 2.0  #: 0: the hold is not judged
     min_hold: int = 30
+    #: the level check's margin (None: not judged; not served, see the module)
+    level_margin: float | None = None
 
     def __post_init__(self) -> None:
         if self.length < 2:
@@ -109,6 +114,10 @@ class ContextConfig:
                 f"context hold_factor must be >= 0 (0: off) and min_hold >= 1, got "
                 f"{self.hold_factor}, {self.min_hold}"
             )
+        if self.level_margin is not None and not self.level_margin >= 0:
+            raise ValueError(
+                f"context level_margin must be >= 0 (None: off), got {self.level_margin}"
+            )
 
     def hold_threshold(self, train_hold_max: int) -> float:
         """The hold threshold for a train split whose longest hold is ``train_hold_max``
@@ -118,7 +127,10 @@ class ContextConfig:
         return max(self.hold_factor * train_hold_max, float(self.min_hold))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"detector": "context", **asdict(self)}
+        out = {"detector": "context", **asdict(self)}
+        if self.level_margin is None:  # as the configurations before the level check read
+            del out["level_margin"]
+        return out
 
 
 def _series(values: np.ndarray) -> np.ndarray:
@@ -172,6 +184,51 @@ def longest_holds(contexts: np.ndarray, window: int) -> np.ndarray:
     )
     counts = index - np.maximum.accumulate(np.where(changed, index, 0), axis=1) + 1
     return counts[:, -max(window, 1) :].max(axis=1)
+
+
+def context_moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each context row's level (mean) and spread (population standard deviation)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[1] == 0:
+        raise ValueError(f"context: contexts have shape {rows.shape}, need [k, length]")
+    return rows.mean(axis=1), rows.std(axis=1)
+
+
+@dataclass(frozen=True)
+class LevelBounds:
+    """The level check's bounds: the range of the level and of the spread over a
+    channel's train contexts, each widened by the margin times its width (at least
+    ``min_distance``)."""
+
+    level: tuple[float, float]
+    spread: tuple[float, float]
+
+    def flags(self, rows: np.ndarray) -> np.ndarray:
+        """Anomalous by level: a normalised context row whose level or spread lies
+        outside its bounds."""
+        level, spread = context_moments(rows)
+        return (
+            (level < self.level[0])
+            | (level > self.level[1])
+            | (spread < self.spread[0])
+            | (spread > self.spread[1])
+        )
+
+
+def level_bounds(references: np.ndarray, config: ContextConfig) -> LevelBounds | None:
+    """The level check's bounds from normalised reference contexts (None: the check is
+    off, or there is no reference)."""
+    if config.level_margin is None or len(references) == 0:
+        return None
+    margin = config.level_margin
+
+    def widened(values: np.ndarray) -> tuple[float, float]:
+        low, high = float(values.min()), float(values.max())
+        pad = margin * max(high - low, config.min_distance)
+        return low - pad, high + pad
+
+    level, spread = context_moments(references)
+    return LevelBounds(widened(level), widened(spread))
 
 
 def context_distances(
@@ -237,6 +294,7 @@ class ContextDetector:
     train_distance_max: float  #: the train split's most unusual stretch (NaN: too short)
     hold_threshold: float = float("inf")  #: a window holding longer is anomalous
     train_hold_max: int = 0  #: the train split's longest hold, in records
+    level: LevelBounds | None = None  #: the level check's bounds (None: not judged)
     _squares: np.ndarray = field(init=False, repr=False)  #: squared norm of each train context
 
     def __post_init__(self) -> None:
@@ -309,6 +367,8 @@ class ContextDetector:
         if judged.any():
             rows = contexts_ending_at(values, ends[judged], self.config.length)
             flags[judged] = self.flags_of(self.distances_of(rows), self.holds_of(rows, window))
+            if self.level is not None:
+                flags[judged] |= self.level.flags((rows - self.offset) / self.scale)
         return flags
 
 
@@ -354,6 +414,7 @@ def fit_context_detector(
         train_max,
         config.hold_threshold(hold_max),
         hold_max,
+        level_bounds(references, config),
     )
 
 
@@ -414,6 +475,7 @@ def held_out_context_flags(
         (int(hold_counts(part).max()) for part in (raw[:lo], raw[hi:]) if len(part)), default=0
     )
     hold_threshold = config.hold_threshold(hold_max)
+    bounds = level_bounds(references, config)
     ends = lo + np.asarray(starts, dtype=np.int64) + window - 1
     out = []
     for series in judged:
@@ -438,5 +500,7 @@ def held_out_context_flags(
             flags[judged_ends] = (np.nan_to_num(distances, nan=-np.inf) > threshold) | (
                 holds > hold_threshold
             )
+            if bounds is not None:
+                flags[judged_ends] |= bounds.flags((raw_rows - offset) / scale)
         out.append(flags)
     return out

@@ -8,10 +8,12 @@ import pytest
 from smap_bench.model.context import (
     ContextConfig,
     context_distances,
+    context_moments,
     contexts_ending_at,
     fit_context_detector,
     held_out_context_flags,
     hold_counts,
+    level_bounds,
     longest_holds,
 )
 
@@ -236,3 +238,63 @@ def test_held_out_holds_are_judged_against_the_train_records_outside_the_stretch
         after, 0.0, 1.0, stretch, [after[stretch]], starts, 30, config
     )
     assert not flags.any()
+
+
+# --- the level check (a harness option, not served) ----------------------------------
+
+
+def test_context_moments_are_each_rows_mean_and_population_spread() -> None:
+    level, spread = context_moments(np.array([[1.0, 1.0, 1.0, 1.0], [0.0, 2.0, 0.0, 2.0]]))
+    np.testing.assert_allclose(level, [1.0, 1.0])
+    np.testing.assert_allclose(spread, [0.0, 1.0])
+    with pytest.raises(ValueError, match="need"):
+        context_moments(np.zeros(4))
+
+
+def test_level_bounds_widen_the_train_range_by_the_margin_with_a_minimum_width() -> None:
+    references = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 2.0]])  # levels 0, 1, 1; spreads 0, 0, 1
+    bounds = level_bounds(references, ContextConfig(length=2, level_margin=0.5))
+    assert bounds is not None
+    assert bounds.level == pytest.approx((-0.5, 1.5))
+    assert bounds.spread == pytest.approx((-0.5, 1.5))
+    # a constant train split: both ranges have width 0, widened by min_distance
+    flat = level_bounds(np.zeros((3, 2)), ContextConfig(length=2, level_margin=1.0))
+    assert flat is not None and flat.level == pytest.approx((-0.05, 0.05))
+    queries = np.array([[0.04, 0.04], [0.06, 0.06], [-0.1, 0.1]])
+    np.testing.assert_array_equal(flat.flags(queries), [False, True, True])  # spread 0.1 > 0.05
+    assert level_bounds(references, ContextConfig(length=2)) is None  # off by default
+    with pytest.raises(ValueError, match="level_margin"):
+        ContextConfig(level_margin=-0.1)
+
+
+def test_the_level_check_flags_a_damped_stretch_the_distance_misses() -> None:
+    # the oscillation goes on at a tenth of its amplitude, around the same level: inside
+    # the distance's threshold (a noisy train split, a large factor), but its spread is
+    # below any train context's
+    train = _periodic(600) + np.random.default_rng(1).normal(0, 0.02, 600)
+    config = ContextConfig(length=50, factor=1e6, min_distance=0.05, hold_factor=0.0)
+    test = _periodic(300)
+    test[150:] = 0.5 + 0.1 * (test[150:] - 0.5)
+    starts = np.arange(0, len(test) - 30 + 1, 10)
+    ends = starts + 29
+    plain = fit_context_detector(train, 0.0, 1.0, config)
+    assert not plain.window_flags(test, starts, 30).any()
+    levelled = fit_context_detector(
+        train, 0.0, 1.0, ContextConfig(50, 1e6, 0.05, hold_factor=0.0, level_margin=0.25)
+    )
+    flags = levelled.window_flags(test, starts, 30)
+    assert not flags[ends < 150].any()
+    assert flags[ends >= 199].all()
+    # held out, the same decisions against the train contexts clear of the stretch
+    stretch = slice(300, 600)
+    (held_out,) = held_out_context_flags(
+        np.concatenate([train[:300], test]),
+        0.0,
+        1.0,
+        stretch,
+        [test],
+        starts,
+        30,
+        levelled.config,
+    )
+    assert not held_out[ends < 150].any() and held_out[ends >= 199].all()
