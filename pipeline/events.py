@@ -15,8 +15,9 @@ results go to the dead-letter topic.
 Under the confirmed decision rule (``SMAP_DECISION_RULE=confirmed``, served), a window
 that TranAD's score (or the forecaster) flags joins an event only when the stream rule
 confirms it against its stream's recent windows (:mod:`smap_bench.confirmation`), by the
-floor and threshold the result carries (the worker's, from the model's metadata: the
-stage reads no model repository and no data): the stage keeps each
+floor and threshold the result carries (TranAD's from the model's metadata, the
+forecaster's as the worker fitted it: the stage reads no model repository and no data):
+the stage keeps each
 stream's recent window statistics, holds a flagged window until its history has
 arrived, and commits no offset past a window still waiting. On start it reads back the
 results before its committed offsets (history only, nothing written) so that the
@@ -93,7 +94,8 @@ class ConfirmationMetrics:
         )
         yield CounterMetricFamily(
             "smap_events_unconfirmed",
-            "Flagged windows whose result carries no stream rule, kept as the worker decided",
+            "Flags kept as the worker decided: their result carries no stream rule (or a"
+            " forecaster flag no statistic)",
             value=self.confirmation.unconfirmed,
         )
         yield GaugeMetricFamily(
@@ -118,7 +120,7 @@ def confirmation_for(settings: Settings) -> ResultConfirmation | None:
 
 def forecast_lane(settings: Settings, config: StreamRuleConfig) -> ForecastLane | None:
     """What confirms the forecaster's flags when it is served (``SMAP_FORECASTER``): the
-    rule each result carries (the floor and threshold the worker flagged it by), under
+    rule each result carries (the worker's floor, and the threshold it flagged by), under
     the stream rule's ``config`` (None: not served)."""
     if not settings.forecaster:
         return None

@@ -44,12 +44,15 @@ is what that needs, as pure state (no I/O, no Kafka):
   (:meth:`Confirmer.remember`), not kept uncommitted.
 
 - **Rules.** A flagged window is judged by the rule its result carries
-  (:class:`ResultRules`): the floor and static threshold the worker flagged it by, read
-  from the model's metadata when it scored the window. The events stage needs no model
-  repository, and a model retrained while the stack runs is confirmed by its new
-  threshold from the first window the worker scored with it, as it was flagged. A
-  result that carries no rule (a producer that does not send the floor) has its flag
-  stand as the worker decided, counted as unconfirmed.
+  (:class:`ResultRules`): its detector's static threshold, which the worker flagged it
+  by, and the floor beside it (TranAD's read from the model's metadata, the
+  forecaster's as the worker fitted it). The events stage needs no model repository,
+  and after a model's metadata changes (a retrained model) its flags are confirmed by
+  the threshold they were flagged by, from the first window the worker scored after
+  reading it (the stream's history may still hold the old model's statistics). A
+  result that carries no rule (a producer that does not send the floor, such as a
+  worker from before the floor was sent) has its flag stand as the worker decided,
+  counted as unconfirmed.
 
 Only flagged windows are judged; the others are recorded (their statistic is history)
 and need nothing. A window may arrive without a statistic (NaN: the forecaster's series
@@ -410,20 +413,20 @@ class Confirmer(Generic[T]):
 #: Per confirmed detector, the result fields that carry the rule the worker flagged a
 #: window by: (floor, static threshold).
 RULE_FIELDS: dict[str, tuple[str, str]] = {
-    "model": ("threshold_floor", "threshold"),
+    "model": ("stream_floor", "threshold"),
     "forecaster": ("forecast_floor", "forecast_threshold"),
 }
 
 
 class ResultRules:
     """The stream rule of a result for one detector (``model``: TranAD's score,
-    ``forecaster``: the forecaster's statistic), built from the rule the worker flagged
-    it by (:data:`RULE_FIELDS`: ``threshold_floor`` and ``threshold``, or
-    ``forecast_floor`` and ``forecast_threshold``). The events stage so confirms by the
-    floor and threshold the workers flag by, the ones of a model retrained meanwhile
-    included, without a model repository or a forecaster of its own (None: a result that
-    does not carry them, whose flag then stands as the worker decided). One rule per
-    model and pair, built once (the last ``keep`` pairs kept)."""
+    ``forecaster``: the forecaster's statistic), built from the floor and threshold the
+    result carries (:data:`RULE_FIELDS`: ``stream_floor`` and ``threshold``, or
+    ``forecast_floor`` and ``forecast_threshold``; the worker flagged it by that
+    threshold). The events stage so confirms without a model repository or a
+    forecaster of its own (None: a result that does not carry them, whose flag then
+    stands as the worker decided). One rule per model and pair, built once (the last
+    ``keep`` pairs kept)."""
 
     def __init__(
         self, detector: str, config: StreamRuleConfig | None = None, keep: int = 4096

@@ -277,9 +277,11 @@ class InferenceResult(Message):
     job_id: str = Field(min_length=1)
     threshold: FiniteFloat | None = None
     #: the floor of TranAD's stream rule (POT's initial threshold of its training window
-    #: statistics): with ``threshold``, the rule the events stage confirms a model flag by
-    #: (None: the worker's model metadata has none, so its flags stand unconfirmed)
-    threshold_floor: FiniteFloat | None = None
+    #: statistics, ``threshold_parameters.pot_initial``; not ``threshold_parameters.floor``,
+    #: the static threshold's own floor): with ``threshold``, the rule the events stage
+    #: confirms a model flag by (None: the model's metadata has none, so its flags stand
+    #: unconfirmed; the forecaster's floor is ``forecast_floor``)
+    stream_floor: FiniteFloat | None = None
     #: the context detector's distance and threshold (None: the window was not judged)
     context_distance: FiniteFloat | None = None
     context_threshold: FiniteFloat | None = None
@@ -317,8 +319,8 @@ class InferenceResult(Message):
             raise ValueError(
                 f"detected_by {self.detected_by} does not fit is_anomaly {self.is_anomaly}"
             )
-        if self.threshold_floor is not None and self.threshold is None:
-            raise ValueError("threshold_floor needs the threshold it goes with")
+        if self.stream_floor is not None and self.threshold is None:
+            raise ValueError("stream_floor needs the threshold it goes with")
         if self.forecast_floor is not None and self.forecast_threshold is None:
             raise ValueError("forecast_floor needs the forecast_threshold it goes with")
         return self

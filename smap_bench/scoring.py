@@ -76,6 +76,7 @@ from smap_bench.model.forecaster import (
     context_statistic,
     linear_channel_forecaster,
 )
+from smap_bench.model.stream_rule import stream_rule_from_metadata
 from smap_bench.model.threshold import window_is_anomalous as threshold_rule
 from smap_bench.schema import DETECTORS, InferenceResult, InferenceTask, describe
 from smap_bench.stage import stamp
@@ -193,10 +194,11 @@ def threshold_from_metadata(model_name: str, metadata: dict[str, Any]) -> float:
 
 @dataclass(frozen=True, slots=True)
 class ScoreThreshold:
-    """What a model's windows are judged by: its threshold on the window statistic and
-    the floor of its stream rule (POT's initial threshold of its training statistics,
+    """A model's threshold on the window statistic (what the worker flags by) and the
+    floor of its stream rule (POT's initial threshold of its training statistics,
     ``threshold_parameters.pot_initial``; None: metadata without one). The result carries
-    both, so the events stage confirms a flag by the rule the worker flagged it by."""
+    both, so the events stage confirms a flag by the rule of the metadata the worker
+    read when it flagged the window."""
 
     value: float
     floor: float | None = None
@@ -204,12 +206,15 @@ class ScoreThreshold:
 
 def score_threshold_from_metadata(model_name: str, metadata: dict[str, Any]) -> ScoreThreshold:
     """A model's :class:`ScoreThreshold` from its metadata.json (``ValueError`` without a
-    finite threshold; a floor that is missing or not finite is None)."""
+    finite threshold; a floor that is missing or not finite is None), parsed as the
+    offline evaluation parses it
+    (:func:`~smap_bench.model.stream_rule.stream_rule_from_metadata`)."""
     value = threshold_from_metadata(model_name, metadata)
-    floor = (metadata.get("threshold_parameters") or {}).get("pot_initial")
-    if isinstance(floor, bool) or not isinstance(floor, int | float) or not np.isfinite(floor):
+    try:
+        rule = stream_rule_from_metadata(model_name, metadata)
+    except ValueError:  # no finite floor: the threshold alone
         return ScoreThreshold(value)
-    return ScoreThreshold(value, float(floor))
+    return ScoreThreshold(rule.static, rule.floor)
 
 
 def load_threshold(repository: Path, model_name: str) -> ScoreThreshold:
@@ -576,7 +581,7 @@ def _score_group(
                 status="success",
                 job_id=task.job_id,
                 threshold=threshold.value,
-                threshold_floor=threshold.floor,
+                stream_floor=threshold.floor,
                 context_distance=judged.distance,
                 context_threshold=None if judged.distance is None else context_threshold,
                 context_hold=judged.hold,

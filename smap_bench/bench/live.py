@@ -141,8 +141,8 @@ def pipeline_counters(settings: Settings) -> dict[str, dict[str, float]]:
     out["worker"] = dict(workers)
     events = stage_metrics(settings, "events", STAGE_METRICS_PORTS["events"])
     out["events"] = counters_of(events)
-    out["confirmation"] = {
-        key: events.get(name, 0.0) for key, name in CONFIRMATION_COUNTERS.items()
+    out["confirmation"] = {  # a counter the stage does not serve is left out: not known
+        key: events[name] for key, name in CONFIRMATION_COUNTERS.items() if name in events
     } | ({"created": events["created"]} if "created" in events else {})
     return out
 
@@ -158,7 +158,10 @@ def _counted_delta(
 ) -> int | None:
     """:func:`_delta`, or None when the stage's process restarted during the run (it
     began counting at another time, or the counter fell): what it had counted before is
-    gone, so the run's count is not known."""
+    gone, so the run's count is not known; None too when the stage does not serve the
+    counter."""
+    if kind not in after[stage]:
+        return None
     delta = _delta(after, before, stage, kind)
     restarted = after[stage].get("created") != before[stage].get("created")
     return None if delta < 0 or restarted else delta

@@ -119,7 +119,7 @@ def summary_table(result: dict[str, Any]) -> Table:
             )
         )
         unconfirmed = _known(confirmation.get("unconfirmed"))
-        rows.append(("flags without a rule in their result", unconfirmed))
+        rows.append(("flags left as the worker decided (no rule in their result)", unconfirmed))
     shown = result.get("dashboard_alarms") or {}
     if shown.get("event"):
         alarms = shown["event"]

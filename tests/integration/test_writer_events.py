@@ -315,6 +315,8 @@ def test_writer_and_events_round_trip(isolated: Isolated) -> None:
         }
         decided = samples_by_time(alarms)
         assert decided == detected
+        metrics = httpx.get(f"http://127.0.0.1:{events.metrics_port}/metrics", timeout=2).text
+        assert re.search(r"^smap_events_unconfirmed_total 3\.0$", metrics, re.M)  # 10, 20, 40
 
         reasons = dead_letters(s, 2)
         assert sorted(d["stage"] for d in reasons) == ["events", "writer"]
@@ -598,7 +600,7 @@ def test_events_confirm_flagged_windows_in_order_across_a_restart(isolated: Isol
             scores=[stats[i]] * 30,
             detected_by=["model"] if flagged else [],
             threshold=rule.static,
-            threshold_floor=rule.floor,  # the rule the worker flagged by, carried
+            stream_floor=rule.floor,  # the rule the worker flagged by, carried
         )
         return sat, encode(body)
 
@@ -673,7 +675,7 @@ def test_a_flag_whose_history_window_never_comes_is_decided_once_patience_runs_o
             scores=[statistic] * 30,
             detected_by=["model"] if flagged else [],
             threshold=rule.static,
-            threshold_floor=rule.floor,
+            stream_floor=rule.floor,
         )
         return sat, encode(body)
 

@@ -347,17 +347,17 @@ def test_a_producer_that_does_not_say_what_flagged_is_judged_as_the_model() -> N
 
 
 def test_the_served_rules_are_the_ones_each_result_carries() -> None:
-    """TranAD's rule from the result's ``threshold_floor`` and ``threshold``: built once
+    """TranAD's rule from the result's ``stream_floor`` and ``threshold``: built once
     per model and pair, a retrained model's new pair a new rule, a result without a floor
     none (its flag stands, counted)."""
     rules = ResultRules("model", StreamRuleConfig())
-    carried = result(0, anomalous=True, threshold=1.5, threshold_floor=1.2)
+    carried = result(0, anomalous=True, threshold=1.5, stream_floor=1.2)
     rule = rules(carried)
     assert rule is not None and (rule.static, rule.floor) == (1.5, 1.2)
-    assert rules(result(10, threshold=1.5, threshold_floor=1.2)) is rule
-    retrained = rules(result(20, threshold=1.8, threshold_floor=1.2))
+    assert rules(result(10, threshold=1.5, stream_floor=1.2)) is rule
+    retrained = rules(result(20, threshold=1.8, stream_floor=1.2))
     assert retrained is not None and retrained is not rule and retrained.static == 1.8
-    assert rules(result(0, model_name="SMAP_E-2", threshold=1.5, threshold_floor=1.2)) is not rule
+    assert rules(result(0, model_name="SMAP_E-2", threshold=1.5, stream_floor=1.2)) is not rule
     assert rules(result(0, threshold=1.5)) is None
     # the forecaster's fields are another detector's: not TranAD's rule
     assert ResultRules("forecaster")(carried) is None
@@ -376,16 +376,16 @@ def test_the_served_rules_are_the_ones_each_result_carries() -> None:
             detected_by=["model"],
             scores=flat_scores(1.6),
             threshold=threshold,
-            threshold_floor=1.2,
+            stream_floor=1.2,
         )
         (judged,) = confirmation.offer(flagged, None, None)
         assert judged.is_anomaly is kept
 
 
-def test_a_threshold_floor_without_its_threshold_is_refused() -> None:
-    body = result(0, threshold=1.5, threshold_floor=1.2).model_dump(mode="json")
+def test_a_stream_floor_without_its_threshold_is_refused() -> None:
+    body = result(0, threshold=1.5, stream_floor=1.2).model_dump(mode="json")
     body["threshold"] = None
-    with pytest.raises(ValidationError, match="threshold_floor"):
+    with pytest.raises(ValidationError, match="stream_floor"):
         InferenceResult.model_validate(body)
 
 
@@ -431,3 +431,21 @@ def test_the_events_handler_stores_only_confirmed_windows_and_commits_behind_wai
     want = [(e.start_record_index, e.end_record_index) for e in book.stream_events("sat1", "EPS")]
     stored = store.book.stream_events("sat1", "EPS")
     assert want and [(e.start_record_index, e.end_record_index) for e in stored] == want
+
+
+@pytest.mark.parametrize("forecaster", [True, False])
+def test_the_events_stage_confirms_each_detector_by_its_own_fields(forecaster: bool) -> None:
+    from pipeline.events import confirmation_for
+    from smap_bench.config import Settings
+
+    settings = Settings(decision_rule="confirmed", forecaster=forecaster)
+    confirmation = confirmation_for(settings)
+    assert confirmation is not None
+    assert isinstance(confirmation.rules, ResultRules) and confirmation.rules.detector == "model"
+    if forecaster:
+        assert confirmation.forecaster is not None
+        rules = confirmation.forecaster.rules
+        assert isinstance(rules, ResultRules) and rules.detector == "forecaster"
+    else:
+        assert confirmation.forecaster is None
+    assert confirmation_for(Settings(decision_rule="static")) is None

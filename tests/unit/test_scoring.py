@@ -208,7 +208,7 @@ def test_score_tasks_gives_one_full_result_per_window(repository: Path) -> None:
         assert result.mean_anomaly_score == pytest.approx(float(direct.score[i].mean()))
         assert result.max_anomaly_score == pytest.approx(float(direct.score[i].max()))
         assert result.threshold == threshold and result.window_size == 30
-        assert result.threshold_floor == threshold / 2  # the rule the events stage confirms by
+        assert result.stream_floor == threshold / 2  # the rule the events stage confirms by
         assert (result.loop, result.record_index_start, result.channel) == (
             1,
             task.record_index_start,
@@ -224,7 +224,7 @@ def test_score_tasks_gives_one_full_result_per_window(repository: Path) -> None:
         expected = ((task.input_array()[rows] - direct.reconstruction[i][rows]) ** 2).mean(axis=0)
         np.testing.assert_allclose(result.feature_errors, expected, rtol=1e-5, atol=1e-9)
     assert outcome.results[4].model_name == "SMAP_T-2" and outcome.results[4].threshold == 0.5
-    assert outcome.results[4].threshold_floor is None  # its metadata has no floor
+    assert outcome.results[4].stream_floor is None  # its metadata has no floor
 
 
 def test_bad_tasks_are_rejected_with_reasons(repository: Path) -> None:

@@ -103,3 +103,5 @@ def test_a_counter_of_a_stage_restarted_during_a_run_counts_as_not_known() -> No
     assert _counted_delta(fell, before, "confirmation", "incomplete") == 0
     assert _counted_delta(later, before, "confirmation", "judged") is None
     assert _counted_delta(later, before, "confirmation", "incomplete") is None
+    # a counter the stage does not serve is not known, not 0
+    assert _counted_delta(steady, before, "confirmation", "unconfirmed") is None
