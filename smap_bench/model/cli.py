@@ -427,6 +427,15 @@ def evaluate(
             "longest hold (0: the hold off) [served]",
         ),
     ] = None,
+    level_margin: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Context detector: also judge the context's level and spread against the "
+            "train contexts' range widened by this margin (a harness option, not served; "
+            "default: off)",
+        ),
+    ] = None,
     forecaster: Annotated[
         bool | None,
         typer.Option(
@@ -456,6 +465,7 @@ def evaluate(
                 if hold_factor is not None
                 else (served.hold_factor if served else ContextConfig.hold_factor)
             ),
+            level_margin=level_margin,
         )
         if use_context
         else None

@@ -53,6 +53,19 @@ never to choose) showed several in which the value stops for longer than its tra
 ever did. Its factor of 2 (with the minimum of 30 records, one window) was declared
 before any test split was scored with it, and the same harness ranks it first of 0, 1.5,
 2 and 3 beside the served length and factor (``scripts/select_context.py --grid hold``).
+
+**Level check (not served).** ``level_margin`` also judges the context's level and spread
+(:func:`context_moments`: mean and standard deviation) against the range the train
+contexts span, widened by the margin times the range's width (:class:`LevelBounds`): a
+switching channel whose duty cycle changes, or an oscillation damped or made noisier,
+can stay near some train stretch by distance while no train stretch has its level or
+spread. Judged on the harness beside the served detector and forecaster
+(``scripts/select_forecaster.py --level-margin``, criterion declared before the run) it
+does not win: margins 0.25 and 0.5 find more and raise false alarms on most EPS
+channels' held-out halves (whose level and spread differ from the rest of their train
+split), a margin of 1 loses to the served detector by one false alarm, and the margins
+tried after those (2, 3) gain at most 6 of 2,592 injected anomalies. The worker does not
+judge it, so it stays off.
 """
 
 from __future__ import annotations
