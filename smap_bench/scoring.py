@@ -326,6 +326,8 @@ class ContextDetectors(TrainFitted[ContextDetector]):
         config: ContextConfig,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if config.level_margin is not None:  # the worker's judgements do not hold it
+            raise ValueError("context: the level check is not served (level_margin must be None)")
         super().__init__(repository, data_dir, clock)
         self.config = config
 

@@ -322,3 +322,10 @@ def test_served_decisions_equal_the_offline_evaluations_on_a_real_channel(channe
     live = record_flags_from_windows(decisions, starts, len(data.test))
     assert offline.any()
     np.testing.assert_array_equal(live, offline)
+
+
+def test_the_worker_refuses_the_level_check_it_does_not_judge(repository: Path) -> None:
+    # offline, ContextDetector.window_flags judges the level check; the worker's
+    # judgements do not, so serving it would part live from offline: refused
+    with pytest.raises(ValueError, match="level check is not served"):
+        ContextDetectors(repository, None, ContextConfig(40, 3.0, level_margin=1.0))
