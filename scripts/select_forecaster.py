@@ -71,11 +71,13 @@ alone and or'ed with the linear forecaster. Declared before the first run (sessi
 the criterion is the ``served, level M OR forecaster L=250 ridge=10 ewma=10 [all]`` rows'
 ``f1_at_2880`` against ``served OR forecaster L=250 ridge=10 ewma=10 [all]``, mean over
 injection seeds 0-2 (seed-0 models); the best margin is adopted only when it beats the
-served row's mean, and a tie keeps the served detector. Whatever this gives, the test
+mean of the ``served OR forecaster L=250 ridge=10 ewma=10 [all]`` row, and a tie keeps
+the served detector. Whatever this gives, the test
 splits are then scored once with the best margin and reported, not used to choose.
 Result (``docs/benchmarks/context_level_harness*.json``): served 0.489, margin 1 0.483
-(one false alarm more per seed), 0.5 and 0.25 far below (45 false alarms), so the check
-is not served; margins 2 and 3, declared second after those, 0.491 and 0.489.
+(one false alarm more, on E-8's clean half, the same in every injection seed), 0.5 and
+0.25 far below (45 false alarms), so the check is not served; margins 2 and 3, declared
+second after those, 0.491 and 0.489 (not adopted: chosen after the first grid).
 """
 
 from __future__ import annotations

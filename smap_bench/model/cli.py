@@ -431,9 +431,9 @@ def evaluate(
         float | None,
         typer.Option(
             min=0.0,
-            help="Context detector: also judge the context's level and spread against the "
-            "train contexts' range widened by this margin (a harness option, not served; "
-            "default: off)",
+            help="Context detector: also flag a window whose context's level or spread (mean, "
+            "standard deviation) lies outside the train contexts' range widened by this "
+            "margin times its width, at least min_distance (not served; default: off)",
         ),
     ] = None,
     forecaster: Annotated[
@@ -456,6 +456,11 @@ def evaluate(
         raise typer.BadParameter(f"unknown rule {rule!r} (known: {', '.join(RULES)})")
     served = settings.context_detector
     use_context = served is not None if context is None else context
+    if level_margin is not None and not use_context:
+        raise typer.BadParameter(
+            "--level-margin is a check of the context detector, which is off here "
+            "(--no-context, or SMAP_CONTEXT_LENGTH=0 without --context)"
+        )
     context_config = (
         ContextConfig(
             context_length or (served.length if served else ContextConfig.length),

@@ -298,3 +298,42 @@ def test_the_level_check_flags_a_damped_stretch_the_distance_misses() -> None:
         levelled.config,
     )
     assert not held_out[ends < 150].any() and held_out[ends >= 199].all()
+
+
+def test_the_level_check_judges_normalised_values_and_both_level_bounds() -> None:
+    # the same series in other units (value = 2 x normalised - 1) with the model's
+    # normalisation: the same flags, offline and held out
+    train = _periodic(600) + np.random.default_rng(1).normal(0, 0.02, 600)
+    test = _periodic(300)
+    test[150:] -= 0.6  # the oscillation goes on at a level below every train stretch
+    starts = np.arange(0, len(test) - 30 + 1, 10)
+    ends = starts + 29
+    config = ContextConfig(50, 1e6, 0.05, hold_factor=0.0, level_margin=0.25)
+    plain = fit_context_detector(train, 0.0, 1.0, config)
+    flags = plain.window_flags(test, starts, 30)
+    assert not flags[ends < 150].any() and flags[ends >= 199].all()
+    scaled = fit_context_detector(2 * train - 1, -1.0, 2.0, config)
+    np.testing.assert_array_equal(scaled.window_flags(2 * test - 1, starts, 30), flags)
+    (held_out,) = held_out_context_flags(
+        np.concatenate([2 * train[:300] - 1, 2 * test - 1]),
+        -1.0,
+        2.0,
+        slice(300, 600),
+        [2 * test - 1],
+        starts,
+        30,
+        config,
+    )
+    np.testing.assert_array_equal(held_out, flags)
+    # a row below the level bound with its spread inside: flagged by the lower bound alone
+    bounds = plain.level
+    assert bounds is not None
+    low = 0.5 + 0.4 * np.sin(2 * np.pi * np.arange(50) / 20) - 0.6
+    level, spread = context_moments(low[None, :])
+    assert level[0] < bounds.level[0] and bounds.spread[0] <= spread[0] <= bounds.spread[1]
+    assert bounds.flags(low[None, :])[0]
+
+
+def test_a_config_without_the_level_check_reads_as_before_it() -> None:
+    assert "level_margin" not in ContextConfig().to_dict()
+    assert ContextConfig(level_margin=1.0).to_dict()["level_margin"] == 1.0
