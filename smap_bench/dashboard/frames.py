@@ -497,8 +497,15 @@ def stream_states(
 
     - ``open alarm``: the stream has an event in state ``open``;
     - ``anomalous``: its latest window was flagged (and it is not stale);
-    - ``normal``: it has data newer than ``stale_after`` before ``now``;
+    - ``normal``: its newest record lies within ``stale_after`` of the fleet's newest;
     - ``no data``: nothing recent.
+
+    Staleness is judged on the fleet's own clock, the simulated time of its newest record
+    (``now``, the wall clock, only when no stream has any): that clock runs ahead of the
+    wall clock at speeds above 1 and falls behind it for good after a pause (the labeled
+    replay pauses the fleet), where a wall-clock cutoff would grey every cell. A stream
+    that stops while the rest of the fleet goes on still turns ``no data``; a fleet that
+    stops as a whole keeps its last states (the replay panel says it stopped).
 
     ``streams`` has ``satellite_id``, ``subsystem`` (and optionally ``channel``);
     ``latest`` has :data:`LATEST_COLUMNS`; ``alarms`` is an events frame.
@@ -517,8 +524,9 @@ def stream_states(
         open_counts = alarms[alarms["state"] == "open"].groupby(keys).size().rename("open_alarms")
         grid = grid.merge(open_counts.reset_index(), on=keys, how="left")
         grid["open_alarms"] = grid["open_alarms"].fillna(0).astype("int64")
-    cutoff = to_utc(now) - pd.Timedelta(stale_after)
     last = pd.to_datetime(grid["last_time"], utc=True)
+    newest = last.max()
+    cutoff = (to_utc(now) if pd.isna(newest) else newest) - pd.Timedelta(stale_after)
     fresh = last.notna() & (last >= cutoff)
     detected = grid["detected"].fillna(0).astype(float) > 0.5
     state = np.where(

@@ -195,6 +195,17 @@ def test_stream_states_rules() -> None:
         "PS": frames.NO_DATA,  # flagged, but an hour old
         "TCS": frames.OPEN_ALARM,
     }
+    # the fleet's clock two hours behind the wall clock (resumed after a pause): the same
+    # states, judged against the fleet's newest record, not the wall clock
+    behind = frames.stream_states(
+        streams, latest, alarms, now + timedelta(hours=2), timedelta(seconds=30)
+    )
+    assert dict(zip(behind["subsystem"], behind["state"], strict=True)) == by
+    # and ahead of it (a replay faster than 1x): the same again
+    ahead = frames.stream_states(
+        streams, latest, alarms, now - timedelta(hours=2), timedelta(seconds=30)
+    )
+    assert dict(zip(ahead["subsystem"], ahead["state"], strict=True)) == by
 
 
 def test_fleet_grid_fills_unknown_streams_with_no_data() -> None:
