@@ -56,3 +56,57 @@ def test_stage_queries_use_the_stage_self_metrics() -> None:
     assert "histogram_quantile(0.99," in queries["latency_p99_s"]
     assert "smap_stage_latency_seconds_bucket[5m]" in queries["latency_p50_s"]
     assert "by (stage, le)" in queries["latency_p50_s"]
+
+
+def test_held_messages_past_the_commit_are_not_lag() -> None:
+    # the scheduler's sent frontier: its dispatched windows hold the 20 records after it
+    committed = {("t", 0): 100, ("t", 1): 100, ("t", 2): 100}
+    latest = {("t", 0): 120, ("t", 1): 129, ("t", 2): 150}
+    assert group_lag(committed, latest, held=20) == 0 + 9 + 30
+
+
+def test_the_schedulers_backlog_is_read_from_its_sent_frontier() -> None:
+    from smap_bench.api.monitor import scheduler_backlog_offsets
+    from smap_bench.config import Settings
+
+    assert scheduler_backlog_offsets(Settings(window_size=30, stride=10)) == ("scheduler.sent", 20)
+
+
+def test_consumer_lag_reads_the_scheduler_from_its_companion_group() -> None:
+    from smap_bench.api.monitor import consumer_lag
+    from smap_bench.config import Settings
+
+    class Done:
+        def __init__(self, value: object) -> None:
+            self.value = value
+
+        def result(self, timeout: float | None = None) -> object:
+            return self.value
+
+    class FakeAdmin:
+        """Offsets as a scheduler leaves them: its own group a context behind its reads,
+        the sent frontier at the next window's first record."""
+
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def list_consumer_group_offsets(self, requests: list, request_timeout: float) -> dict:
+            from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+            group = requests[0].group_id
+            self.asked.append(group)
+            offset = {"scheduler": 540, "scheduler.sent": 980, "router": 995}[group]
+            parts = [TopicPartition("telemetry.EPS.sat1", 0, offset)]
+            return {group: Done(ConsumerGroupTopicPartitions(group, parts))}
+
+        def list_offsets(self, wanted: dict, request_timeout: float) -> dict:
+            class End:
+                offset = 1000
+
+            return {tp: Done(End()) for tp in wanted}
+
+    admin = FakeAdmin()
+    rows = consumer_lag(Settings(window_size=30, stride=10), ["scheduler", "router"], admin)
+    assert admin.asked == ["scheduler.sent", "router"]
+    assert [(r["group"], r["lag"]) for r in rows] == [("scheduler", 0), ("router", 5)]
+    assert "sent frontier" in rows[0]["detail"] and rows[1]["detail"] == ""
