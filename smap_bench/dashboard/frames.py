@@ -352,6 +352,11 @@ def detectors_text(value: Any) -> str:
     return ", ".join(str(item) for item in value)
 
 
+def _raised_by_model(value: Any) -> bool:
+    """Whether TranAD's score flagged an event (True when the event does not say)."""
+    return not isinstance(value, list | tuple) or "model" in value
+
+
 #: Urgency of each alarm state in the alarm list (smaller: shown first).
 ALARM_RANK = {"open": 0, "acknowledged": 1, "shelved": 2, "cleared": 3}
 
@@ -362,6 +367,9 @@ def alarm_table(events: pd.DataFrame) -> pd.DataFrame:
 
     Rows stay in id order so that a row keeps its position when newer alarms arrive (a
     selection made in the browser refers to positions); the table sorts for display.
+    ``peak/threshold`` is TranAD's peak score over its threshold, shown only for events
+    TranAD's score raised (or that do not say what raised them): for an event the context
+    detector or the forecaster raised alone, that ratio sits below 1 and says nothing.
     """
     columns = [
         "event_id",
@@ -384,7 +392,13 @@ def alarm_table(events: pd.DataFrame) -> pd.DataFrame:
             "stream": events["satellite_id"] + " / " + events["subsystem"],
             "start": events["start_time"].dt.strftime("%Y-%m-%d %H:%M:%S"),
             "duration_s": (events["end_time"] - events["start_time"]).dt.total_seconds(),
-            "peak/threshold": (events["peak_score"] / events["threshold"]).round(2),
+            # None, not NaN, where not shown: the table then leaves the cell empty
+            "peak/threshold": (events["peak_score"] / events["threshold"])
+            .round(2)
+            .astype(object)
+            .where(
+                np.array([_raised_by_model(v) for v in events["detected_by"]], dtype=bool), None
+            ),
             "by": [detectors_text(v) for v in events["detected_by"]],
             "top": [top_feature_names(v) for v in events["top_features"]],
         }

@@ -224,15 +224,18 @@ def test_alarm_table_keeps_id_order_and_ranks_urgency() -> None:
             event_payload(3, start=T0 + timedelta(minutes=2), state="open"),
             event_payload(1, start=T0, state="acknowledged", detected_by=["model", "hold"]),
             event_payload(2, start=T0 + timedelta(minutes=1), state="cleared"),
+            event_payload(4, state="open", detected_by=["hold", "forecaster"]),
         ]
     )
     table = frames.alarm_table(events)
-    assert table["event_id"].tolist() == [1, 2, 3]
-    assert table["rank"].tolist() == [1, 3, 0]
+    assert table["event_id"].tolist() == [1, 2, 3, 4]
+    assert table["rank"].tolist() == [1, 3, 0, 0]
     assert table["stream"].iloc[0] == "sat1 / ACS"
-    assert table["peak/threshold"].iloc[0] == 5.0
+    # TranAD's ratio for the events its score raised (or that do not say), not the others
+    assert table["peak/threshold"].iloc[:3].tolist() == [5.0, 5.0, 5.0]
+    assert table["peak/threshold"].iloc[3] is None  # an empty cell
     assert table["top"].iloc[0] == "f0, f3"
-    assert table["by"].tolist() == ["model, hold", "", ""]
+    assert table["by"].tolist() == ["model, hold", "", "", "hold, forecaster"]
 
 
 def test_state_counts_lists_every_state() -> None:
