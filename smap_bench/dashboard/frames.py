@@ -506,20 +506,23 @@ def stream_states(
     alarms: pd.DataFrame,
     now: datetime,
     stale_after: timedelta,
+    seen_at: Mapping[tuple[str, str], datetime] | None = None,
 ) -> pd.DataFrame:
     """The state of every (satellite, subsystem) stream for the fleet grid.
 
     - ``open alarm``: the stream has an event in state ``open``;
     - ``anomalous``: its latest window was flagged (and it is not stale);
-    - ``normal``: its newest record lies within ``stale_after`` of the fleet's newest;
+    - ``normal``: its newest record advanced within ``stale_after`` before ``now``;
     - ``no data``: nothing recent.
 
-    Staleness is judged on the fleet's own clock, the simulated time of its newest record
-    (``now``, the wall clock, only when no stream has any): that clock runs ahead of the
-    wall clock at speeds above 1 and falls behind it for good after a pause (the labeled
-    replay pauses the fleet), where a wall-clock cutoff would grey every cell. A stream
-    that stops while the rest of the fleet goes on still turns ``no data``; a fleet that
-    stops as a whole keeps its last states (the replay panel says it stopped).
+    Staleness is judged by progress on the wall clock: ``seen_at`` gives, per stream, when
+    its newest record was seen to change (:class:`~smap_bench.dashboard.store.DashboardStore`
+    keeps it); a stream missing from it, or every stream without it, counts as seen at its
+    newest record's time. Record times are the simulated clock, which runs ahead of the
+    wall clock above 1x, falls behind it for good after a pause (the labeled replay pauses
+    the fleet) and differs between satellites after a seek (their loops differ in
+    length): compared with the wall clock, or with the fleet's newest record, they would
+    grey streams that are flowing.
 
     ``streams`` has ``satellite_id``, ``subsystem`` (and optionally ``channel``);
     ``latest`` has :data:`LATEST_COLUMNS`; ``alarms`` is an events frame.
@@ -539,9 +542,19 @@ def stream_states(
         grid = grid.merge(open_counts.reset_index(), on=keys, how="left")
         grid["open_alarms"] = grid["open_alarms"].fillna(0).astype("int64")
     last = pd.to_datetime(grid["last_time"], utc=True)
-    newest = last.max()
-    cutoff = (to_utc(now) if pd.isna(newest) else newest) - pd.Timedelta(stale_after)
-    fresh = last.notna() & (last >= cutoff)
+    seen = last
+    if seen_at:
+        pairs = zip(grid["satellite_id"], grid["subsystem"], strict=True)
+        known = [seen_at.get((str(satellite), str(subsystem))) for satellite, subsystem in pairs]
+        seen = pd.to_datetime(
+            pd.Series(
+                [t if k is None else to_utc(k) for t, k in zip(last, known, strict=True)],
+                index=last.index,
+            ),
+            utc=True,
+        )
+    cutoff = to_utc(now) - pd.Timedelta(stale_after)
+    fresh = last.notna() & (seen >= cutoff)
     detected = grid["detected"].fillna(0).astype(float) > 0.5
     state = np.where(
         grid["open_alarms"] > 0,

@@ -182,6 +182,8 @@ class DashboardStore(pn.viewable.Viewer):
         super().__init__(**params)
         self._memos: dict[str, tuple[tuple[Any, ...], tuple[Any, ...], Any]] = {}
         self._running: set[str] = set()
+        # Per stream: its newest record time and when it was seen to change (_seen_at).
+        self._progress: dict[tuple[str, str], tuple[pd.Timestamp, pd.Timestamp]] = {}
         # The last heatmap read: ((satellite, subsystem), its range), and whether two reads
         # of it were alike (then the API need not send it again).
         self._heat_seen: tuple[tuple[str, str], tuple[datetime, datetime] | None] | None = None
@@ -395,8 +397,11 @@ class DashboardStore(pn.viewable.Viewer):
     @param.depends("streams", "latest", "alarms")
     def stream_states(self) -> pd.DataFrame:
         """The state of every stream (normal, anomalous, open alarm, no data); computed
-        once per fetched frames and second of the clock (staleness is in seconds)."""
+        once per fetched frames and second of the clock (staleness is in seconds), a
+        stream stale when its newest record has not changed for ``stale_after_s`` of the
+        wall clock (:meth:`_seen_at`)."""
         now = self.clock()
+        seen_at = self._seen_at(now)
         states: pd.DataFrame = self._memo(
             "states",
             (self.streams, self.latest, self.alarms),
@@ -407,9 +412,30 @@ class DashboardStore(pn.viewable.Viewer):
                 self.alarms,
                 now,
                 timedelta(seconds=self.stale_after_s),
+                seen_at,
             ),
         )
         return states
+
+    def _seen_at(self, now: datetime) -> dict[tuple[str, str], datetime]:
+        """Per stream, when its newest record was seen to change: the wall clock at the
+        change; at first sight, its record time or now, whichever is earlier (a stream
+        whose simulated clock lags, seen once and never again, turns stale at once)."""
+        seen = self._progress
+        latest = self.latest
+        if not latest.empty:
+            wall = frames.to_utc(now)
+            times = pd.to_datetime(latest["last_time"], utc=True)
+            keys = zip(latest["satellite_id"], latest["subsystem"], strict=True)
+            for key, last in zip(keys, times, strict=True):
+                if pd.isna(last):
+                    continue
+                held = seen.get(key)
+                if held is None:
+                    seen[key] = (last, min(last, wall))
+                elif held[0] != last:
+                    seen[key] = (last, wall)
+        return {key: at.to_pydatetime() for key, (_, at) in seen.items()}
 
     @param.depends("streams", "latest", "alarms")
     def fleet_grid(self) -> pd.DataFrame:

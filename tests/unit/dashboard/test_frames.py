@@ -195,17 +195,21 @@ def test_stream_states_rules() -> None:
         "PS": frames.NO_DATA,  # flagged, but an hour old
         "TCS": frames.OPEN_ALARM,
     }
-    # the fleet's clock two hours behind the wall clock (resumed after a pause): the same
-    # states, judged against the fleet's newest record, not the wall clock
-    behind = frames.stream_states(
-        streams, latest, alarms, now + timedelta(hours=2), timedelta(seconds=30)
-    )
+    # the simulated clock two hours behind the wall clock (a fleet resumed after a pause):
+    # what decides is when each stream's newest record was seen to change
+    later = now + timedelta(hours=2)
+    seen = {("sat1", s): later - timedelta(seconds=5) for s in ("ACS", "EPS", "TCS")}
+    seen[("sat1", "PS")] = later - timedelta(minutes=5)
+    behind = frames.stream_states(streams, latest, alarms, later, timedelta(seconds=30), seen)
     assert dict(zip(behind["subsystem"], behind["state"], strict=True)) == by
-    # and ahead of it (a replay faster than 1x): the same again
-    ahead = frames.stream_states(
-        streams, latest, alarms, now - timedelta(hours=2), timedelta(seconds=30)
-    )
-    assert dict(zip(ahead["subsystem"], ahead["state"], strict=True)) == by
+    # without it, the record times stand for when they were seen: two hours ago, all stale
+    stale = frames.stream_states(streams, latest, alarms, later, timedelta(seconds=30))
+    assert dict(zip(stale["subsystem"], stale["state"], strict=True)) == {
+        "ACS": frames.NO_DATA,
+        "EPS": frames.NO_DATA,
+        "PS": frames.NO_DATA,
+        "TCS": frames.OPEN_ALARM,
+    }
 
 
 def test_fleet_grid_fills_unknown_streams_with_no_data() -> None:

@@ -201,6 +201,40 @@ def test_fleet_states_come_from_latest_samples_and_alarms(store, api) -> None:
     assert grid.loc["sat1", "ACS"] == frames.NO_DATA
 
 
+def test_a_stream_is_stale_when_its_newest_record_stops_changing() -> None:
+    # the simulated clock an hour behind the wall clock (the fleet was paused), sat2's
+    # a loop ahead of sat1's (a seek): neither decides; a record that changes is fresh
+    wall = [T0 + timedelta(hours=1)]
+    api = FakeApi()
+    store = DashboardStore(client=api, clock=lambda: wall[0])
+
+    def latest(sat1: float, sat2: float) -> pd.DataFrame:
+        rows = [("sat1", sat1), ("sat2", sat2)]
+        return frames.latest_frame(
+            [
+                {"satellite_id": s, "subsystem": "ACS", "last_time": at(t), "detected": 0}
+                for s, t in rows
+            ]
+        )
+
+    api.latest_frame = latest(100, 7400)
+    store.refresh_fleet()
+    grid = store.fleet_grid()
+    # first seen: its record time or now, whichever is earlier: sat1 an hour old, sat2
+    # ahead of the wall clock
+    assert (grid.loc["sat1", "ACS"], grid.loc["sat2", "ACS"]) == (frames.NO_DATA, frames.NORMAL)
+    wall[0] += timedelta(seconds=2)
+    api.latest_frame = latest(102, 7402)  # both advance
+    store.refresh_fleet()
+    grid = store.fleet_grid()
+    assert (grid.loc["sat1", "ACS"], grid.loc["sat2", "ACS"]) == (frames.NORMAL, frames.NORMAL)
+    wall[0] += timedelta(seconds=40)
+    api.latest_frame = latest(142, 7402)  # sat2 stopped 40 s ago, sat1 goes on
+    store.refresh_fleet()
+    grid = store.fleet_grid()
+    assert (grid.loc["sat1", "ACS"], grid.loc["sat2", "ACS"]) == (frames.NORMAL, frames.NO_DATA)
+
+
 def test_alarm_list_asks_for_the_chosen_states(store, api) -> None:
     store.alarm_states = ["open"]
     store.refresh_fleet()
