@@ -85,45 +85,86 @@ def scheduler_backlog_offsets(settings: Settings) -> tuple[str, int]:
 def consumer_lag(
     settings: Settings, groups: Sequence[str], admin: Any = None
 ) -> list[dict[str, Any]]:
-    """Lag of each consumer group (committed offsets against end offsets)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient, OffsetSpec
+    """Lag of each consumer group (committed offsets against end offsets; the
+    scheduler's is its backlog, :func:`scheduler_backlog_offsets`)."""
+    from confluent_kafka.admin import AdminClient
 
     admin = admin or AdminClient(
         {"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 2000, "log_level": 0}
     )
     rows = []
     for group in groups:
-        source, held, note = group, 0, ""
-        if group == SCHEDULER_GROUP:
-            source, held = scheduler_backlog_offsets(settings)
-            note = (
-                f"records no dispatched window holds yet (from {source}, the sent frontier,"
-                f" less the {held} records past it its windows hold)"
-            )
         try:
-            futures = admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(source)], request_timeout=TIMEOUT_S
-            )
-            result = futures[source].result(timeout=TIMEOUT_S + 1)
-            committed = {
-                (tp.topic, tp.partition): tp.offset
-                for tp in result.topic_partitions or []
-                if tp.error is None
-            }
-            latest: dict[TopicPartitionKey, int] = {}
-            if committed:
-                wanted = {TopicPartition(t, p): OffsetSpec.latest() for t, p in committed}
-                for tp, future in admin.list_offsets(wanted, request_timeout=TIMEOUT_S).items():
-                    latest[(tp.topic, tp.partition)] = future.result(timeout=TIMEOUT_S + 1).offset
-            lag = group_lag(committed, latest, held) if committed else None
-            detail = note if committed else "no committed offsets (group unknown or idle)"
-            rows.append(
-                {"group": group, "lag": lag, "partitions": len(committed), "detail": detail}
-            )
+            if group == SCHEDULER_GROUP:
+                lag, parts, detail = _scheduler_lag(settings, admin)
+            else:
+                committed = _committed(admin, group)
+                lag = group_lag(committed, _ends(admin, committed)) if committed else None
+                parts = len(committed)
+                detail = "" if committed else NO_COMMITS
+            rows.append({"group": group, "lag": lag, "partitions": parts, "detail": detail})
         except Exception as exc:
             rows.append({"group": group, "lag": None, "partitions": 0, "detail": f"Kafka: {exc}"})
     return rows
+
+
+NO_COMMITS = "no committed offsets (group unknown or idle)"
+
+
+def _committed(admin: Any, group: str) -> dict[TopicPartitionKey, int]:
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    futures = admin.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group)], request_timeout=TIMEOUT_S
+    )
+    result = futures[group].result(timeout=TIMEOUT_S + 1)
+    return {
+        (tp.topic, tp.partition): tp.offset
+        for tp in result.topic_partitions or []
+        if tp.error is None
+    }
+
+
+def _ends(admin: Any, partitions: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    wanted = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
+    if not wanted:
+        return {}
+    return {
+        (tp.topic, tp.partition): future.result(timeout=TIMEOUT_S + 1).offset
+        for tp, future in admin.list_offsets(wanted, request_timeout=TIMEOUT_S).items()
+    }
+
+
+def _scheduler_lag(settings: Settings, admin: Any) -> tuple[int | None, int, str]:
+    """The scheduler's backlog (:func:`scheduler_backlog_offsets`), with the group's own
+    offsets standing in for a partition that has no sent frontier committed (said in the
+    detail: there the figure includes the context it holds back)."""
+    source, held = scheduler_backlog_offsets(settings)
+    frontier = _committed(admin, source)
+    own = {
+        key: offset
+        for key, offset in _committed(admin, SCHEDULER_GROUP).items()
+        if key not in frontier
+    }
+    if not frontier and not own:
+        return None, 0, NO_COMMITS
+    ends = _ends(admin, [*frontier, *own])
+    backlog, fallback = group_lag(frontier, ends, held), group_lag(own, ends)
+    lag = None if backlog is None or fallback is None else backlog + fallback
+    detail = (
+        f"records no dispatched window holds yet: from {source}, the sent frontier, less"
+        f" the {held} records past it its windows hold (a lower bound before a run's first"
+        " window is sent)"
+    )
+    if own:
+        detail += (
+            f"; {len(own)} partitions without a sent frontier, read from the group's own"
+            " offsets (up to a context behind by design)"
+        )
+    return lag, len(frontier) + len(own), detail
 
 
 # --------------------------------------------------------------------------- RabbitMQ

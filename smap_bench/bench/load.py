@@ -442,11 +442,13 @@ def _group_lags(settings: Settings, admin: Any = None) -> dict[str, int]:
 
 
 def _lag_summary(samples: list[dict[str, int]]) -> dict[str, Any]:
-    """Total lag (max and last sample) and each group's maximum.
+    """Total lag (max and last sample) and each group's maximum (a group whose lag could
+    not be read counts 0 in a sample).
 
-    The scheduler's committed offsets stay behind on purpose (up to a window of records
-    per stream, which a restart must re-read), so its lag is about 20 records per stream
-    even when it is keeping up; the other groups' lag is backlog.
+    Every group's lag is backlog; the scheduler's is the records no dispatched window
+    holds yet (:func:`smap_bench.api.monitor.scheduler_backlog_offsets`; JSON files from
+    before session 15 measured it from the group's own offsets, which sit up to a context
+    behind on purpose, so their scheduler lag is not comparable).
     """
     totals = [sum(sample.values()) for sample in samples]
     groups = sorted({group for sample in samples for group in sample})

@@ -353,8 +353,9 @@ def detectors_text(value: Any) -> str:
 
 
 def _raised_by_model(value: Any) -> bool:
-    """Whether TranAD's score flagged an event (True when the event does not say)."""
-    return not isinstance(value, list | tuple) or "model" in value
+    """Whether TranAD's score flagged an event (True when the event does not say: no
+    list, or an empty one, as events stored before the detectors were recorded have)."""
+    return not isinstance(value, list | tuple) or not value or "model" in value
 
 
 #: Urgency of each alarm state in the alarm list (smaller: shown first).
@@ -392,13 +393,10 @@ def alarm_table(events: pd.DataFrame) -> pd.DataFrame:
             "stream": events["satellite_id"] + " / " + events["subsystem"],
             "start": events["start_time"].dt.strftime("%Y-%m-%d %H:%M:%S"),
             "duration_s": (events["end_time"] - events["start_time"]).dt.total_seconds(),
-            # None, not NaN, where not shown: the table then leaves the cell empty
+            # NaN where not shown (the view's formatter leaves the cell empty)
             "peak/threshold": (events["peak_score"] / events["threshold"])
             .round(2)
-            .astype(object)
-            .where(
-                np.array([_raised_by_model(v) for v in events["detected_by"]], dtype=bool), None
-            ),
+            .where(np.array([_raised_by_model(v) for v in events["detected_by"]], dtype=bool)),
             "by": [detectors_text(v) for v in events["detected_by"]],
             "top": [top_feature_names(v) for v in events["top_features"]],
         }

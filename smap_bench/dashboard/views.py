@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
+from bokeh.models.widgets.tables import NumberFormatter
 
 from smap_bench.catalog import SUBSYSTEMS
 from smap_bench.dashboard import frames
@@ -1004,7 +1005,11 @@ class AlarmList(StoreView):
             height=260,
             sizing_mode="stretch_width",
             layout="fit_data_stretch",
-            formatters={"duration_s": {"type": "money", "precision": 0, "symbol": ""}},
+            formatters={
+                "duration_s": {"type": "money", "precision": 0, "symbol": ""},
+                # TranAD's ratio, empty for events it did not raise (frames.alarm_table)
+                "peak/threshold": NumberFormatter(format="0.00", nan_format="", text_align="right"),
+            },
             # Urgent first, newest first; the rows underneath stay in id order.
             sorters=[{"field": "rank", "dir": "asc"}, {"field": "event_id", "dir": "desc"}],
             hidden_columns=["rank"],

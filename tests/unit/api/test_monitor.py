@@ -73,6 +73,8 @@ def test_the_schedulers_backlog_is_read_from_its_sent_frontier() -> None:
 
 
 def test_consumer_lag_reads_the_scheduler_from_its_companion_group() -> None:
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
     from smap_bench.api.monitor import consumer_lag
     from smap_bench.config import Settings
 
@@ -83,30 +85,39 @@ def test_consumer_lag_reads_the_scheduler_from_its_companion_group() -> None:
         def result(self, timeout: float | None = None) -> object:
             return self.value
 
+    class End:
+        offset = 1000
+
     class FakeAdmin:
         """Offsets as a scheduler leaves them: its own group a context behind its reads,
-        the sent frontier at the next window's first record."""
+        the sent frontier at the next window's first record; one partition (sat2) has
+        no sent frontier committed."""
 
         def __init__(self) -> None:
             self.asked: list[str] = []
+            self.offsets = {
+                "scheduler": {"telemetry.EPS.sat1": 540, "telemetry.EPS.sat2": 700},
+                "scheduler.sent": {"telemetry.EPS.sat1": 980},
+                "router": {"telemetry-raw": 995},
+            }
 
         def list_consumer_group_offsets(self, requests: list, request_timeout: float) -> dict:
-            from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-
             group = requests[0].group_id
             self.asked.append(group)
-            offset = {"scheduler": 540, "scheduler.sent": 980, "router": 995}[group]
-            parts = [TopicPartition("telemetry.EPS.sat1", 0, offset)]
+            parts = [TopicPartition(t, 0, o) for t, o in self.offsets[group].items()]
             return {group: Done(ConsumerGroupTopicPartitions(group, parts))}
 
         def list_offsets(self, wanted: dict, request_timeout: float) -> dict:
-            class End:
-                offset = 1000
-
             return {tp: Done(End()) for tp in wanted}
 
     admin = FakeAdmin()
     rows = consumer_lag(Settings(window_size=30, stride=10), ["scheduler", "router"], admin)
-    assert admin.asked == ["scheduler.sent", "router"]
-    assert [(r["group"], r["lag"]) for r in rows] == [("scheduler", 0), ("router", 5)]
-    assert "sent frontier" in rows[0]["detail"] and rows[1]["detail"] == ""
+    assert admin.asked == ["scheduler.sent", "scheduler", "router"]
+    # sat1: 1000 - 980 - 20 = 0; sat2, without a frontier: 1000 - 700 from its own offsets
+    assert [(r["group"], r["lag"], r["partitions"]) for r in rows] == [
+        ("scheduler", 300, 2),
+        ("router", 5, 1),
+    ]
+    assert "sent frontier" in rows[0]["detail"]
+    assert "1 partitions without a sent frontier" in rows[0]["detail"]
+    assert rows[1]["detail"] == ""
