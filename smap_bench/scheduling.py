@@ -317,8 +317,9 @@ class WindowScheduler:
         ``read`` is the offset of the oldest record a future window of the partition's
         streams or its context still needs, ``sent`` that of the oldest record a future
         window needs (both the offset after the last record consumed when nothing is
-        held); ``check`` is :func:`record_fingerprint` of the record at ``read``, where
-        ``read`` < ``sent`` (only then can a restart drop a window).
+        held; after a restart, at least the frontier it resumed from while that one is
+        still ahead); ``check`` is :func:`record_fingerprint` of the record at ``read``,
+        where ``read`` < ``sent`` (only then can a restart drop a window).
         """
         plan = CommitPlan({}, {}, {})
         for key in self._dirty:
@@ -332,6 +333,13 @@ class WindowScheduler:
                 first = self._first_window_held(stream)
                 if first is not None and first.offset < frontier:
                     frontier = first.offset
+            # after a restart, until the re-formed windows pass the frontier resumed from,
+            # that frontier still stands: every window before it was sent before the
+            # restart (committing the re-read position instead would have a second
+            # restart send them again)
+            resumed = self._sent_frontier.get(key)
+            if resumed is not None and resumed > frontier:
+                frontier = resumed
             plan.read[key] = offset
             plan.sent[key] = frontier
             if oldest is not None and offset < frontier:

@@ -318,6 +318,28 @@ def test_the_windows_re_formed_before_the_frontier_are_counted_not_sent() -> Non
     assert tasks[0].context is not None and len(tasks[0].context) == 100
 
 
+def test_a_restart_commits_the_frontier_it_resumed_from_until_it_passes_it() -> None:
+    """A second restart soon after the first sends no window twice: while the re-formed
+    windows are still before the resumed frontier, that frontier is what is committed."""
+    first = WindowScheduler(30, 10, context=100)
+    feed(first, range(145))
+    plan = first.commit_plan()
+    check = plan.check[(TOPIC, 0)]
+    second = WindowScheduler(30, 10, context=100)
+    second.resume({(TOPIC, 0): (50, 120, check)})
+    assert feed(second, range(50, 100), first_offset=50) == []  # windows 50..60 dropped
+    plan = second.commit_plan()
+    assert (plan.read[(TOPIC, 0)], plan.sent[(TOPIC, 0)]) == (50, 120)  # not 70
+    assert plan.check[(TOPIC, 0)] == check
+    third = WindowScheduler(30, 10, context=100)  # restarted again, from that commit
+    third.resume({(TOPIC, 0): (50, 120, plan.check[(TOPIC, 0)])})
+    tasks = feed(third, range(50, 160), first_offset=50)
+    assert [t.record_index_start for t in tasks] == [120, 130]  # none sent twice
+    # once past it, the frontier is the scheduler's own again
+    plan = third.commit_plan()
+    assert plan.sent[(TOPIC, 0)] == 140
+
+
 def test_without_a_context_the_read_position_is_the_sent_frontier() -> None:
     scheduler = WindowScheduler(30, 10)
     feed(scheduler, range(45))
