@@ -46,7 +46,9 @@ from smap_bench.scheduling import (
     Position,
     WindowScheduler,
     batch_tasks,
+    check_group,
     encode_tasks,
+    sent_group,
 )
 from smap_bench.schema import InferenceTask
 from smap_bench.scoring import elapsed_since
@@ -99,8 +101,8 @@ class SentFrontier:
 
     def __init__(self, settings: Settings, group: str) -> None:
         self._main = Consumer(consumer_config(settings, group))
-        self._sent = Consumer(consumer_config(settings, f"{group}.sent"))
-        self._check = Consumer(consumer_config(settings, f"{group}.check"))
+        self._sent = Consumer(consumer_config(settings, sent_group(group)))
+        self._check = Consumer(consumer_config(settings, check_group(group)))
         self._looked_up: set[PartitionKey] = set()
 
     def lookup(self, keys: set[PartitionKey]) -> dict[PartitionKey, tuple[int, int, int | None]]:

@@ -92,13 +92,28 @@ __all__ = [
     "SchedulerCounts",
     "WindowScheduler",
     "batch_tasks",
+    "check_group",
     "encode_tasks",
     "next_grid_start",
     "record_fingerprint",
+    "sent_group",
 ]
 
 #: Stage name: Kafka consumer group, logger, metric label.
 STAGE = "scheduler"
+
+
+def sent_group(group: str) -> str:
+    """The companion consumer group that holds ``group``'s sent frontiers."""
+    return f"{group}.sent"
+
+
+def check_group(group: str) -> str:
+    """The companion consumer group that holds the records ``group`` expects where it
+    resumes (:func:`record_fingerprint`)."""
+    return f"{group}.check"
+
+
 #: The Celery task the scheduler sends and the worker runs (the seed's name).
 TASK_NAME = "run_inference_task"
 #: The RabbitMQ queue the tasks go to unless told otherwise.

@@ -209,11 +209,10 @@ def score_threshold_from_metadata(model_name: str, metadata: dict[str, Any]) -> 
     finite threshold; a floor that is missing or not finite is None), parsed as the
     offline evaluation parses it
     (:func:`~smap_bench.model.stream_rule.stream_rule_from_metadata`)."""
-    value = threshold_from_metadata(model_name, metadata)
     try:
         rule = stream_rule_from_metadata(model_name, metadata)
-    except ValueError:  # no finite floor: the threshold alone
-        return ScoreThreshold(value)
+    except ValueError:  # no finite floor (or no threshold, which this says): the threshold
+        return ScoreThreshold(threshold_from_metadata(model_name, metadata))
     return ScoreThreshold(rule.static, rule.floor)
 
 

@@ -43,10 +43,6 @@ def default_queues() -> tuple[str, ...]:
 # --------------------------------------------------------------------------- Kafka lag
 
 
-#: The group whose lag is the scheduler's backlog (:func:`scheduler_backlog_offsets`).
-SCHEDULER_GROUP = "scheduler"
-
-
 def group_lag(
     committed: Mapping[TopicPartitionKey, int],
     latest: Mapping[TopicPartitionKey, int],
@@ -79,7 +75,9 @@ def scheduler_backlog_offsets(settings: Settings) -> tuple[str, int]:
     dispatched. The dispatched windows already hold the ``window - stride`` records after
     it, so the backlog is the records on the topic past those: what no dispatched window
     holds yet."""
-    return f"{SCHEDULER_GROUP}.sent", settings.window_size - settings.stride
+    from smap_bench.scheduling import STAGE, sent_group
+
+    return sent_group(STAGE), settings.window_size - settings.stride
 
 
 def consumer_lag(
@@ -89,13 +87,15 @@ def consumer_lag(
     scheduler's is its backlog, :func:`scheduler_backlog_offsets`)."""
     from confluent_kafka.admin import AdminClient
 
+    from smap_bench.scheduling import STAGE as SCHEDULER
+
     admin = admin or AdminClient(
         {"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 2000, "log_level": 0}
     )
     rows = []
     for group in groups:
         try:
-            if group == SCHEDULER_GROUP:
+            if group == SCHEDULER:
                 lag, parts, detail = _scheduler_lag(settings, admin)
             else:
                 committed = _committed(admin, group)
@@ -142,12 +142,12 @@ def _scheduler_lag(settings: Settings, admin: Any) -> tuple[int | None, int, str
     """The scheduler's backlog (:func:`scheduler_backlog_offsets`), with the group's own
     offsets standing in for a partition that has no sent frontier committed (said in the
     detail: there the figure includes the context it holds back)."""
+    from smap_bench.scheduling import STAGE as SCHEDULER
+
     source, held = scheduler_backlog_offsets(settings)
     frontier = _committed(admin, source)
     own = {
-        key: offset
-        for key, offset in _committed(admin, SCHEDULER_GROUP).items()
-        if key not in frontier
+        key: offset for key, offset in _committed(admin, SCHEDULER).items() if key not in frontier
     }
     if not frontier and not own:
         return None, 0, NO_COMMITS

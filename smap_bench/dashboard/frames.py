@@ -544,13 +544,7 @@ def stream_states(
     if seen_at:
         pairs = zip(grid["satellite_id"], grid["subsystem"], strict=True)
         known = [seen_at.get((str(satellite), str(subsystem))) for satellite, subsystem in pairs]
-        seen = pd.to_datetime(
-            pd.Series(
-                [t if k is None else to_utc(k) for t, k in zip(last, known, strict=True)],
-                index=last.index,
-            ),
-            utc=True,
-        )
+        seen = pd.to_datetime(pd.Series(known, index=last.index), utc=True).fillna(last)
     cutoff = to_utc(now) - pd.Timedelta(stale_after)
     fresh = last.notna() & (seen >= cutoff)
     detected = grid["detected"].fillna(0).astype(float) > 0.5

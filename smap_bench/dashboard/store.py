@@ -417,7 +417,7 @@ class DashboardStore(pn.viewable.Viewer):
         )
         return states
 
-    def _seen_at(self, now: datetime) -> dict[tuple[str, str], datetime]:
+    def _seen_at(self, now: datetime) -> dict[tuple[str, str], pd.Timestamp]:
         """Per stream, when its newest record was seen to change: the wall clock at the
         change; at first sight, its record time or now, whichever is earlier (a stream
         whose simulated clock lags, seen once and never again, turns stale at once)."""
@@ -435,7 +435,7 @@ class DashboardStore(pn.viewable.Viewer):
                     seen[key] = (last, min(last, wall))
                 elif held[0] != last:
                     seen[key] = (last, wall)
-        return {key: at.to_pydatetime() for key, (_, at) in seen.items()}
+        return {key: at for key, (_, at) in seen.items()}
 
     @param.depends("streams", "latest", "alarms")
     def fleet_grid(self) -> pd.DataFrame:
